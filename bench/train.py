@@ -1,0 +1,130 @@
+"""Manual benchmark: `pulse_nb.train` (PulseDPOTrainer, loss='dpo') against stock TRL DPOTrainer (loss_type=['sigmoid']).
+
+Same data, same seed, same DPOConfig, one process. Prints the step-time ratio (pulse / stock; target <= 1.05), the
+largest absolute difference between the two loss curves (target <= 1e-5), and the peak RSS of a LoRA run of
+`train(...)` on the embedded model, measured in a fresh child process (target <= 4 GiB).
+
+    python bench/train.py                 # CPU: embedded SmolLM2-135M + LoRA, short conversational pairs
+    python bench/train.py --steps 12      # more steps
+    python bench/train.py --gpu           # GPU: random-init Llama (~0.47B), 512-token synthetic pairs, batch 8, bf16
+
+Not part of CI. Step times on a shared CPU are noisy; the two trainers are run alternately (stock, pulse, stock,
+pulse) and the median step time of each is compared.
+"""
+import argparse, json, os, resource, statistics, subprocess, sys, tempfile, time
+
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import torch
+from datasets import Dataset
+from transformers import TrainerCallback
+
+
+class StepTimer(TrainerCallback):
+    "Wall time of each optimizer step (synchronising the GPU when there is one)."
+    def __init__(self): self.times = []
+    def _sync(self):
+        if torch.cuda.is_available(): torch.cuda.synchronize()
+    def on_step_begin(self, *a, **k): self._sync(); self.t = time.perf_counter()
+    def on_step_end(self, *a, **k): self._sync(); self.times.append(time.perf_counter() - self.t)
+
+
+def cpu_pairs(n=32):
+    qs = ['capital of France', 'largest planet', 'author of Hamlet', 'square root of 81', 'chemical symbol of gold',
+          'first month of the year', 'number of legs of a spider', 'boiling point of water in C']
+    good = ['Paris', 'Jupiter', 'Shakespeare', '9', 'Au', 'January', '8', '100']
+    bad = ['Rome', 'Mars', 'Dickens', '7', 'Ag', 'March', '6', '50']
+    return Dataset.from_list([{'prompt': [{'role': 'user', 'content': f'What is the {qs[i % 8]}? (#{i})'}],
+                               'chosen': [{'role': 'assistant', 'content': f'The {qs[i % 8]} is {good[i % 8]}.'}],
+                               'rejected': [{'role': 'assistant', 'content': f'I think the {qs[i % 8]} is {bad[i % 8]}.'}]}
+                              for i in range(n)])
+
+
+def gpu_setup(n_pairs=512, prompt_len=128, completion_len=383, vocab=32000):
+    "Random-init Llama (~0.47B) from a config, an in-memory WordLevel tokenizer, synthetic 512-token pairs."
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    words = [f'w{i}' for i in range(vocab - 2)]
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(['<pad>', '</s>', *words])}, unk_token='<pad>'))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token='<pad>', eos_token='</s>')
+    g = torch.Generator().manual_seed(0)
+    rnd = lambda k: ' '.join(words[j] for j in torch.randint(0, len(words), (k,), generator=g).tolist())
+    ds = Dataset.from_list([{'prompt': rnd(prompt_len), 'chosen': ' ' + rnd(completion_len), 'rejected': ' ' + rnd(completion_len)}
+                            for _ in range(n_pairs)])
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                      num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=1024,
+                      pad_token_id=0, eos_token_id=1, bos_token_id=1)
+    def make_model():
+        torch.manual_seed(0)
+        return LlamaForCausalLM(cfg).to(torch.bfloat16).cuda()
+    return ds, tok, make_model
+
+
+def run(kind, ds, tok, make_model, steps, gpu, out):
+    from peft import LoraConfig
+    from trl import DPOTrainer
+    from pulse_nb.train import PulseDPOTrainer, dpo_config
+    args = dpo_config(out, max_steps=steps, seed=0, batch_size=8 if gpu else 4, max_length=512 if gpu else 128,
+                      progress=False, bf16=gpu, loss_type=['sigmoid'],
+                      **({'optim': 'adamw_torch_fused'} if gpu else {}))
+    timer = StepTimer()
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules='all-linear', task_type='CAUSAL_LM')
+    kw = dict(args=args, train_dataset=ds, processing_class=tok, peft_config=lora, callbacks=[timer])
+    tr = DPOTrainer(make_model(), **kw) if kind == 'stock' else PulseDPOTrainer(make_model(), loss='dpo', **kw)
+    tr.train()
+    losses = [h['loss'] for h in tr.state.log_history if 'loss' in h]
+    del tr
+    if gpu: torch.cuda.empty_cache()
+    return timer.times, losses
+
+
+def rss_child(steps):
+    "Child process: one LoRA `train(...)` run on the embedded model; prints its peak RSS."
+    from pulse_nb.train import train
+    torch.set_num_threads(1)
+    train(cpu_pairs(16), loss='savage', lora=True, max_steps=steps, batch_size=4, max_length=128,
+          out_dir=tempfile.mkdtemp(), progress=False)
+    print(json.dumps({'peak_rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--steps', type=int, default=8, help='optimizer steps per run')
+    ap.add_argument('--rounds', type=int, default=2, help='alternating stock/pulse rounds')
+    ap.add_argument('--gpu', action='store_true', help='GPU variant (random-init ~0.47B Llama, 512-token pairs, bf16)')
+    ap.add_argument('--threads', type=int, default=1, help='torch CPU threads (CPU variant)')
+    ap.add_argument('--rss-child', action='store_true', help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.rss_child: return rss_child(a.steps)
+    if a.gpu:
+        assert torch.cuda.is_available(), '--gpu needs a CUDA device'
+        ds, tok, make_model = gpu_setup(n_pairs=8 * a.steps)
+    else:
+        torch.set_num_threads(a.threads)
+        from pulse_nb.models import load_model, load_tokenizer
+        ds, tok, make_model = cpu_pairs(4 * a.steps), load_tokenizer(), load_model
+    times, curves = {'stock': [], 'pulse': []}, {}
+    for r in range(a.rounds):
+        for kind in ('stock', 'pulse'):
+            t, losses = run(kind, ds, tok, make_model, a.steps, a.gpu, tempfile.mkdtemp())
+            times[kind] += t[1:]                      # drop each run's first (warm-up) step
+            if kind in curves: assert curves[kind] == losses, f'{kind} is not deterministic across rounds'
+            curves[kind] = losses
+            print(f'round {r} {kind:5s}: median step {statistics.median(t[1:]):.3f} s, losses {[round(x, 6) for x in losses]}', flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    diff = max(abs(x - y) for x, y in zip(curves['stock'], curves['pulse']))
+    print(f"\nstep time  stock {med['stock']:.3f} s   pulse {med['pulse']:.3f} s   ratio pulse/stock {med['pulse'] / med['stock']:.3f} (target <= 1.05)")
+    print(f'loss curve max |pulse - stock| = {diff:.2e} over {len(curves["stock"])} steps (target <= 1e-5)')
+    if not a.gpu:
+        out = subprocess.run([sys.executable, __file__, '--rss-child', '--steps', '3'], capture_output=True, text=True)
+        line = [l for l in out.stdout.splitlines() if l.startswith('{')]
+        rss = json.loads(line[-1])['peak_rss_gib'] if line else float('nan')
+        print(f'peak RSS of a LoRA train() run on the embedded model: {rss:.2f} GiB (target <= 4 GiB)')
+    else:
+        print(f'peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB')
+
+
+if __name__ == '__main__':
+    main()

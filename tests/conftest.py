@@ -1,0 +1,81 @@
+"""Session fixtures shared by every pulse-nb test file.
+
+`model_path`  the embedded model's safetensors folder (converted once).
+`hf_engine`   an `HFEngine` on the embedded model, one per session.
+`vllm_engine` an in-process `VLLMEngine` on the embedded model, started once per session (about 2 minutes on CPU).
+`vllm_server` a real `vllm serve` (OpenAI-compatible) on 127.0.0.1 with a free port; yields its base URL.
+"""
+import os, socket, subprocess, sys, tempfile, time
+from pathlib import Path
+import pytest
+
+os.environ.setdefault('VLLM_ENABLE_V1_MULTIPROCESSING', '0')
+os.environ.setdefault('VLLM_CPU_KVCACHE_SPACE', '1')  # GiB of KV cache on CPU: plenty for the tests
+
+VLLM_DTYPE = os.environ.get('PULSE_TEST_VLLM_DTYPE', 'float32')  # float32 matches HFEngine's CPU dtype
+SERVER_START_TIMEOUT = int(os.environ.get('PULSE_TEST_SERVER_TIMEOUT', '900'))
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: heavy test (model loads, vLLM); still runs in CI')
+
+
+@pytest.fixture(scope='session')
+def model_path():
+    from pulse_nb.models import resolve_model
+    return resolve_model()
+
+
+@pytest.fixture(scope='session')
+def hf_engine(model_path):
+    from pulse_nb.engines import HFEngine
+    with HFEngine() as e: yield e
+
+
+@pytest.fixture(scope='session')
+def vllm_engine(model_path):
+    pytest.importorskip('vllm')
+    from pulse_nb.engines import VLLMEngine
+    with VLLMEngine(dtype=VLLM_DTYPE, max_model_len=2048) as e: yield e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope='session')
+def vllm_server(model_path):
+    "Start `vllm serve` on the embedded model; yields the base URL; killed at teardown."
+    pytest.importorskip('vllm')
+    import httpx
+    port = free_port()
+    log = Path(tempfile.mkdtemp(prefix='pulse-vllm-serve-'))/'server.log'
+    env = {**os.environ, 'VLLM_CPU_KVCACHE_SPACE': os.environ.get('VLLM_CPU_KVCACHE_SPACE', '1')}
+    env.pop('VLLM_ENABLE_V1_MULTIPROCESSING', None)  # the server manages its own processes
+    cmd = [sys.executable, '-m', 'vllm.entrypoints.openai.api_server', '--model', model_path,
+           '--served-model-name', 'smollm2', '--host', '127.0.0.1', '--port', str(port), '--dtype', VLLM_DTYPE,
+           '--max-model-len', '2048', '--seed', '0']
+    with open(log, 'wb') as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url, t0 = f'http://127.0.0.1:{port}/v1', time.time()
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f'vllm serve exited with {proc.returncode}; log tail:\n{log.read_text()[-3000:]}')
+            try:
+                if httpx.get(url + '/models', timeout=2).status_code == 200: break
+            except httpx.HTTPError: pass
+            if time.time() - t0 > SERVER_START_TIMEOUT:
+                pytest.fail(f'vllm serve not ready after {SERVER_START_TIMEOUT}s; log tail:\n{log.read_text()[-3000:]}')
+            time.sleep(2)
+        print(f'vllm serve ready at {url} after {time.time() - t0:.0f}s')
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)  # the server's own process group (start_new_session)
+            try: proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait(10)

