@@ -10,7 +10,7 @@ ENV = {**os.environ, 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '2'), 
 SMALL = ['--quick', '--limit', '4', '--max-new-tokens', '32', '--seed', '3']
 
 
-def pulse(*args, timeout=900, check=True):
+def pulse(*args, timeout=1800, check=True):
     r = subprocess.run(PULSE + list(args), env=ENV, capture_output=True, text=True, timeout=timeout)
     if check: assert r.returncode == 0, f'pulse {args} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}'
     return r
