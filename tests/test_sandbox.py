@@ -4,7 +4,7 @@ import os, resource, socket, sys, tempfile, threading
 from pathlib import Path
 import pytest
 from fastcore.test import test_eq as teq
-from pulse_nb.evaluate import run_code, netns_prefix, sandbox_info, extract_code, CODE_TASKS
+from pulse_nb.evaluate import run_code, netns_prefix, landlock_abi, sandbox_info, extract_code, CODE_TASKS
 
 
 def test_passing_code_passes():
@@ -105,12 +105,21 @@ def test_socket_blocked_by_audit_hook_alone(listener):
 def test_socket_blocked_by_network_namespace_alone(listener):
     if not netns_prefix(): pytest.skip('unshare -n is not available here: only the audit hook blocks sockets')
     port, accepted = listener
-    r = run_code(CONNECT.format(port=port), '', audit_hook=False)
+    r = run_code(CONNECT.format(port=port), '', audit_hook=False, landlock=False)
     teq((r['status'], r['netns']), ('error', True))
     assert 'PermissionError' not in r['stderr_tail'] and ('Network is unreachable' in r['stderr_tail']
             or 'Connection refused' in r['stderr_tail'] or 'timed out' in r['stderr_tail']), r['stderr_tail']
     teq(accepted, [])
     teq(sandbox_info()['netns'], ' '.join(netns_prefix()))
+
+
+def test_socket_blocked_by_landlock_alone(listener):
+    if landlock_abi() < 4: pytest.skip('Landlock with TCP rules (ABI >= 4) is not available on this kernel')
+    port, accepted = listener
+    r = run_code(CONNECT.format(port=port), '', audit_hook=False, netns=False)
+    teq((r['status'], r['netns'], r['landlock'] >= 4), ('error', False, True))
+    assert 'PermissionError: [Errno 13]' in r['stderr_tail'], r['stderr_tail']
+    teq(accepted, [])
 
 
 def test_dns_lookup_blocked():

@@ -126,3 +126,17 @@ def test_write_atomic_keeps_old_file_on_failure(tmp_path):
     write_atomic(p, '{"a": 1}')
     with pytest.raises(UnicodeEncodeError): write_atomic(p, '{"a": "\ud800"}')
     assert p.read_text() == '{"a": 1}' and sorted(x.name for x in tmp_path.iterdir()) == ['m.json']
+
+
+@pytest.mark.slow
+def test_pulse_generate_disk_full_is_a_clear_cli_error(tmp_path, model_path):
+    "The CLI turns the OSError into a one-line error (exit 1) that names the file and says a rerun resumes; no traceback."
+    code = ('import resource, signal, sys\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n'
+            'resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))\nfrom pulse_nb.cli import main\nmain(sys.argv[1:])')
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'TOKENIZERS_PARALLELISM': 'false', 'PULSE_ENGINE': 'hf'}
+    r = subprocess.run([sys.executable, '-c', code, 'generate', '--prompts', 'builtin:arithmetic', '--limit', '2',
+                        '--critics', '1', '--engine', 'hf', '--max-new-tokens', '8', '--out', str(tmp_path/'run')],
+                       env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 1, (r.returncode, r.stderr[-3000:])
+    assert 'Traceback' not in r.stderr and 'manifest.json' in r.stderr and 'rerun the same command' in r.stderr, r.stderr[-3000:]
+    assert not (tmp_path/'run'/'manifest.json').exists()

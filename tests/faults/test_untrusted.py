@@ -5,7 +5,7 @@ import inspect, json, os, pickle, shutil, socket, subprocess, sys, tempfile, tex
 from pathlib import Path
 import pytest
 from pulse_nb.models import load_model, load_tokenizer, resolve_model
-from pulse_nb.evaluate import run_code, netns_prefix
+from pulse_nb.evaluate import run_code, netns_prefix, landlock_abi
 
 
 class Payload:
@@ -144,11 +144,14 @@ def test_malicious_adapter_pickle_does_not_run(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.xfail(strict=True, reason='load_trained (PeftModel.from_pretrained) loads an adapter_model.bin: adapter weights '
-                   'are not safetensors-only (torch.load weights_only=True stops code, but not the format). Reported to the lead.')
 def test_pickled_adapter_is_refused(tmp_path):
+    "An adapter folder with only adapter_model.bin: a clear error naming the missing safetensors file (train and evaluate)."
     from pulse_nb.train import load_trained
-    with pytest.raises(Exception, match='safetensors'): load_trained(adapter_run(tmp_path), device='cpu')
+    from pulse_nb.evaluate import merge_adapter
+    out = adapter_run(tmp_path)
+    with pytest.raises(OSError, match='adapter_model.safetensors is missing'): load_trained(out, device='cpu')
+    with pytest.raises(OSError, match='adapter_model.safetensors is missing'): merge_adapter(out/'adapter', base=str(tmp_path/'base'))
+    assert not (out/'adapter'/'merged').exists()
 
 
 # --- the code sandbox: what tests/test_sandbox.py does not try
@@ -178,27 +181,36 @@ def test_more_write_escapes_fail(outside, attack):
     assert sorted(p.name for p in outside.iterdir()) == before and (outside/'secret.txt').read_text() == 'TOPSECRET'
 
 
-GAP = 'sandbox gap (reported to the lead; fix belongs in 08_evaluate): '
+needs_landlock = pytest.mark.skipif(not landlock_abi(), reason='this kernel has no Landlock: the audit hook alone cannot stop '
+                                    'code that writes from C or switches the hook off (see 08_evaluate)')
 
 
+@needs_landlock
 @pytest.mark.parametrize('attack', [
-    pytest.param('import os\nfd = os.open({d!r}, os.O_RDONLY)\nos.close(os.open("victim.txt", os.O_WRONLY | os.O_CREAT, dir_fd=fd))',
-                 marks=pytest.mark.xfail(strict=True, reason=GAP + 'open(dir_fd=...) is checked relative to the cwd')),
-    pytest.param('import os\nos.mkfifo({d!r} + "/victim.fifo")',
-                 marks=pytest.mark.xfail(strict=True, reason=GAP + 'os.mkfifo/os.mknod raise no audited path event')),
-    pytest.param('import sqlite3\nsqlite3.connect({d!r} + "/victim.db").execute("create table t(x)")',
-                 marks=pytest.mark.xfail(strict=True, reason=GAP + 'sqlite3 opens files in C, not through open()')),
-    pytest.param('import sys\nm = sys.modules["__main__"]\nm._inside = lambda p: True\nopen({d!r} + "/victim.txt", "w").write("x")',
-                 marks=pytest.mark.xfail(strict=True, reason=GAP + "the hook's globals live in __main__, which the code can rebind")),
+    'import os\nfd = os.open({d!r}, os.O_RDONLY)\nos.close(os.open("victim.txt", os.O_WRONLY | os.O_CREAT, dir_fd=fd))',
+    'import os\nos.mkfifo({d!r} + "/victim.fifo")',
+    'import sqlite3\nsqlite3.connect({d!r} + "/victim.db").execute("create table t(x)")',
+    'import sys\nm = sys.modules["__main__"]\nm._inside = lambda p: True\nopen({d!r} + "/victim.txt", "w").write("x")',
+    'import gc\nfor f in gc.get_objects():\n    if getattr(f, "__name__", "") == "_inside": f.__code__ = (lambda p: True).__code__\n'
+    'open({d!r} + "/victim.txt", "w").write("x")',
 ])
-def test_write_escapes_known_gaps(outside, attack):
+def test_write_escapes_past_the_hook_stop_at_the_kernel(outside, attack):
+    "Code that gets past the audit hook (C-level writes, dir_fd, a disabled hook) is stopped by Landlock."
     before = sorted(p.name for p in outside.iterdir())
-    r = run_code(attack.format(d=str(outside)), '')
-    assert r['status'] == 'error', r
+    r = run_code(attack.format(d=str(outside)), '', netns=False)
+    assert r['status'] == 'error' and r['landlock'], r
     assert sorted(p.name for p in outside.iterdir()) == before
 
 
-@pytest.mark.xfail(strict=True, reason=GAP + "rebinding the hook's globals in __main__ turns the socket block off")
+@needs_landlock
+def test_same_escapes_succeed_without_the_kernel_layer(outside):
+    "Control: with Landlock off, the sqlite3 write does escape, so the test above measures the kernel layer."
+    r = run_code(f'import sqlite3\nsqlite3.connect({str(outside)!r} + "/victim.db").execute("create table t(x)")', '',
+                 netns=False, landlock=False)
+    assert r['status'] == 'pass' and (outside/'victim.db').exists(), r
+
+
+@pytest.mark.skipif(landlock_abi() < 4, reason='Landlock ABI < 4 does not cover TCP')
 def test_socket_after_rebinding_hook_globals():
     srv = socket.socket(); srv.bind(('127.0.0.1', 0)); srv.listen(1); srv.settimeout(5)
     port, got = srv.getsockname()[1], []
@@ -210,9 +222,9 @@ def test_socket_after_rebinding_hook_globals():
     try:
         code = ('import sys\nm = sys.modules["__main__"]\nm._DENY = ()\nm._NOIMPORT = ()\nimport socket\n'
                 f's = socket.socket()\ns.settimeout(2)\ns.connect(("127.0.0.1", {port}))')
-        r = run_code(code, '', netns=False)  # the audit hook alone: the layer under test
+        r = run_code(code, '', netns=False)  # no network namespace: the hook (switched off) and Landlock
         t.join(3)
-        assert r['status'] == 'error' and not got, r
+        assert r['status'] == 'error' and 'Permission denied' in r['stderr_tail'] and not got, r
     finally:
         srv.close()
         for c in got: c.close()
