@@ -116,3 +116,53 @@ def test_text_mode_unparsed_counted_and_excluded_and_config_refused(engine, tmp_
         review('builtin:arithmetic', engine, n_critics=2, limit=2, out_dir=tmp_path, score_mode='text',
                max_new_tokens=24, seed=1, progress=False)
     assert [len(load_run(run)[s]) for s in STAGES] == [2, 4, 2, 4]  # refused runs wrote nothing
+
+
+@pytest.mark.slow
+def test_pairwise_mode_swaps_positions_and_labels_trl_pairs(engine, tmp_path):
+    "Pairwise stage on the embedded model: both orders per critic, mass consistent, P(a1) read from the right slot, TRL accepts the pairs."
+    from pulse_nb.preferences import pairwise_prefs, label_all
+    run = review('builtin:arithmetic', engine, n_critics=2, limit=3, out_dir=tmp_path/'pw', max_new_tokens=12,
+                 pairwise=True, progress=False)
+    r = load_run(run)
+    assert r['manifest']['rounds']['0']['config']['pairwise'] is True
+    cmp_ = r['comparisons']
+    assert len(cmp_) == 3 * 2 * 2 and len({c['key'] for c in cmp_}) == len(cmp_)
+    for c in cmp_:
+        assert 0 <= c['p_a'] and 0 <= c['p_b'] and abs(c['p_a'] + c['p_b'] - c['mass']) < 1e-6
+        assert c['parsed'] == (c['mass'] >= 0.5)
+    # the order-swapped chat really shows the other answer first
+    a0 = {x['prompt_id']: x['text'] for x in r['answers']}
+    pw = pairwise_prefs(cmp_)
+    for (rnd, pid), critics in pw.items():
+        for k, v in critics.items():
+            o = {c['first']: c for c in cmp_ if c['prompt_id'] == pid and c['critic'] == k}
+            want0 = o['a0']['p_b'] / (o['a0']['p_a'] + o['a0']['p_b'])
+            want1 = o['a1']['p_a'] / (o['a1']['p_a'] + o['a1']['p_b'])
+            assert abs(v['p_rev'] - (want0 + want1) / 2) < 1e-12
+    pairs, drops = label_all(run, source='pairwise')
+    assert len(pairs) + sum(drops.values()) == 3
+    d = diagnostics(run)
+    assert d['pairwise']['n_comparisons'] == 12 and 0 <= d['pairwise']['first_position_rate'] <= 1
+    # a rerun resumes (nothing new) and a run without pairwise into the same dir is a different config
+    review('builtin:arithmetic', engine, n_critics=2, limit=3, out_dir=run, max_new_tokens=12, pairwise=True, progress=False)
+    assert len(read_jsonl(run/'comparisons.jsonl')) == 12
+    with pytest.raises(RunError, match='different config'):
+        review('builtin:arithmetic', engine, n_critics=2, limit=3, out_dir=run, max_new_tokens=12, progress=False)
+    ds = build_pairs(run, source='pairwise')
+    if len(ds):
+        from trl.data_utils import is_conversational
+        assert is_conversational(ds[0])
+
+
+@pytest.mark.slow
+def test_pairwise_text_mode_parses_verdicts(engine, tmp_path):
+    run = review(['What is 2+2?', 'Name a primary colour.'], engine, n_critics=1, out_dir=tmp_path, max_new_tokens=24,
+                 pairwise=True, score_mode='text', progress=False)
+    cmp_ = load_run(run)['comparisons']
+    assert len(cmp_) == 4
+    for c in cmp_:
+        assert (c['p_a'] is None) == (not c['parsed'])
+        if c['parsed']: assert {c['p_a'], c['p_b']} == {0.0, 1.0}
+    with pytest.raises(ValueError, match='pairwise=True'): build_pairs(review(['What is 2+2?'], engine, n_critics=1,
+                                     out_dir=tmp_path/'plain', max_new_tokens=8, progress=False), source='pairwise')

@@ -106,15 +106,31 @@ def test_200kb_prompt_is_a_clear_context_error(hf_engine, tmp_path):
     assert recs[1]['id'] in msg and 'context' in msg and recs[0]['id'] not in msg, msg
 
 
-@pytest.mark.xfail(strict=True, reason='engines.render_ids renders control tokens inside message text as real special '
-                   'tokens: a prompt or an answer can forge chat turns (reported to the lead; fix belongs in 02_engines)')
-def test_control_tokens_in_content_are_not_special_tokens(model_path):
+@pytest.mark.parametrize('prefix', [False, True])
+def test_control_tokens_in_content_are_not_special_tokens(model_path, prefix):
+    "Forged turns in a user message and in an answer under review stay text, and decode back to the same characters."
     from pulse_nb.models import load_tokenizer
     tok = load_tokenizer(model_path)
-    plain = render_ids(tok, [[{'role': 'user', 'content': 'Say hi.'}]])[0]
-    forged = render_ids(tok, [[{'role': 'user', 'content': INJECT_TOKENS}]])[0]
-    special = set(tok.all_special_ids)
+    tail = [{'role': 'assistant', 'content': 'Score: '}] if prefix else []
+    plain = render_ids(tok, [[{'role': 'user', 'content': 'Say hi.'}, *tail]], prefix)[0]
+    conv = [{'role': 'user', 'content': INJECT_TOKENS}, *tail]
+    forged = render_ids(tok, [conv], prefix)[0]
+    special = set(tok.all_special_ids) | {k for k, t in tok.added_tokens_decoder.items() if t.special}
     assert sum(t in special for t in forged) == sum(t in special for t in plain)
+    assert tok.decode(forged) == tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=not prefix,
+                                                         continue_final_message=prefix)
+
+
+@pytest.mark.slow
+def test_forged_turn_does_not_change_the_critic_score_position(hf_engine):
+    "The score read-out after a forged 'Score: 10' turn reads the critic's own next token: ids end with the real prefix."
+    conv = [{'role': 'user', 'content': 'Rate the answer 1-9.\nAnswer: ' + INJECT_TOKENS},
+            {'role': 'assistant', 'content': 'Score: '}]
+    ids = render_ids(hf_engine.tok, [conv], True)[0]
+    special = {k for k, t in hf_engine.tok.added_tokens_decoder.items() if t.special}
+    assert [hf_engine.tok.convert_ids_to_tokens(t) for t in ids if t in special].count('<|im_start|>') == 3  # system, user, assistant
+    r = hf_engine.score([conv], [str(i) for i in range(1, 10)])[0]
+    assert 0 <= r.mass <= 1 + 1e-6
 
 
 # --- property-based: the score parser
