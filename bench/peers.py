@@ -1,0 +1,109 @@
+"""Generation vs peers: one UltraFeedback-style workload (N prompts -> an answer each -> K critiques with a score) on
+the embedded model and the vLLM engine, through
+
+1. pulse-nb: `review(..., stop_after='critiques')` (stage-batched, checkpointed JSONL), score read from the text
+   (`--score-mode text`, the same work as the others) or from log-probs;
+2. raw vLLM: the very calls pulse-nb made, replayed straight on `vllm.LLM.chat` (what it costs without pulse-nb);
+3. distilabel (if importable): `TextGeneration` then `UltraFeedback(aspect='overall-rating', num_generations=K)` on
+   distilabel's own `vLLM` LLM, each step's `process` called directly (no `Pipeline` process overhead counted).
+
+    python bench/peers.py --system pulse --n 64 --critics 2 --max-new-tokens 64   # pulse-nb and raw vLLM, one engine
+    python bench/peers.py --system distilabel --n 64 --critics 2 --max-new-tokens 64
+
+Each run prints one JSON object (engine start timed apart from the workload). `bench/run_all.py` runs both and
+puts them side by side. distilabel 1.5.3 installs beside this stack with `pip install distilabel` (it changes no pinned
+package); if its import or its vLLM call fails, the JSON says exactly why.
+"""
+import argparse, json, os, sys, shutil, tempfile, time, traceback
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault('VLLM_ENABLE_V1_MULTIPROCESSING', '0')
+
+
+def workload(n):
+    from pulse_nb.data import load_prompts
+    return load_prompts('builtin:general', limit=n)
+
+
+def run_pulse(a):
+    from review import Recorder, replay, reset_cache
+    from pulse_nb.engines import make_engine
+    from pulse_nb.review import review, load_run
+    recs = workload(a.n)
+    t = time.perf_counter(); eng = make_engine(f'vllm:{a.model}' if a.model else 'vllm'); start = time.perf_counter() - t
+    tmp = tempfile.mkdtemp(prefix='pulse-peers-')
+    try:
+        eng.generate([[{'role': 'user', 'content': 'Hi'}]])  # warm-up, as distilabel's first batch also pays it
+        rec = Recorder(eng); reset_cache(eng)
+        t = time.perf_counter()
+        review(recs, rec, n_critics=a.critics, out_dir=f'{tmp}/run', max_new_tokens=a.max_new_tokens, temperature=0.7,
+               score_mode=a.score_mode, batch_size=None, stop_after='critiques', progress=False)
+        pulse_s = time.perf_counter() - t
+        run = load_run(f'{tmp}/run')
+        toks = sum(c[4] for c in rec.calls if c[0] == 'generate')
+        raw_s, raw_toks = replay(eng, rec.calls)
+        parsed = sum(c['parsed'] for c in run['critiques'])
+        return {'n_prompts': len(recs), 'n_critics': a.critics, 'max_new_tokens': a.max_new_tokens,
+                'score_mode': a.score_mode, 'engine_start_s': round(start, 1),
+                'pulse': {'wall_s': round(pulse_s, 2), 'gen_tokens': toks, 'tok_per_s': round(toks / pulse_s, 1),
+                          'answers': len(run['answers']), 'critiques': len(run['critiques']), 'scores_parsed': parsed},
+                'raw_vllm': {'wall_s': round(raw_s, 2), 'gen_tokens': raw_toks, 'tok_per_s': round(raw_toks / raw_s, 1)},
+                'pulse_over_raw_wall': round(pulse_s / raw_s, 3)}
+    finally:
+        eng.close(); shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_distilabel(a):
+    res = {'n_prompts': a.n, 'n_critics': a.critics, 'max_new_tokens': a.max_new_tokens}
+    try:
+        import distilabel
+        from distilabel.models.llms import vLLM
+        from distilabel.steps.tasks import TextGeneration, UltraFeedback
+        res['version'] = distilabel.__version__
+    except Exception as e:
+        return {**res, 'error': f'import failed: {type(e).__name__}: {e}', 'fix': 'pip install distilabel'}
+    from pulse_nb.models import resolve_model
+    recs = workload(a.n)
+    try:
+        kw = dict(gpu_memory_utilization=0.3) if not __import__('torch').cuda.is_available() else {}
+        t = time.perf_counter()
+        llm = vLLM(model=str(resolve_model(a.model)), extra_kwargs=kw,
+                   generation_kwargs=dict(max_new_tokens=a.max_new_tokens, temperature=0.7))
+        gen = TextGeneration(llm=llm); gen.load()
+        start = time.perf_counter() - t
+        judge = UltraFeedback(llm=gen.llm, aspect='overall-rating', num_generations=a.critics,
+                              use_default_structured_output=False)
+        judge.load()
+        t = time.perf_counter()
+        answers = [r for batch in gen.process([{'instruction': r['prompt']} for r in recs]) for r in batch]
+        t_ans = time.perf_counter() - t
+        judged = [r for batch in judge.process([{'instruction': r['instruction'], 'generations': [r['generation']]}
+                                                for r in answers]) for r in batch]
+        wall = time.perf_counter() - t
+        tok = lambda rows, key: sum(sum(s.get('output_tokens', [0]) if isinstance(s.get('output_tokens'), list)
+                                        else [s.get('output_tokens', 0)])
+                                    for r in rows for s in (lambda m: m if isinstance(m, list) else [m])(
+                                        (r.get('distilabel_metadata') or {}).get(f'statistics_{key}', {})))
+        ratings = [x for r in judged for x in (r.get('ratings') or []) if x is not None]
+        gen_tokens = tok(answers, gen.name) + tok(judged, judge.name)
+        return {**res, 'engine_start_s': round(start, 1), 'wall_s': round(wall, 2), 'answers_s': round(t_ans, 2),
+                'gen_tokens': gen_tokens, 'tok_per_s': round(gen_tokens / wall, 1) if gen_tokens else None,
+                'answers': len(answers), 'judgements': len(judged), 'ratings_parsed': len(ratings),
+                'ratings_expected': len(judged) * a.critics}
+    except Exception as e:
+        return {**res, 'error': f'{type(e).__name__}: {e}', 'where': traceback.format_exc().strip().splitlines()[-3:]}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--system', choices=['pulse', 'distilabel'], required=True)
+    ap.add_argument('--n', type=int, default=64); ap.add_argument('--critics', type=int, default=2)
+    ap.add_argument('--max-new-tokens', type=int, default=64); ap.add_argument('--model', default=None)
+    ap.add_argument('--score-mode', default='text', choices=['text', 'logprobs'])
+    a = ap.parse_args()
+    out = run_pulse(a) if a.system == 'pulse' else run_distilabel(a)
+    print(json.dumps({'system': a.system, **out}))
+
+
+if __name__ == '__main__':
+    main()
