@@ -148,6 +148,12 @@ def test_openai_vllm_serve(vllm_server, hf_engine):
     h, o = hf_engine.score(CRITS, DIGITS), e.score(CRITS, DIGITS)
     for i, (a, b) in enumerate(zip(h, o)): assert _close(a, b), (i, a, b)
     assert e.supports_logprobs
+    # more stop strings than the API takes (4): the rest are applied to the returned text, as the local engines would
+    stops = ['@@1', '@@2', '@@3', '@@4', ' of']
+    got = e.generate(qs[:1], SamplingConfig(temperature=0, max_new_tokens=24, stop=stops))[0].completions[0]
+    want = hf_engine.generate(qs[:1], SamplingConfig(temperature=0, max_new_tokens=24, stop=stops))[0].completions[0]
+    teq((got.text, got.finish_reason), (want.text, 'stop'))
+    assert ' of' not in got.text and gs[0].completions[0].text.startswith(got.text)
 
 # ---------------------------------------------------------------- OpenAIEngine failure paths (local fault-injecting fake)
 
