@@ -106,6 +106,14 @@ def main():
         print(f'  VLLMEngine / naive loop      {rows["VLLMEngine"][0] / naive:6.2f}x')
         print(f'  VLLMEngine / raw vLLM        {rows["VLLMEngine"][0] / raw:6.3f}  (mean of the two raw runs)')
         print(f'  VLLMEngine / HFEngine        {rows["VLLMEngine"][0] / rows["HFEngine"][0]:6.2f}x')
+    res = {'bench': 'engines', 'cpu': cpu_summary(), 'n_prompts': a.n, 'max_new_tokens': a.max_new_tokens,
+           'rows': {k: {'tok_per_s': round(v[0], 1), 'tokens': v[1], 'gen_s': round(v[2], 1),
+                        'start_s': None if v[3] is None else round(v[3], 1)} for k, v in rows.items()},
+           'hf_over_naive': round(rows['HFEngine'][0] / naive, 2)}
+    if not a.skip_vllm:
+        res.update(vllm_over_naive=round(rows['VLLMEngine'][0] / naive, 2),
+                   vllmengine_over_raw=round(rows['VLLMEngine'][0] / raw, 3))
+    print('RESULT ' + json.dumps(res))
 
 
 if __name__ == '__main__':

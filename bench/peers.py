@@ -102,7 +102,7 @@ def main():
     ap.add_argument('--score-mode', default='text', choices=['text', 'logprobs'])
     a = ap.parse_args()
     out = run_pulse(a) if a.system == 'pulse' else run_distilabel(a)
-    print(json.dumps({'system': a.system, **out}))
+    print('RESULT ' + json.dumps({'bench': 'peers', 'system': a.system, **out}))
 
 
 if __name__ == '__main__':

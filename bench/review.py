@@ -88,6 +88,7 @@ def main():
             res.update(subset=len(sub), batched_subset_s=round(batched_s, 2), naive_subset_s=round(naive_s, 2),
                        naive_over_batched=round(naive_s / batched_s, 2))
         print(json.dumps(res, indent=1))
+        print('RESULT ' + json.dumps({'bench': 'review', **res}))
     finally:
         eng.close(); shutil.rmtree(tmp, ignore_errors=True)
 

@@ -80,13 +80,36 @@ def run(kind, ds, tok, make_model, steps, gpu, out):
     return timer.times, losses
 
 
-def rss_child(steps):
-    "Child process: one LoRA `train(...)` run on the embedded model; prints its peak RSS."
-    from pulse_nb.train import train
+def rss_child(steps, kind):
+    "Child process: one LoRA run on the embedded model (`train(...)`, or `run('stock'|'pulse', ...)`); prints its peak RSS."
     torch.set_num_threads(1)
-    train(cpu_pairs(16), loss='savage', lora=True, max_steps=steps, batch_size=4, max_length=128,
-          out_dir=tempfile.mkdtemp(), progress=False)
+    if kind == 'train':
+        from pulse_nb.train import train
+        train(cpu_pairs(16), loss='savage', lora=True, max_steps=steps, batch_size=4, max_length=128,
+              out_dir=tempfile.mkdtemp(), progress=False)
+    else:
+        from pulse_nb.models import load_model, load_tokenizer
+        run(kind, cpu_pairs(4 * steps), load_tokenizer(), load_model, steps, False, tempfile.mkdtemp())
     print(json.dumps({'peak_rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+
+
+def child_rss(steps, kind):
+    out = subprocess.run([sys.executable, __file__, '--rss-child', kind, '--steps', str(steps)], capture_output=True, text=True)
+    line = [l for l in out.stdout.splitlines() if l.startswith('{')]
+    return json.loads(line[-1])['peak_rss_gib'] if line else float('nan')
+
+
+def tokens_per_pass(ds, tok, max_length):
+    "Tokens the model sees in one pass over `ds` (prompt+chosen and prompt+rejected, chat-templated, truncated)."
+    n = 0
+    for r in ds:
+        for side in ('chosen', 'rejected'):
+            if isinstance(r['prompt'], list):
+                ids = tok.apply_chat_template(r['prompt'] + r[side], tokenize=True)
+                ids = ids['input_ids'] if isinstance(ids, dict) else ids
+            else: ids = tok(r['prompt'] + r[side])['input_ids']
+            n += min(len(ids), max_length)
+    return n
 
 
 def main():
@@ -95,9 +118,9 @@ def main():
     ap.add_argument('--rounds', type=int, default=2, help='alternating stock/pulse rounds')
     ap.add_argument('--gpu', action='store_true', help='GPU variant (random-init ~0.47B Llama, 512-token pairs, bf16)')
     ap.add_argument('--threads', type=int, default=1, help='torch CPU threads (CPU variant)')
-    ap.add_argument('--rss-child', action='store_true', help=argparse.SUPPRESS)
+    ap.add_argument('--rss-child', default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a.rss_child: return rss_child(a.steps)
+    if a.rss_child: return rss_child(a.steps, a.rss_child)
     if a.gpu:
         assert torch.cuda.is_available(), '--gpu needs a CUDA device'
         ds, tok, make_model = gpu_setup(n_pairs=8 * a.steps)
@@ -117,13 +140,19 @@ def main():
     diff = max(abs(x - y) for x, y in zip(curves['stock'], curves['pulse']))
     print(f"\nstep time  stock {med['stock']:.3f} s   pulse {med['pulse']:.3f} s   ratio pulse/stock {med['pulse'] / med['stock']:.3f} (target <= 1.05)")
     print(f'loss curve max |pulse - stock| = {diff:.2e} over {len(curves["stock"])} steps (target <= 1e-5)')
+    tok_step = tokens_per_pass(ds, tok, 512 if a.gpu else 128) / a.steps  # every run makes one pass over ds
+    res = {'bench': 'train', 'device': 'gpu' if a.gpu else 'cpu', 'steps': a.steps, 'rounds': a.rounds,
+           'step_s': {k: round(v, 4) for k, v in med.items()}, 'ratio_pulse_over_stock': round(med['pulse'] / med['stock'], 3),
+           'tok_per_s': {k: round(tok_step / v, 1) for k, v in med.items()}, 'loss_curve_max_abs_diff': diff}
     if not a.gpu:
-        out = subprocess.run([sys.executable, __file__, '--rss-child', '--steps', '3'], capture_output=True, text=True)
-        line = [l for l in out.stdout.splitlines() if l.startswith('{')]
-        rss = json.loads(line[-1])['peak_rss_gib'] if line else float('nan')
-        print(f'peak RSS of a LoRA train() run on the embedded model: {rss:.2f} GiB (target <= 4 GiB)')
+        rss = {k: child_rss(3, k) for k in ('stock', 'pulse', 'train')}
+        print(f"peak RSS (LoRA, embedded model, 3 steps): stock {rss['stock']:.2f} GiB, pulse {rss['pulse']:.2f} GiB, "
+              f"train() {rss['train']:.2f} GiB (target <= 4 GiB)")
+        res['peak_rss_gib'] = {k: round(v, 2) for k, v in rss.items()}
     else:
         print(f'peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB')
+        res['peak_gpu_gib'] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+    print('RESULT ' + json.dumps(res))
 
 
 if __name__ == '__main__':

@@ -1,0 +1,109 @@
+"""Run every benchmark and write `bench/results.md` (one command).
+
+    python bench/run_all.py                 # the full sizes of the issues (hours on a 2-core CPU without AVX-512 bf16)
+    python bench/run_all.py --profile quick # smaller sizes, same measurements (minutes to an hour on a CPU)
+    python bench/run_all.py --only engines,train
+
+Each benchmark runs in its own process (one engine start each) and ends with a `RESULT {json}` line; the JSON of every
+benchmark goes to `bench/results.json` and a readable summary to `bench/results.md`, rewritten after each benchmark, so
+an interrupted run keeps what finished. Ratios are measured side by side inside one benchmark run, never across runs.
+"""
+import argparse, datetime, json, os, platform, subprocess, sys, time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PROFILES = {
+    'full': {'engines': ['--n', '256', '--max-new-tokens', '64', '--naive', '16'],
+             'review': ['--engine', 'vllm', '--n', '128', '--subset', '16', '--max-new-tokens', '64'],
+             'peers-pulse': ['--system', 'pulse', '--n', '64', '--critics', '2', '--max-new-tokens', '64'],
+             'peers-distilabel': ['--system', 'distilabel', '--n', '64', '--critics', '2', '--max-new-tokens', '64'],
+             'train': ['--steps', '8', '--rounds', '2'],
+             'scaling': ['--engine', 'vllm', '--ns', '32,64,128,256', '--ks', '1,2,4', '--max-new-tokens', '32']},
+    'quick': {'engines': ['--n', '256', '--max-new-tokens', '32', '--naive', '16'],
+              'review': ['--engine', 'vllm', '--n', '128', '--subset', '8', '--max-new-tokens', '32'],
+              'peers-pulse': ['--system', 'pulse', '--n', '32', '--critics', '2', '--max-new-tokens', '32'],
+              'peers-distilabel': ['--system', 'distilabel', '--n', '32', '--critics', '2', '--max-new-tokens', '32'],
+              'train': ['--steps', '6', '--rounds', '2'],
+              'scaling': ['--engine', 'auto', '--ns', '32,64,128', '--ks', '1,2,4', '--max-new-tokens', '16']},
+}
+SCRIPT = {'engines': 'engines.py', 'review': 'review.py', 'peers-pulse': 'peers.py', 'peers-distilabel': 'peers.py',
+          'train': 'train.py', 'scaling': 'scaling.py'}
+
+
+def run_one(name, args, log):
+    t = time.perf_counter()
+    p = subprocess.run([sys.executable, str(HERE/SCRIPT[name]), *args], capture_output=True, text=True,
+                       env={**os.environ, 'VLLM_ENABLE_V1_MULTIPROCESSING': '0'})
+    log.write_text(p.stdout + '\n--- stderr ---\n' + p.stderr[-20000:])
+    res = [l[len('RESULT '):] for l in p.stdout.splitlines() if l.startswith('RESULT ')]
+    out = json.loads(res[-1]) if res else {'error': f'exit {p.returncode}: ' + (p.stderr.strip().splitlines() or ['?'])[-1]}
+    return {**out, 'args': args, 'seconds': round(time.perf_counter() - t, 1)}
+
+
+def fmt(name, r) -> str:
+    "A few markdown lines per benchmark."
+    if 'error' in r: return f'**{name}**: did not finish: `{r["error"]}`'
+    if name == 'engines':
+        rows = '\n'.join(f'| {k} | {v["tok_per_s"]} | {v["tokens"]} | {v["gen_s"]} | {v["start_s"] or ""} |' for k, v in r['rows'].items())
+        return (f'CPU: {r["cpu"]}; {r["n_prompts"]} prompts, greedy, {r["max_new_tokens"]} new tokens\n\n'
+                f'| engine | tok/s | tokens | gen s | start s |\n|---|---|---|---|---|\n{rows}\n\n'
+                f'HFEngine / naive loop: **{r["hf_over_naive"]}x**' +
+                (f'; VLLMEngine / naive: **{r["vllm_over_naive"]}x**; VLLMEngine / raw vLLM: **{r["vllmengine_over_raw"]}**'
+                 if 'vllm_over_naive' in r else ''))
+    if name == 'review':
+        s = (f'{r["n_prompts"]} prompts x {r["n_critics"]} critics on `{r["engine"]}` ({r["max_new_tokens"]} new tokens): '
+             f'PULSE {r["pulse_s"]} s vs the same calls on raw vLLM {r["raw_s"]} s: overhead **{r["overhead_frac"]:.1%}** '
+             f'of wall time ({r["overhead_frac_per_token"]:.1%} per generated token)')
+        if 'naive_over_batched' in r:
+            s += f'; a per-prompt loop on {r["subset"]} prompts is **{r["naive_over_batched"]}x** slower than stage batching'
+        return s
+    if name.startswith('peers'):
+        if r.get('system') == 'pulse':
+            return (f'pulse-nb {r["pulse"]["wall_s"]} s ({r["pulse"]["tok_per_s"]} tok/s) vs raw vLLM on the same calls '
+                    f'{r["raw_vllm"]["wall_s"]} s ({r["raw_vllm"]["tok_per_s"]} tok/s): pulse/raw wall **{r["pulse_over_raw_wall"]}**; '
+                    f'{r["pulse"]["scores_parsed"]}/{r["pulse"]["critiques"]} critic scores parsed ({r["score_mode"]} mode)')
+        return (f'distilabel {r.get("version")}: {r["wall_s"]} s ({r["tok_per_s"]} tok/s) for {r["answers"]} answers and '
+                f'{r["judgements"]} judgements; {r["ratings_parsed"]}/{r["ratings_expected"]} ratings parsed')
+    if name.startswith('train'):
+        m = r.get('peak_rss_gib') or r.get('peak_gpu_gib')
+        return (f'step time pulse/stock **{r["ratio_pulse_over_stock"]}** ({r["step_s"]}); tokens/s {r["tok_per_s"]}; '
+                f'loss curves max |diff| {r["loss_curve_max_abs_diff"]:.1e}; peak memory {m} GiB')
+    if name == 'scaling':
+        ns, ks = sorted({x['n'] for x in r['rows']}), sorted({x['k'] for x in r['rows']})
+        cell = {(x['n'], x['k']): x for x in r['rows']}
+        head = '| K \\ N | ' + ' | '.join(map(str, ns)) + ' |\n|---|' + '---|' * len(ns)
+        body = '\n'.join(f'| {k} | ' + ' | '.join(f'{cell[n, k]["wall_s"]} s ({cell[n, k]["s_per_generation"]} s/gen)'
+                                                   if (n, k) in cell else '' for n in ns) + ' |' for k in ks)
+        return f'engine `{r["engine"]}`, {r["max_new_tokens"]} new tokens, wall time of review + pairs:\n\n{head}\n{body}'
+    return '`' + json.dumps(r) + '`'
+
+
+def write(results, path, profile):
+    lines = [f'# Benchmarks', '', f'Written by `python bench/run_all.py --profile {profile}` on {datetime.date.today()}, '
+             f'{platform.machine()}, {os.cpu_count()} CPUs. Raw numbers: `bench/results.json`; logs: `bench/logs/`.', '']
+    for name, r in results.items(): lines += [f'## {name}', '', fmt(name, r), '']
+    path.write_text('\n'.join(lines))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--profile', choices=list(PROFILES), default='full')
+    ap.add_argument('--only', default=None, help='comma-separated subset of: ' + ', '.join(PROFILES['full']))
+    ap.add_argument('--gpu', action='store_true', help='also run the training benchmark on the GPU (train --gpu)')
+    a = ap.parse_args()
+    todo = dict(PROFILES[a.profile])
+    if a.gpu: todo['train-gpu'] = ['--gpu', '--steps', '20']; SCRIPT['train-gpu'] = 'train.py'
+    if a.only: todo = {k: v for k, v in todo.items() if k in a.only.split(',')}
+    (HERE/'logs').mkdir(exist_ok=True)
+    jpath = HERE/'results.json'
+    results = json.loads(jpath.read_text()) if jpath.exists() else {}
+    for name, args in todo.items():
+        print(f'[{time.strftime("%H:%M:%S")}] {name}: python bench/{SCRIPT[name]} {" ".join(args)}', flush=True)
+        results[name] = run_one(name, args, HERE/'logs'/f'{name}.log')
+        print('   ', fmt(name, results[name]).splitlines()[-1], flush=True)
+        jpath.write_text(json.dumps(results, indent=1))
+        write(results, HERE/'results.md', a.profile)
+
+
+if __name__ == '__main__':
+    main()
