@@ -5,7 +5,7 @@ naive one-prompt-at-a-time transformers loop (on a subset, compared per generate
 
 Greedy decoding, so every engine does the same work. Prints tokens/s, start-up times, the ratios, and the CPU features
 that explain them (the vLLM CPU build is fast only with avx512_bf16 / amx_bf16). Not run in CI."""
-import argparse, os, platform, time
+import argparse, json, os, platform, time
 
 TOPICS = ['the sea', 'bread', 'volcanoes', 'chess', 'bicycles', 'the moon', 'bees', 'rain', 'libraries', 'trains',
           'coffee', 'glaciers', 'music', 'gardens', 'maps', 'clocks']

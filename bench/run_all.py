@@ -19,12 +19,12 @@ PROFILES = {
              'peers-distilabel': ['--system', 'distilabel', '--n', '64', '--critics', '2', '--max-new-tokens', '64'],
              'train': ['--steps', '8', '--rounds', '2'],
              'scaling': ['--engine', 'vllm', '--ns', '32,64,128,256', '--ks', '1,2,4', '--max-new-tokens', '32']},
-    'quick': {'engines': ['--n', '256', '--max-new-tokens', '32', '--naive', '16'],
+    'quick': {'engines': ['--n', '256', '--max-new-tokens', '32', '--naive', '16', '--threads', '1'],
               'review': ['--engine', 'vllm', '--n', '128', '--subset', '8', '--max-new-tokens', '32'],
               'peers-pulse': ['--system', 'pulse', '--n', '32', '--critics', '2', '--max-new-tokens', '32'],
               'peers-distilabel': ['--system', 'distilabel', '--n', '32', '--critics', '2', '--max-new-tokens', '32'],
               'train': ['--steps', '6', '--rounds', '2'],
-              'scaling': ['--engine', 'auto', '--ns', '32,64,128', '--ks', '1,2,4', '--max-new-tokens', '16']},
+              'scaling': ['--engine', 'auto', '--ns', '32,64', '--ks', '1,2,4', '--max-new-tokens', '16']},
 }
 SCRIPT = {'engines': 'engines.py', 'review': 'review.py', 'peers-pulse': 'peers.py', 'peers-distilabel': 'peers.py',
           'train': 'train.py', 'scaling': 'scaling.py'}

@@ -284,3 +284,17 @@ def test_openai_inside_running_loop(fake):
     async def main(): return _eng(f.url).generate([Q('x')], GREEDY)  # as in Jupyter: a loop is already running
     teq(asyncio.run(main())[0].completions[0].text, 'echo: x')
     teq(asyncio.run(_eng(f.url).agenerate([Q('y')], GREEDY))[0].completions[0].text, 'echo: y')
+
+
+@pytest.mark.slow
+def test_vllm_seeded_stage_larger_than_one_step(vllm_engine):
+    """A stage whose prompts exceed one scheduler step (> 4096 tokens), sampled with a seed: vLLM's CPU build crashed here
+    with chunked prefill on ('CPU Generator does not use offset'); whole-prompt steps run it, and reproducibly."""
+    long = 'Please review this text carefully. ' * 60
+    convs = [[{'role': 'user', 'content': f'{i}: ' + long}] for i in range(16)]
+    assert sum(len(x) for x in render_ids(vllm_engine.tok, convs)) > 4096
+    sc = SamplingConfig(temperature=0.7, max_new_tokens=4, seed=1)
+    a = vllm_engine.generate(convs, sc)
+    b = vllm_engine.generate(convs, sc)
+    teq(len(a), 16)
+    teq([g.completions[0].text for g in a], [g.completions[0].text for g in b])
