@@ -18,11 +18,11 @@ __all__ = ['log', 'RunConfig', 'write_json', 'read_json', 'stage_review', 'train
 class RunConfig:
     "Settings of `pulse run`; `RunConfig.preset(quick)` gives the defaults."
     prompts: str = 'builtin:general' # prompt spec: `builtin:NAME`, a file, or `hf:NAME:SPLIT`
-    limit: int = 48                  # prompts to review
+    limit: int = 32                  # prompts to review
     engine: str = 'auto'             # engine spec of the peer pool (see `make_engine`)
     n_critics: int = 2               # critics per answer
     score_mode: str = 'logprobs'     # 'logprobs' or 'text'
-    max_new_tokens: int = 128        # tokens per answer, critique and revision
+    max_new_tokens: int = 64         # tokens per answer, critique and revision
     temperature: float = 0.7         # sampling temperature of the review
     loss: str = 'savage'             # training loss
     beta: float = 0.1                # DPO β
@@ -31,9 +31,9 @@ class RunConfig:
     epochs: float = 2                # training passes over the pairs
     max_steps: int = -1              # training steps (-1: use epochs)
     batch_size: int = 4              # pairs per step
-    eval_prompts: int = 16           # held-out prompts for the win rate
-    eval_arithmetic: int = 16        # arithmetic problems for exact-answer accuracy
-    eval_max_new_tokens: int = 128   # tokens per answer at evaluation
+    eval_prompts: int = 12           # held-out prompts for the win rate
+    eval_arithmetic: int = 12        # arithmetic problems for exact-answer accuracy
+    eval_max_new_tokens: int = 64    # tokens per answer at evaluation
     seed: int = 0                    # seed of every stage
 
     @classmethod
