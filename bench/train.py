@@ -106,7 +106,7 @@ def tokens_per_pass(ds, tok, max_length):
         for side in ('chosen', 'rejected'):
             if isinstance(r['prompt'], list):
                 ids = tok.apply_chat_template(r['prompt'] + r[side], tokenize=True)
-                ids = ids['input_ids'] if isinstance(ids, dict) else ids
+                ids = ids if isinstance(ids, list) else ids['input_ids']  # transformers 5 returns a BatchEncoding (not a dict)
             else: ids = tok(r['prompt'] + r[side])['input_ids']
             n += min(len(ids), max_length)
     return n
