@@ -71,9 +71,17 @@ def main():
     rows = {}
 
     hf, t_start = timed(lambda: HFEngine(a.model, batch_size=a.batch_size))
+    attention = hf.lm.config._attn_implementation
     gens, dt = timed(lambda: hf.generate(convs, sc, progress=True))
     rows['HFEngine'] = (ntok(gens) / dt, ntok(gens), dt, t_start)
     hf.close()
+    if attention != 'sdpa':  # the same engine on transformers' stock attention, to show what `cpu_gqa` buys
+        hf, t_start = timed(lambda: HFEngine(a.model, batch_size=a.batch_size, cpu_gqa=False))
+        stock, dt = timed(lambda: hf.generate(convs, sc, progress=True))
+        rows['HFEngine (cpu_gqa=False)'] = (ntok(stock) / dt, ntok(stock), dt, t_start)
+        same = sum(x.completions[0].text == y.completions[0].text for x, y in zip(gens, stock))
+        print(f'HFEngine attention {attention}: {same}/{len(gens)} completions identical to stock sdpa')
+        hf.close()
 
     toks, dt = timed(lambda: naive_loop(a.model, convs[:a.naive], a.max_new_tokens))
     rows[f'naive loop ({a.naive} prompts)'] = (toks / dt, toks, dt, None)
@@ -100,7 +108,9 @@ def main():
         print(f'{k:32s} {tps:8.1f} {toks:8d} {dt:8.1f} {"" if st is None else f"{st:8.1f}"}')
     naive = rows[f'naive loop ({a.naive} prompts)'][0]
     print('\nratios (per generated token):')
-    print(f'  HFEngine / naive loop        {rows["HFEngine"][0] / naive:6.2f}x')
+    print(f'  HFEngine / naive loop        {rows["HFEngine"][0] / naive:6.2f}x  (attention: {attention})')
+    if 'HFEngine (cpu_gqa=False)' in rows:
+        print(f'  HFEngine / its stock-attention run {rows["HFEngine"][0] / rows["HFEngine (cpu_gqa=False)"][0]:6.2f}x')
     if not a.skip_vllm:
         raw = (rows['raw vllm.LLM.chat'][0] + rows['raw vllm.LLM.chat (again)'][0]) / 2
         eng = (rows['VLLMEngine'][0] + rows['VLLMEngine (again)'][0]) / 2
@@ -110,7 +120,11 @@ def main():
     res = {'bench': 'engines', 'cpu': cpu_summary(), 'n_prompts': a.n, 'max_new_tokens': a.max_new_tokens,
            'rows': {k: {'tok_per_s': round(v[0], 1), 'tokens': v[1], 'gen_s': round(v[2], 1),
                         'start_s': None if v[3] is None else round(v[3], 1)} for k, v in rows.items()},
-           'hf_over_naive': round(rows['HFEngine'][0] / naive, 2)}
+           'hf_over_naive': round(rows['HFEngine'][0] / naive, 2), 'hf_attention': attention,
+           'torch_threads': __import__('torch').get_num_threads()}
+    if 'HFEngine (cpu_gqa=False)' in rows:
+        res.update(hf_over_stock_attention=round(rows['HFEngine'][0] / rows['HFEngine (cpu_gqa=False)'][0], 2),
+                   identical_to_stock=same)
     if not a.skip_vllm:
         res.update(vllm_over_naive=round(eng / naive, 2), vllmengine_over_raw=round(eng / raw, 3))
     print('RESULT ' + json.dumps(res))

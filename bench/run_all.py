@@ -19,7 +19,7 @@ PROFILES = {
              'peers-distilabel': ['--system', 'distilabel', '--n', '64', '--critics', '2', '--max-new-tokens', '64'],
              'train': ['--steps', '8', '--rounds', '2'],
              'scaling': ['--engine', 'vllm', '--ns', '32,64,128,256', '--ks', '1,2,4', '--max-new-tokens', '32']},
-    'quick': {'engines': ['--n', '256', '--max-new-tokens', '32', '--naive', '16', '--threads', '1'],
+    'quick': {'engines': ['--n', '256', '--max-new-tokens', '32', '--naive', '16'],
               'review': ['--engine', 'vllm', '--n', '128', '--subset', '8', '--max-new-tokens', '32'],
               'peers-pulse': ['--system', 'pulse', '--n', '32', '--critics', '2', '--max-new-tokens', '32'],
               'peers-distilabel': ['--system', 'distilabel', '--n', '32', '--critics', '2', '--max-new-tokens', '32'],
@@ -48,6 +48,8 @@ def fmt(name, r) -> str:
         return (f'CPU: {r["cpu"]}; {r["n_prompts"]} prompts, greedy, {r["max_new_tokens"]} new tokens\n\n'
                 f'| engine | tok/s | tokens | gen s | start s |\n|---|---|---|---|---|\n{rows}\n\n'
                 f'HFEngine / naive loop: **{r["hf_over_naive"]}x**' +
+                (f' (attention `{r["hf_attention"]}`; {r["hf_over_stock_attention"]}x its stock-attention run, '
+                 f'{r["identical_to_stock"]}/{r["n_prompts"]} completions identical)' if 'hf_over_stock_attention' in r else '') +
                 (f'; VLLMEngine / naive: **{r["vllm_over_naive"]}x**; VLLMEngine / raw vLLM: **{r["vllmengine_over_raw"]}**'
                  if 'vllm_over_naive' in r else ''))
     if name == 'review':
