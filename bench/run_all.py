@@ -6,7 +6,8 @@
 
 Each benchmark runs in its own process (one engine start each) and ends with a `RESULT {json}` line; the JSON of every
 benchmark goes to `bench/results.json` and a readable summary to `bench/results.md`, rewritten after each benchmark, so
-an interrupted run keeps what finished. Ratios are measured side by side inside one benchmark run, never across runs.
+an interrupted run keeps what finished. `bench/conditions.md` (hand-written: what else ran, what was
+stopped) is appended to `results.md`. Ratios are measured side by side inside one benchmark run, never across runs.
 """
 import argparse, datetime, json, os, platform, subprocess, sys, time
 from pathlib import Path
@@ -31,13 +32,14 @@ SCRIPT = {'engines': 'engines.py', 'review': 'review.py', 'peers-pulse': 'peers.
 
 
 def run_one(name, args, log):
-    t = time.perf_counter()
+    t, started = time.perf_counter(), datetime.datetime.now().isoformat(timespec='minutes')
     p = subprocess.run([sys.executable, str(HERE/SCRIPT[name]), *args], capture_output=True, text=True,
                        env={**os.environ, 'VLLM_ENABLE_V1_MULTIPROCESSING': '0'})
     log.write_text(p.stdout + '\n--- stderr ---\n' + p.stderr[-20000:])
     res = [l[len('RESULT '):] for l in p.stdout.splitlines() if l.startswith('RESULT ')]
     out = json.loads(res[-1]) if res else {'error': f'exit {p.returncode}: ' + (p.stderr.strip().splitlines() or ['?'])[-1]}
-    return {**out, 'args': args, 'seconds': round(time.perf_counter() - t, 1)}
+    return {**out, 'args': args, 'seconds': round(time.perf_counter() - t, 1),
+            'ran_at': started}
 
 
 def fmt(name, r) -> str:
@@ -83,7 +85,11 @@ def fmt(name, r) -> str:
 def write(results, path, profile):
     lines = [f'# Benchmarks', '', f'Written by `python bench/run_all.py --profile {profile}` on {datetime.date.today()}, '
              f'{platform.machine()}, {os.cpu_count()} CPUs. Raw numbers: `bench/results.json`; logs: `bench/logs/`.', '']
-    for name, r in results.items(): lines += [f'## {name}', '', fmt(name, r), '']
+    for name, r in results.items():
+        when = f' (ran {r["ran_at"].replace("T", " ")}, {r["seconds"]} s)' if 'ran_at' in r else ''
+        lines += [f'## {name}', '', fmt(name, r) + when, '']
+    notes = path.parent/'conditions.md'  # hand-written notes on the machine's state during the runs, kept across rewrites
+    if notes.exists(): lines += [notes.read_text().rstrip(), '']
     path.write_text('\n'.join(lines))
 
 
