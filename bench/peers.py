@@ -3,7 +3,8 @@ the embedded model and the vLLM engine, through
 
 1. pulse-nb: `review(..., stop_after='critiques')` (stage-batched, checkpointed JSONL), score read from the text
    (`--score-mode text`, the same work as the others) or from log-probs;
-2. raw vLLM: the very calls pulse-nb made, replayed straight on `vllm.LLM.chat` (what it costs without pulse-nb);
+2. raw vLLM: the very calls pulse-nb made, replayed straight on `vllm.LLM.chat` (what it costs without pulse-nb),
+   in the order pulse, raw, raw, pulse so that neither side profits from its place; means are reported;
 3. distilabel (if importable): `TextGeneration` then `UltraFeedback(aspect='overall-rating', num_generations=K)` on
    distilabel's own `vLLM` LLM, each step's `process` called directly (no `Pipeline` process overhead counted).
 
@@ -34,21 +35,30 @@ def run_pulse(a):
     tmp = tempfile.mkdtemp(prefix='pulse-peers-')
     try:
         eng.generate([[{'role': 'user', 'content': 'Hi'}]])  # warm-up, as distilabel's first batch also pays it
-        rec = Recorder(eng); reset_cache(eng)
-        t = time.perf_counter()
-        review(recs, rec, n_critics=a.critics, out_dir=f'{tmp}/run', max_new_tokens=a.max_new_tokens, temperature=0.7,
-               score_mode=a.score_mode, batch_size=None, stop_after='critiques', progress=False)
-        pulse_s = time.perf_counter() - t
-        run = load_run(f'{tmp}/run')
-        toks = sum(c[4] for c in rec.calls if c[0] == 'generate')
-        raw_s, raw_toks = replay(eng, rec.calls)
+        pulse_runs, raw_runs = [], []
+
+        def pulse_run(rep):
+            rec = Recorder(eng); reset_cache(eng)
+            t = time.perf_counter()
+            review(recs, rec, n_critics=a.critics, out_dir=f'{tmp}/run{rep}', max_new_tokens=a.max_new_tokens,
+                   temperature=0.7, score_mode=a.score_mode, batch_size=None, stop_after='critiques', progress=False)
+            pulse_runs.append((time.perf_counter() - t, sum(c[4] for c in rec.calls if c[0] == 'generate')))
+            return rec.calls
+        # pulse, raw, raw, pulse (ABBA): neither side gains from running first or last; raw replays the first run's calls
+        calls = pulse_run(0)
+        raw_runs += [replay(eng, calls), replay(eng, calls)]
+        pulse_run(1)
+        pulse_s, toks = (sum(x[k] for x in pulse_runs) / 2 for k in (0, 1))
+        raw_s, raw_toks = (sum(x[k] for x in raw_runs) / 2 for k in (0, 1))
+        run = load_run(f'{tmp}/run1')
         parsed = sum(c['parsed'] for c in run['critiques'])
         return {'n_prompts': len(recs), 'n_critics': a.critics, 'max_new_tokens': a.max_new_tokens,
                 'score_mode': a.score_mode, 'engine_start_s': round(start, 1),
                 'pulse': {'wall_s': round(pulse_s, 2), 'gen_tokens': toks, 'tok_per_s': round(toks / pulse_s, 1),
                           'answers': len(run['answers']), 'critiques': len(run['critiques']), 'scores_parsed': parsed},
-                'raw_vllm': {'wall_s': round(raw_s, 2), 'gen_tokens': raw_toks, 'tok_per_s': round(raw_toks / raw_s, 1)},
-                'pulse_over_raw_wall': round(pulse_s / raw_s, 3)}
+                'raw_vllm': {'wall_s': round(raw_s, 2), 'gen_tokens': raw_toks, 'tok_per_s': round(raw_toks / raw_s, 1)},  # means of the two runs
+                'pulse_over_raw_wall': round(pulse_s / raw_s, 3),
+                'runs_s': {'pulse': [round(x[0], 2) for x in pulse_runs], 'raw': [round(x[0], 2) for x in raw_runs]}}
     finally:
         eng.close(); shutil.rmtree(tmp, ignore_errors=True)
 
@@ -65,15 +75,18 @@ def run_distilabel(a):
     from pulse_nb.models import resolve_model
     recs = workload(a.n)
     try:
-        kw = dict(gpu_memory_utilization=0.3) if not __import__('torch').cuda.is_available() else {}
+        cuda = __import__('torch').cuda.is_available()
+        kw = {} if cuda else dict(gpu_memory_utilization=0.3)
         t = time.perf_counter()
-        llm = vLLM(model=str(resolve_model(a.model)), extra_kwargs=kw,
-                   generation_kwargs=dict(max_new_tokens=a.max_new_tokens, temperature=0.7))
+        llm = vLLM(model=str(resolve_model(a.model)), extra_kwargs=kw,  # no GPU: skip distilabel's pynvml device placement
+                   generation_kwargs=dict(max_new_tokens=a.max_new_tokens, temperature=0.7), disable_cuda_device_placement=not cuda)
         gen = TextGeneration(llm=llm); gen.load()
         start = time.perf_counter() - t
         judge = UltraFeedback(llm=gen.llm, aspect='overall-rating', num_generations=a.critics,
                               use_default_structured_output=False)
-        judge.load()
+        type(llm).load, load = (lambda self: None), type(llm).load  # the judge shares the loaded engine: no second vLLM
+        try: judge.load()
+        finally: type(llm).load = load
         t = time.perf_counter()
         answers = [r for batch in gen.process([{'instruction': r['prompt']} for r in recs]) for r in batch]
         t_ans = time.perf_counter() - t

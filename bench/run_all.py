@@ -1,7 +1,7 @@
 """Run every benchmark and write `bench/results.md` (one command).
 
     python bench/run_all.py                 # the full sizes of the issues (hours on a 2-core CPU without AVX-512 bf16)
-    python bench/run_all.py --profile quick # smaller sizes, same measurements (minutes to an hour on a CPU)
+    python bench/run_all.py --profile quick # smaller sizes, same measurements (about 2 hours on a 2-core CPU)
     python bench/run_all.py --only engines,train
 
 Each benchmark runs in its own process (one engine start each) and ends with a `RESULT {json}` line; the JSON of every
@@ -25,10 +25,11 @@ PROFILES = {
               'peers-pulse': ['--system', 'pulse', '--n', '32', '--critics', '2', '--max-new-tokens', '32'],
               'peers-distilabel': ['--system', 'distilabel', '--n', '32', '--critics', '2', '--max-new-tokens', '32'],
               'train': ['--steps', '6', '--rounds', '2'],
-              'scaling': ['--engine', 'auto', '--ns', '32,64', '--ks', '1,2,4', '--max-new-tokens', '16']},
+              'scaling': ['--engine', 'auto', '--ns', '32,64', '--ks', '1,2,4', '--max-new-tokens', '16'],
+              'scaling-n128': ['--engine', 'auto', '--ns', '128', '--ks', '1,2,4', '--max-new-tokens', '16']},
 }
 SCRIPT = {'engines': 'engines.py', 'review': 'review.py', 'peers-pulse': 'peers.py', 'peers-distilabel': 'peers.py',
-          'train': 'train.py', 'scaling': 'scaling.py'}
+          'train': 'train.py', 'scaling': 'scaling.py', 'scaling-n128': 'scaling.py'}
 
 
 def run_one(name, args, log):
@@ -72,7 +73,7 @@ def fmt(name, r) -> str:
         m = r.get('peak_rss_gib') or r.get('peak_gpu_gib')
         return (f'step time pulse/stock **{r["ratio_pulse_over_stock"]}** ({r["step_s"]}); tokens/s {r["tok_per_s"]}; '
                 f'loss curves max |diff| {r["loss_curve_max_abs_diff"]:.1e}; peak memory {m} GiB')
-    if name == 'scaling':
+    if name.startswith('scaling'):
         ns, ks = sorted({x['n'] for x in r['rows']}), sorted({x['k'] for x in r['rows']})
         cell = {(x['n'], x['k']): x for x in r['rows']}
         head = '| K \\ N | ' + ' | '.join(map(str, ns)) + ' |\n|---|' + '---|' * len(ns)
@@ -86,8 +87,15 @@ def write(results, path, profile):
     lines = [f'# Benchmarks', '', f'Written by `python bench/run_all.py --profile {profile}` on {datetime.date.today()}, '
              f'{platform.machine()}, {os.cpu_count()} CPUs. Raw numbers: `bench/results.json`; logs: `bench/logs/`.', '']
     for name, r in results.items():
-        when = f' (ran {r["ran_at"].replace("T", " ")}, {r["seconds"]} s)' if 'ran_at' in r else ''
-        lines += [f'## {name}', '', fmt(name, r) + when, '']
+        when = [f'_Ran {r["ran_at"].replace("T", " ")}, {r["seconds"]} s._', ''] if 'ran_at' in r else []
+        lines += [f'## {name}', '', fmt(name, r), '', *when]
+    p, d = results.get('peers-pulse', {}), results.get('peers-distilabel', {})
+    if p.get('pulse') and d.get('wall_s'):
+        lines += ['## peers: pulse-nb vs distilabel', '',
+                  f'Same workload ({p["n_prompts"]} prompts, an answer and {p["n_critics"]} critiques each, '
+                  f'{p["max_new_tokens"]} new tokens, vLLM CPU build); separate processes, engine start excluded: '
+                  f'distilabel / pulse-nb wall **{d["wall_s"] / p["pulse"]["wall_s"]:.2f}** '
+                  f'({d["wall_s"]} s vs {p["pulse"]["wall_s"]} s); tokens/s {d["tok_per_s"]} vs {p["pulse"]["tok_per_s"]}.', '']
     notes = path.parent/'conditions.md'  # hand-written notes on the machine's state during the runs, kept across rewrites
     if notes.exists(): lines += [notes.read_text().rstrip(), '']
     path.write_text('\n'.join(lines))
@@ -96,7 +104,7 @@ def write(results, path, profile):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--profile', choices=list(PROFILES), default='full')
-    ap.add_argument('--only', default=None, help='comma-separated subset of: ' + ', '.join(PROFILES['full']))
+    ap.add_argument('--only', default=None, help='comma-separated subset of: ' + ', '.join(PROFILES['quick']))
     ap.add_argument('--gpu', action='store_true', help='also run the training benchmark on the GPU (train --gpu)')
     a = ap.parse_args()
     todo = dict(PROFILES[a.profile])
