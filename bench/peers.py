@@ -15,7 +15,7 @@ Each run prints one JSON object (engine start timed apart from the workload). `b
 puts them side by side. distilabel 1.5.3 installs beside this stack with `pip install distilabel` (it changes no pinned
 package); if its import or its vLLM call fails, the JSON says exactly why.
 """
-import argparse, json, os, sys, shutil, tempfile, time, traceback
+import argparse, inspect, json, os, sys, shutil, tempfile, time, traceback
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault('VLLM_ENABLE_V1_MULTIPROCESSING', '0')
@@ -74,6 +74,24 @@ def run_distilabel(a):
         return {**res, 'error': f'import failed: {type(e).__name__}: {e}', 'fix': 'pip install distilabel'}
     from pulse_nb.models import resolve_model
     recs = workload(a.n)
+    import contextlib, vllm
+    compat = contextlib.nullcontext()
+    if 'logits_processors' not in inspect.signature(vllm.SamplingParams).parameters:
+        # distilabel 1.5.3 always passes `logits_processors=[...]`, a SamplingParams argument newer vLLM removed. With
+        # no structured output that list is empty, so dropping it changes nothing; a non-empty one is refused. The
+        # stand-in is in place only while distilabel generates (vLLM's own modules keep the class).
+        plain = vllm.SamplingParams
+        def sampling_params(*args, logits_processors=None, **kw):
+            if logits_processors: raise RuntimeError('distilabel asked for logits processors, which this vLLM no longer takes')
+            return plain(*args, **kw)
+        @contextlib.contextmanager
+        def compat():
+            vllm.SamplingParams = sampling_params
+            try: yield
+            finally: vllm.SamplingParams = plain
+        compat = compat()
+        res['compat'] = ('vllm.SamplingParams no longer takes logits_processors; distilabel passes an empty list, '
+                         'which the bench drops')
     try:
         cuda = __import__('torch').cuda.is_available()
         kw = {} if cuda else dict(gpu_memory_utilization=0.3)
@@ -87,12 +105,13 @@ def run_distilabel(a):
         type(llm).load, load = (lambda self: None), type(llm).load  # the judge shares the loaded engine: no second vLLM
         try: judge.load()
         finally: type(llm).load = load
-        t = time.perf_counter()
-        answers = [r for batch in gen.process([{'instruction': r['prompt']} for r in recs]) for r in batch]
-        t_ans = time.perf_counter() - t
-        judged = [r for batch in judge.process([{'instruction': r['instruction'], 'generations': [r['generation']]}
-                                                for r in answers]) for r in batch]
-        wall = time.perf_counter() - t
+        with compat:
+            t = time.perf_counter()
+            answers = [r for batch in gen.process([{'instruction': r['prompt']} for r in recs]) for r in batch]
+            t_ans = time.perf_counter() - t
+            judged = [r for batch in judge.process([{'instruction': r['instruction'], 'generations': [r['generation']]}
+                                                    for r in answers]) for r in batch]
+            wall = time.perf_counter() - t
         tok = lambda rows, key: sum(sum(s.get('output_tokens', [0]) if isinstance(s.get('output_tokens'), list)
                                         else [s.get('output_tokens', 0)])
                                     for r in rows for s in (lambda m: m if isinstance(m, list) else [m])(
@@ -102,7 +121,7 @@ def run_distilabel(a):
         return {**res, 'engine_start_s': round(start, 1), 'wall_s': round(wall, 2), 'answers_s': round(t_ans, 2),
                 'gen_tokens': gen_tokens, 'tok_per_s': round(gen_tokens / wall, 1) if gen_tokens else None,
                 'answers': len(answers), 'judgements': len(judged), 'ratings_parsed': len(ratings),
-                'ratings_expected': len(judged) * a.critics}
+                'ratings_expected': sum(len(r.get('generations') or []) for r in judged)}
     except Exception as e:
         return {**res, 'error': f'{type(e).__name__}: {e}', 'where': traceback.format_exc().strip().splitlines()[-3:]}
 
