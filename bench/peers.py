@@ -75,6 +75,7 @@ def run_distilabel(a):
     from pulse_nb.models import resolve_model
     recs = workload(a.n)
     import contextlib, vllm
+    from unittest import mock
     compat = contextlib.nullcontext()
     if 'logits_processors' not in inspect.signature(vllm.SamplingParams).parameters:
         # distilabel 1.5.3 always passes `logits_processors=[...]`, a SamplingParams argument newer vLLM removed. With
@@ -84,12 +85,7 @@ def run_distilabel(a):
         def sampling_params(*args, logits_processors=None, **kw):
             if logits_processors: raise RuntimeError('distilabel asked for logits processors, which this vLLM no longer takes')
             return plain(*args, **kw)
-        @contextlib.contextmanager
-        def compat():
-            vllm.SamplingParams = sampling_params
-            try: yield
-            finally: vllm.SamplingParams = plain
-        compat = compat()
+        compat = mock.patch.object(vllm, 'SamplingParams', sampling_params)
         res['compat'] = ('vllm.SamplingParams no longer takes logits_processors; distilabel passes an empty list, '
                          'which the bench drops')
     try:
@@ -102,9 +98,7 @@ def run_distilabel(a):
         start = time.perf_counter() - t
         judge = UltraFeedback(llm=gen.llm, aspect='overall-rating', num_generations=a.critics,
                               use_default_structured_output=False)
-        type(llm).load, load = (lambda self: None), type(llm).load  # the judge shares the loaded engine: no second vLLM
-        try: judge.load()
-        finally: type(llm).load = load
+        with mock.patch.object(type(llm), 'load', lambda self: None): judge.load()  # shares gen's engine: no second vLLM
         with compat:
             t = time.perf_counter()
             answers = [r for batch in gen.process([{'instruction': r['prompt']} for r in recs]) for r in batch]
