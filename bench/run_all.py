@@ -1,7 +1,7 @@
 """Run every benchmark and write `bench/results.md` (one command).
 
     python bench/run_all.py                 # the full sizes of the issues (hours on a 2-core CPU without AVX-512 bf16)
-    python bench/run_all.py --profile quick # smaller sizes, same measurements (about 2 hours on a 2-core CPU)
+    python bench/run_all.py --profile quick # smaller sizes, same measurements (about 5 hours on a 2-core CPU)
     python bench/run_all.py --only engines,train
 
 Each benchmark runs in its own process (one engine start each) and ends with a `RESULT {json}` line; the JSON of every
@@ -26,10 +26,15 @@ PROFILES = {
               'peers-distilabel': ['--system', 'distilabel', '--n', '32', '--critics', '2', '--max-new-tokens', '32'],
               'train': ['--steps', '6', '--rounds', '2'],
               'scaling': ['--engine', 'auto', '--ns', '32,64', '--ks', '1,2,4', '--max-new-tokens', '16'],
-              'scaling-n128': ['--engine', 'auto', '--ns', '128', '--ks', '1,2,4', '--max-new-tokens', '16']},
+              'scaling-n128': ['--engine', 'auto', '--ns', '128', '--ks', '1,2,4', '--max-new-tokens', '16'],
+              'scaling-n256': ['--engine', 'auto', '--ns', '256', '--ks', '1,2,4', '--max-new-tokens', '16'],
+              'scaling-n256-k4': ['--engine', 'auto', '--ns', '256', '--ks', '4', '--max-new-tokens', '16'],
+              'scaling-vllm': ['--engine', 'vllm', '--ns', '32,64,128', '--ks', '1,2,4', '--max-new-tokens', '16']},
 }
 SCRIPT = {'engines': 'engines.py', 'review': 'review.py', 'peers-pulse': 'peers.py', 'peers-distilabel': 'peers.py',
-          'train': 'train.py', 'scaling': 'scaling.py', 'scaling-n128': 'scaling.py'}
+          'train': 'train.py', 'scaling': 'scaling.py', 'scaling-n128': 'scaling.py',
+          'scaling-n256': 'scaling.py', 'scaling-vllm': 'scaling.py',
+          'scaling-n256-k4': 'scaling.py'}
 
 
 def run_one(name, args, log):
@@ -79,7 +84,10 @@ def fmt(name, r) -> str:
         head = '| K \\ N | ' + ' | '.join(map(str, ns)) + ' |\n|---|' + '---|' * len(ns)
         body = '\n'.join(f'| {k} | ' + ' | '.join(f'{cell[n, k]["wall_s"]} s ({cell[n, k]["s_per_generation"]} s/gen)'
                                                    if (n, k) in cell else '' for n in ns) + ' |' for k in ks)
-        return f'engine `{r["engine"]}`, {r["max_new_tokens"]} new tokens, wall time of review + pairs:\n\n{head}\n{body}'
+        stages = '\n'.join(f'- N={x["n"]}, K={x["k"]}: ' + ', '.join(f'{s} {v} s' for s, v in x['stage_s'].items())
+                           for x in r['rows'] if 'stage_s' in x)
+        return (f'engine `{r["engine"]}` (start {r.get("engine_start_s")} s), {r["max_new_tokens"]} new tokens, '
+                f'wall time of review + pairs:\n\n{head}\n{body}' + (f'\n\nSeconds per stage:\n\n{stages}' if stages else ''))
     return '`' + json.dumps(r) + '`'
 
 

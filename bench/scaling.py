@@ -19,7 +19,7 @@ def main():
     a = ap.parse_args()
     from pulse_nb.data import load_prompts
     from pulse_nb.engines import make_engine
-    from pulse_nb.review import review, load_run
+    from pulse_nb.review import review, load_run, STAGES
     from pulse_nb.preferences import build_pairs
     ns, ks = [int(x) for x in a.ns.split(',')], [int(x) for x in a.ks.split(',')]
     prompts = load_prompts(a.prompts, limit=max(ns))
@@ -32,7 +32,7 @@ def main():
         for k in ks:
             for n in ns:
                 if getattr(eng, 'llm', None) is not None: eng.llm.reset_prefix_cache()
-                t = time.perf_counter()
+                t, t_wall = time.perf_counter(), time.time()
                 run = review(prompts[:n], eng, n_critics=k, out_dir=f'{tmp}/n{n}k{k}', max_new_tokens=a.max_new_tokens,
                              batch_size=None, progress=False)
                 pairs = build_pairs(run)
@@ -40,8 +40,10 @@ def main():
                 r = load_run(run)
                 toks = sum(x.get('n_tokens', 0) for s in ('answers', 'revisions') for x in r[s])
                 gens = 2 * n * (k + 1)
+                ends = [os.path.getmtime(f'{run}/{s}.jsonl') for s in STAGES]  # each stage's last append
+                stage_s = {s: round(e - b, 1) for s, b, e in zip(STAGES, [t_wall, *ends], ends)}
                 rows.append({'n': n, 'k': k, 'wall_s': round(dt, 1), 'generations': gens, 's_per_generation': round(dt / gens, 3),
-                             'actor_tokens': toks, 'pairs': len(pairs)})
+                             'actor_tokens': toks, 'pairs': len(pairs), 'stage_s': stage_s})
                 print(rows[-1], flush=True)
     finally:
         eng.close(); shutil.rmtree(tmp, ignore_errors=True)
