@@ -1,7 +1,7 @@
 """Run every benchmark and write `bench/results.md` (one command).
 
     python bench/run_all.py                 # the full sizes of the issues (hours on a 2-core CPU without AVX-512 bf16)
-    python bench/run_all.py --profile quick # smaller sizes, same measurements (about 5 hours on a 2-core CPU)
+    python bench/run_all.py --profile quick # smaller sizes, same measurements (about 4 hours on a 2-core CPU)
     python bench/run_all.py --only engines,train
 
 Each benchmark runs in its own process (one engine start each) and ends with a `RESULT {json}` line; the JSON of every
@@ -28,18 +28,16 @@ PROFILES = {
               'scaling': ['--engine', 'auto', '--ns', '32,64', '--ks', '1,2,4', '--max-new-tokens', '16'],
               'scaling-n128': ['--engine', 'auto', '--ns', '128', '--ks', '1,2,4', '--max-new-tokens', '16'],
               'scaling-n256': ['--engine', 'auto', '--ns', '256', '--ks', '1,2,4', '--max-new-tokens', '16'],
-              'scaling-n256-k4': ['--engine', 'auto', '--ns', '256', '--ks', '4', '--max-new-tokens', '16'],
               'scaling-vllm': ['--engine', 'vllm', '--ns', '32,64,128', '--ks', '1,2,4', '--max-new-tokens', '16']},
 }
-SCRIPT = {'engines': 'engines.py', 'review': 'review.py', 'peers-pulse': 'peers.py', 'peers-distilabel': 'peers.py',
-          'train': 'train.py', 'scaling': 'scaling.py', 'scaling-n128': 'scaling.py',
-          'scaling-n256': 'scaling.py', 'scaling-vllm': 'scaling.py',
-          'scaling-n256-k4': 'scaling.py'}
+def script(name: str) -> str:
+    "The script behind a benchmark name: the part before the first dash (`peers-pulse` -> `peers.py`)."
+    return name.split('-')[0] + '.py'
 
 
 def run_one(name, args, log):
     t, started = time.perf_counter(), datetime.datetime.now().isoformat(timespec='minutes')
-    p = subprocess.run([sys.executable, str(HERE/SCRIPT[name]), *args], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, str(HERE/script(name)), *args], capture_output=True, text=True,
                        env={**os.environ, 'VLLM_ENABLE_V1_MULTIPROCESSING': '0'})
     log.write_text(p.stdout + '\n--- stderr ---\n' + p.stderr[-20000:])
     res = [l[len('RESULT '):] for l in p.stdout.splitlines() if l.startswith('RESULT ')]
@@ -116,13 +114,13 @@ def main():
     ap.add_argument('--gpu', action='store_true', help='also run the training benchmark on the GPU (train --gpu)')
     a = ap.parse_args()
     todo = dict(PROFILES[a.profile])
-    if a.gpu: todo['train-gpu'] = ['--gpu', '--steps', '20']; SCRIPT['train-gpu'] = 'train.py'
+    if a.gpu: todo['train-gpu'] = ['--gpu', '--steps', '20']
     if a.only: todo = {k: v for k, v in todo.items() if k in a.only.split(',')}
     (HERE/'logs').mkdir(exist_ok=True)
     jpath = HERE/'results.json'
     results = json.loads(jpath.read_text()) if jpath.exists() else {}
     for name, args in todo.items():
-        print(f'[{time.strftime("%H:%M:%S")}] {name}: python bench/{SCRIPT[name]} {" ".join(args)}', flush=True)
+        print(f'[{time.strftime("%H:%M:%S")}] {name}: python bench/{script(name)} {" ".join(args)}', flush=True)
         results[name] = run_one(name, args, HERE/'logs'/f'{name}.log')
         print('   ', fmt(name, results[name]).splitlines()[-1], flush=True)
         jpath.write_text(json.dumps(results, indent=1))
