@@ -13,7 +13,7 @@ from .review import load_run
 
 # %% auto #0
 __all__ = ['PAIR_COLUMNS', 'aggregate', 'critic_stats', 'pairwise_prefs', 'collect', 'label', 'label_pairwise', 'label_all',
-           'build_pairs', 'save_pairs', 'kendall_tau', 'pairwise_diagnostics', 'diagnostics', 'generate']
+           'build_pairs', 'save_pairs', 'kendall_tau', 'pairwise_diagnostics', 'diagnostics', 'critic_report']
 
 # %% ../nbs/05_preferences.ipynb #2cd8de41
 def aggregate(scores: list[float], how: str='mean', trim: float=0.2) -> float:
@@ -248,7 +248,7 @@ def diagnostics(run, pairs=None, **label_kw) -> dict:
     return {**({'pairwise': pairwise_diagnostics(run)} if run.get('comparisons') else {}),
             'n_items': len(items), 'n_pairs': len(pairs), 'dropped': dict(drops),
             'n_critiques': len(crit), 'n_unparsed': n_unp, 'unparsed_rate': n_unp / max(1, len(crit)),
-            'unparsed_per_critic': per, 'kendall_tau': tau,
+            'unparsed_per_critic': per, 'kendall_tau': tau, 'critics': critic_report(run),
             'revision_win_rate': st.fmean([p['chosen_is_revision'] for p in pairs]) if pairs else None,
             'margin_hist': _hist([p['margin'] for p in pairs]),
             'ground_truth': {'n_verifiable': len(gt),
@@ -256,40 +256,42 @@ def diagnostics(run, pairs=None, **label_kw) -> dict:
                              'acc_a1': st.fmean([check_answer(it['a1'], it['answer']) for it in gt]) if gt else None,
                              'n_decisive_pairs': len(lc), 'label_accuracy': st.fmean(lc) if lc else None}}
 
-# %% ../nbs/05_preferences.ipynb #36297fa2
-def generate(prompts: str|list, # `builtin:NAME`, a file, `hf:NAME:SPLIT`, or a list of prompts
-             out: str|Path, # the run directory
-             actor='auto', # engine spec of the actor ('hf', 'vllm:MODEL', 'auto', ...) or an `Engine` (left open)
-             critics: int|str|list=2, # K persona critics on the actor's model, or critic engine specs (list or comma-separated)
-             limit: int|None=None, # first N prompts
-             seed: int=0, # sampling seed
-             score_mode: str='logprobs', # 'logprobs' or 'text'
-             pairs_dir: str|Path|None=None, # where pairs.parquet/.jsonl and diagnostics.json go (default: the run directory)
-             label_source: str='scores', # label pairs by 'scores' or by 'pairwise' verdicts (needs pairwise=True)
-             **kw, # more `review` arguments (max_new_tokens, temperature, batch_size, rounds, ...)
-            ) -> dict:
-    "Review `prompts`, build the pairs and diagnostics; returns their paths and the diagnostics."
-    from pulse_nb.review import review
-    from pulse_nb.engines import make_engine, Engine
-    if label_source == 'pairwise': kw.setdefault('pairwise', True)
-    if isinstance(critics, str) and critics.strip().isdigit(): critics = int(critics)
-    if isinstance(critics, str): critics = [c.strip() for c in critics.split(',') if c.strip()]
-    made = []
-    def get(spec):
-        if isinstance(spec, Engine): return spec
-        e = make_engine(spec); made.append(e); return e
-    try:
-        a = get(actor)
-        if isinstance(critics, int): pool, k = [a], critics
-        else: pool, k = [a] + [get(c) for c in critics], len(critics)
-        run = review(prompts, pool, n_critics=k, out_dir=out, actor='fixed', score_mode=score_mode, seed=seed,
-                     limit=limit, **kw)
-    finally:
-        for e in made: e.close()
-    ds = build_pairs(run, source=label_source)
-    dest = Path(pairs_dir or run)
-    paths = save_pairs(ds, dest)
-    diag = diagnostics(run, ds, source=label_source)
-    write, tmp = dest/'diagnostics.json', dest/'.diagnostics.json.tmp'
-    tmp.write_text(json.dumps(diag, indent=1, default=str)); os.replace(tmp, write)
-    return {'run_dir': Path(run), 'n_pairs': len(ds), **paths, 'diagnostics': write, 'summary': diag}
+# %% ../nbs/05_preferences.ipynb #3a29297a
+def _model_ref(engine_id: str) -> str:
+    "The model reference in an engine id such as 'hf:qwen2.5-coder-0.5b-instruct'."
+    return engine_id.split(':', 1)[1] if ':' in engine_id else engine_id
+
+def _family_of(engine_id: str, family) -> str:
+    if family is not None: return family(engine_id)
+    from pulse_nb.models import model_family
+    return model_family(_model_ref(engine_id)) or 'unknown'
+
+def critic_report(run, family=None, # a function engine id -> family; default: the model's config (`model_type`)
+                 ) -> dict:
+    "Per critic model: score scale; per model pair: agreement (τ) and families; per model: self-preference."
+    run = load_run(run) if isinstance(run, (str, Path)) else run
+    actor_of = {(a['round'], a['prompt_id'], t): a['actor'] for t, st_ in (('a0', 'answers'), ('a1', 'revisions')) for a in run[st_]}
+    by = {}  # critic model -> {item: [scores of its personas]}
+    for c in run['critiques'] + run['rescores']:
+        if c['parsed']: by.setdefault(c['critic_model'], {}).setdefault((c['round'], c['prompt_id'], c['target']), []).append(c['score'])
+    mean = {m: {k: st.fmean(v) for k, v in d.items()} for m, d in by.items()}
+    fam = {m: _family_of(m, family) for m in mean}
+    scale = {m: {'family': fam[m], 'n': len(d), 'mean': st.fmean(d.values()), 'std': st.pstdev(d.values()) if len(d) > 1 else 0.0}
+             for m, d in mean.items()}
+    agree = {}
+    for a, b in combinations(sorted(mean), 2):
+        ks = sorted(set(mean[a]) & set(mean[b]))
+        agree[f'{a} vs {b}'] = {'families': [fam[a], fam[b]], 'cross_family': fam[a] != fam[b], 'n': len(ks),
+                                'tau': kendall_tau([mean[a][k] for k in ks], [mean[b][k] for k in ks]) if ks else None}
+    selfp = {}
+    for m in mean:
+        others = [o for o in mean if fam[o] != fam[m]]
+        off = {'own': [], 'other': []}
+        for k, s in mean[m].items():
+            ref = [mean[o][k] for o in others if k in mean[o]]
+            if not ref or k not in actor_of: continue
+            off['own' if _family_of(actor_of[k], family) == fam[m] else 'other'].append(s - st.fmean(ref))
+        own, oth = (st.fmean(off[x]) if off[x] else None for x in ('own', 'other'))
+        selfp[m] = {'family': fam[m], 'n_own': len(off['own']), 'n_other': len(off['other']), 'offset_own_family': own,
+                    'offset_other_family': oth, 'self_preference': own - oth if own is not None and oth is not None else None}
+    return {'scale': scale, 'agreement': agree, 'self_preference': selfp}

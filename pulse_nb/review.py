@@ -275,6 +275,7 @@ def review(prompts, # prompt records, strings, or a spec for `load_prompts` (`bu
            templates: dict|None=None, # overrides of 'actor', 'critic', 'rescore', 'revision', 'critic_system', 'pairwise'
            pairwise: bool=False, # also ask each critic to compare a0 and a1 in both orders (a fifth stage)
            stop_after: str|None=None, # end each round after this stage ('answers', 'critiques', 'revisions'); a later call resumes
+           release: bool=False, # after each stage, release every pool engine that can be released (models that do not fit together)
            progress: bool=True, # tqdm bar per stage
           ) -> Path:
     "Run the peer-review protocol over `prompts` with the peer `pool`; returns the run directory."
@@ -308,7 +309,8 @@ def review(prompts, # prompt records, strings, or a spec for `load_prompts` (`bu
         for r in range(first_round, first_round + rounds): check_manifest(out, r, config)  # refuse before writing
         _write_prompts(out, recs)
         for r in range(first_round, first_round + rounds):
-            _round(out, r, recs, plan, T, score_mode, scale, sampling, seed, batch_size, min_mass, progress, pairwise, stop_after)
+            _round(out, r, recs, plan, T, score_mode, scale, sampling, seed, batch_size, min_mass, progress, pairwise, stop_after,
+                   after=(lambda: [e.release() for e in engines if hasattr(e, 'release')]) if release else None)
         return out
     finally:
         lock.release()
@@ -322,13 +324,17 @@ def _write_prompts(out: Path, recs: list[dict]):
 
 # %% ../nbs/04_review.ipynb #0c8cb1d7
 def _round(out, r, recs, plan, T, score_mode, scale, sampling, seed, batch_size, min_mass, progress, pairwise=False,
-           stop_after=None):
-    "The four stages of round `r` (five with `pairwise`), or those up to `stop_after`."
+           stop_after=None, after=None):
+    "The four stages of round `r` (five with `pairwise`), or those up to `stop_after`; `after()` runs after each stage."
     kw = dict(batch_size=batch_size, progress=progress)
+    def stage(*a, **k):
+        out_ = run_stage(*a, **k)
+        if after: after()
+        return out_
     base = lambda p, a: {'round': r, 'prompt_id': p['id'], 'actor': engine_id(a)}
     items = [{'key': f"r{r}/{p['id']}", 'engine': a, 'conv': P.actor_conv(p['prompt'], T['actor']),
               'rec': {'key': f"r{r}/{p['id']}", **base(p, a)}} for p, (a, _) in zip(recs, plan)]
-    a0 = run_stage(out/'answers.jsonl', items, lambda ch, s: answer_work(ch, s, sampling), seed=seed,
+    a0 = stage(out/'answers.jsonl', items, lambda ch, s: answer_work(ch, s, sampling), seed=seed,
                    desc=f'round {r} answers', **kw)
     if stop_after == 'answers': return
 
@@ -343,7 +349,7 @@ def _round(out, r, recs, plan, T, score_mode, scale, sampling, seed, batch_size,
                                     'critic_model': engine_id(s.engine), 'persona': s.persona, 'score_mode': score_mode}})
         return its
     cw = lambda ch, s: critique_work(ch, s, score_mode, scale, sampling, min_mass)
-    crit = run_stage(out/'critiques.jsonl', crit_items(a0, 'a0', T['critic']), cw, seed=seed, desc=f'round {r} critiques', **kw)
+    crit = stage(out/'critiques.jsonl', crit_items(a0, 'a0', T['critic']), cw, seed=seed, desc=f'round {r} critiques', **kw)
     if stop_after == 'critiques': return
 
     fb = {}
@@ -351,10 +357,10 @@ def _round(out, r, recs, plan, T, score_mode, scale, sampling, seed, batch_size,
     items = [{'key': f"r{r}/{p['id']}", 'engine': a,
               'conv': P.revision_conv(p['prompt'], ans['text'], fb[p['id']], T['revision'], T['actor']),
               'rec': {'key': f"r{r}/{p['id']}", **base(p, a)}} for p, (a, _), ans in zip(recs, plan, a0)]
-    a1 = run_stage(out/'revisions.jsonl', items, lambda ch, s: answer_work(ch, s, sampling, clean=True), seed=seed,
+    a1 = stage(out/'revisions.jsonl', items, lambda ch, s: answer_work(ch, s, sampling, clean=True), seed=seed,
                    desc=f'round {r} revisions', **kw)
     if stop_after == 'revisions': return
-    run_stage(out/'rescores.jsonl', crit_items(a1, 'a1', T['rescore']), cw, seed=seed, desc=f'round {r} rescores', **kw)
+    stage(out/'rescores.jsonl', crit_items(a1, 'a1', T['rescore']), cw, seed=seed, desc=f'round {r} rescores', **kw)
     if not pairwise: return
     its = []
     for p, (a, slots), x0, x1 in zip(recs, plan, a0, a1):
@@ -365,7 +371,7 @@ def _round(out, r, recs, plan, T, score_mode, scale, sampling, seed, batch_size,
                 its.append({'key': key, 'engine': s.engine, 'conv': conv,
                             'rec': {'key': key, 'round': r, 'prompt_id': p['id'], 'critic': s.critic, 'first': first,
                                     'critic_model': engine_id(s.engine), 'persona': s.persona, 'score_mode': score_mode}})
-    run_stage(out/'comparisons.jsonl', its, lambda ch, s_: comparison_work(ch, s_, score_mode, sampling, min_mass),
+    stage(out/'comparisons.jsonl', its, lambda ch, s_: comparison_work(ch, s_, score_mode, sampling, min_mass),
               seed=seed, desc=f'round {r} comparisons', **kw)
 
 # %% ../nbs/04_review.ipynb #fe41860e

@@ -5,7 +5,7 @@
 `vllm_engine` an in-process `VLLMEngine` on the embedded model, started once per session (about 2 minutes on CPU).
 `vllm_server` a real `vllm serve` (OpenAI-compatible) on 127.0.0.1 with a free port; yields its base URL.
 """
-import os, socket, subprocess, sys, tempfile, time
+import os, re, socket, subprocess, sys, tempfile, time
 from pathlib import Path
 import pytest
 
@@ -18,6 +18,23 @@ SERVER_START_TIMEOUT = int(os.environ.get('PULSE_TEST_SERVER_TIMEOUT', '900'))
 
 def pytest_configure(config):
     config.addinivalue_line('markers', 'slow: heavy test (model loads, vLLM); still runs in CI')
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """CI runs every test (tools/test.sh sets both variables): with `PULSE_REQUIRE_VLLM=1` a test skipped because vllm
+    does not import fails; with `PULSE_ALLOWED_SKIPS=REGEX` a skip whose reason does not match REGEX fails."""
+    rep = yield
+    if not rep.skipped or hasattr(rep, 'wasxfail'): return rep
+    reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+    allowed = os.environ.get('PULSE_ALLOWED_SKIPS')
+    if os.environ.get('PULSE_REQUIRE_VLLM') == '1' and re.search(r"import '?vllm", reason):
+        why = f'vllm is required here (PULSE_REQUIRE_VLLM=1) but the test was skipped: {reason}'
+    elif allowed is not None and not (allowed and re.search(allowed, reason)):
+        why = f'skipped for a reason CI does not allow (PULSE_ALLOWED_SKIPS={allowed!r}): {reason}'
+    else: return rep
+    rep.outcome, rep.longrepr = 'failed', why
+    return rep
 
 
 @pytest.fixture(scope='session')

@@ -22,12 +22,14 @@ def test_help_lists_subcommands():
 
 
 def test_bad_input_is_a_clear_error(tmp_path):
-    r = pulse('generate', '--prompts', str(tmp_path/'missing.jsonl'), '--out', str(tmp_path/'g'), check=False)
-    teq(r.returncode, 2)
-    assert 'missing.jsonl' in r.stderr
-    r = pulse('train', '--data', str(tmp_path/'nothing'), '--loss', 'no-such-loss', '--out', str(tmp_path/'t'), check=False)
-    teq(r.returncode, 2)
-    assert 'no-such-loss' in r.stderr
+    "Bad input: exit 1 and one line `pulse CMD: error: ...` that names the problem, never a traceback; nothing written."
+    for cmd, args, names in (('generate', ['--prompts', str(tmp_path/'missing.jsonl')], 'missing.jsonl'),
+                             ('train', ['--data', str(tmp_path/'nothing'), '--loss', 'no-such-loss'], 'no-such-loss')):
+        r = pulse(cmd, *args, '--out', str(tmp_path/cmd), check=False)
+        lines = r.stderr.strip().splitlines()
+        assert (r.returncode, len(lines)) == (1, 1), (r.returncode, r.stderr[-3000:])
+        assert lines[0].startswith(f'pulse {cmd}: error: ') and names in lines[0], lines
+        assert not (tmp_path/cmd).exists()
 
 
 def _lines(p): return Path(p).read_text().splitlines() if Path(p).exists() else []

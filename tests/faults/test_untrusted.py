@@ -140,7 +140,7 @@ def test_malicious_adapter_pickle_does_not_run(tmp_path):
     from pulse_nb.train import load_trained
     marker = tmp_path/'MARKER'
     out = adapter_run(tmp_path, marker)
-    with pytest.raises(Exception): load_trained(out, device='cpu')
+    with pytest.raises(OSError, match='adapter_model.safetensors is missing'): load_trained(out, device='cpu')
     assert not marker.exists()
 
 
@@ -185,15 +185,18 @@ needs_landlock = pytest.mark.skipif(not landlock_abi(), reason='this kernel has 
                                     'code that writes from C or switches the hook off (see 08_evaluate)')
 
 
-@needs_landlock
-@pytest.mark.parametrize('attack', [
+PAST_THE_HOOK = [
     'import os\nfd = os.open({d!r}, os.O_RDONLY)\nos.close(os.open("victim.txt", os.O_WRONLY | os.O_CREAT, dir_fd=fd))',
     'import os\nos.mkfifo({d!r} + "/victim.fifo")',
     'import sqlite3\nsqlite3.connect({d!r} + "/victim.db").execute("create table t(x)")',
     'import sys\nm = sys.modules["__main__"]\nm._inside = lambda p: True\nopen({d!r} + "/victim.txt", "w").write("x")',
     'import gc\nfor f in gc.get_objects():\n    if getattr(f, "__name__", "") == "_inside": f.__code__ = (lambda p: True).__code__\n'
     'open({d!r} + "/victim.txt", "w").write("x")',
-])
+]
+
+
+@needs_landlock
+@pytest.mark.parametrize('attack', PAST_THE_HOOK)
 def test_write_escapes_past_the_hook_stop_at_the_kernel(outside, attack):
     "Code that gets past the audit hook (C-level writes, dir_fd, a disabled hook) is stopped by Landlock."
     before = sorted(p.name for p in outside.iterdir())
@@ -203,11 +206,12 @@ def test_write_escapes_past_the_hook_stop_at_the_kernel(outside, attack):
 
 
 @needs_landlock
-def test_same_escapes_succeed_without_the_kernel_layer(outside):
-    "Control: with Landlock off, the sqlite3 write does escape, so the test above measures the kernel layer."
-    r = run_code(f'import sqlite3\nsqlite3.connect({str(outside)!r} + "/victim.db").execute("create table t(x)")', '',
-                 netns=False, landlock=False)
-    assert r['status'] == 'pass' and (outside/'victim.db').exists(), r
+@pytest.mark.parametrize('attack', PAST_THE_HOOK)
+def test_same_escapes_succeed_without_the_kernel_layer(outside, attack):
+    "Control, per attack: with Landlock off each one does write outside, so the test above measures the kernel layer."
+    before = sorted(p.name for p in outside.iterdir())
+    r = run_code(attack.format(d=str(outside)), '', netns=False, landlock=False)
+    assert r['status'] == 'pass' and sorted(p.name for p in outside.iterdir()) != before, r
 
 
 @pytest.mark.skipif(landlock_abi() < 4, reason='Landlock ABI < 4 does not cover TCP')
@@ -225,6 +229,12 @@ def test_socket_after_rebinding_hook_globals():
         r = run_code(code, '', netns=False)  # no network namespace: the hook (switched off) and Landlock
         t.join(3)
         assert r['status'] == 'error' and 'Permission denied' in r['stderr_tail'] and not got, r
+        # control: without Landlock the same code does connect, so the refusal above is the kernel's
+        t = threading.Thread(target=accept, daemon=True)
+        t.start()
+        r = run_code(code, '', netns=False, landlock=False)
+        t.join(5)
+        assert r['status'] == 'pass' and got, r
     finally:
         srv.close()
         for c in got: c.close()

@@ -1,0 +1,223 @@
+"""The PULSE loop end to end: two model families in one pool, rounds on the trained actor, kill and resume, the run
+config (file < flags, refusal of a changed config), dry runs of the shipped configs, the report and the dataset card."""
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import pytest
+import yaml
+from fastcore.test import test_eq as teq, test_fail as tfail
+
+ROOT = Path(__file__).resolve().parents[1]
+PULSE = [sys.executable, '-m', 'pulse_nb.cli']
+ENV = {**os.environ, 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '2'), 'TOKENIZERS_PARALLELISM': 'false'}
+QWEN, SMOL = 'qwen2.5-coder-0.5b-instruct', 'smollm2-135m-instruct'
+
+# Two families (qwen2 actor; llama and qwen2 critics), two rounds, as small as a real loop gets. The learning rate is
+# high so that two LoRA steps move the policy enough to change what it samples in round 2.
+TINY = {'rounds': 2, 'seed': 3,
+        'pool': {'actor': f'hf:{QWEN}', 'critics': [f'hf:{SMOL}', f'hf:{QWEN}'], 'n_critics': 2},
+        'review': {'prompts': 'builtin:arithmetic', 'per_round': 2, 'max_new_tokens': 24},
+        'train': {'loss': 'savage', 'beta': 0.1, 'max_steps': 2, 'batch_size': 2, 'lr': 0.005},
+        'eval': {'win_rate_prompts': 2, 'arithmetic': 2, 'max_new_tokens': 16}}
+
+
+def pulse(*args, timeout=3600, check=True):
+    r = subprocess.run(PULSE + [str(a) for a in args], env=ENV, capture_output=True, text=True, timeout=timeout)
+    if check: assert r.returncode == 0, f'pulse {args} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}'
+    return r
+
+
+def lines(p): return Path(p).read_text().splitlines() if Path(p).exists() else []
+
+
+@pytest.fixture(scope='module')
+def tiny_config(tmp_path_factory):
+    p = tmp_path_factory.mktemp('cfg')/'tiny.yaml'
+    p.write_text(yaml.safe_dump(TINY))
+    return p
+
+
+@pytest.fixture(scope='module')
+def finished_run(tiny_config, tmp_path_factory):
+    "An uninterrupted two-family, two-round run (shared by the tests that read a finished run)."
+    out = tmp_path_factory.mktemp('runs')/'b'
+    r = pulse('run', '--config', tiny_config, '--out', out)
+    assert str(out/'summary.md') in r.stdout
+    return out
+
+
+# --- the loop itself (slow: real models, real training)
+
+@pytest.mark.slow
+def test_round_two_acts_with_the_round_one_policy(finished_run):
+    "Round 2's actor is round 1's trained adapter (merged), trained on a non-default model, and round 2 trains from it."
+    from pulse_nb.models import resolve_model, model_family
+    r1, r2 = (json.loads((finished_run/f'round-{k}'/'round.json').read_text()) for k in (1, 2))
+    teq(r1['actor'], f'hf:{QWEN}')
+    teq(r2['actor'], f"hf:{finished_run/'round-1'/'train'/'adapter'}")
+    teq(r2['policy'], str(finished_run/'round-2'/'train'/'adapter'))
+    base1 = json.loads((finished_run/'round-1'/'train'/'adapter'/'adapter_config.json').read_text())['base_model_name_or_path']
+    teq(base1, resolve_model(QWEN))                   # the actor's model is trained, not the default SmolLM2
+    teq(model_family(base1), 'qwen2')
+    base2 = json.loads((finished_run/'round-2'/'train'/'adapter'/'adapter_config.json').read_text())['base_model_name_or_path']
+    teq(base2, resolve_model(finished_run/'round-1'/'train'/'adapter'))   # reference = the previous policy
+    answers = [json.loads(l) for l in lines(finished_run/'round-2'/'review'/'answers.jsonl')]
+    assert answers and all(a['actor'] == r2['actor'] for a in answers)
+    teq(set(r1['prompt_ids']) & set(r2['prompt_ids']), set())   # each round reviews new prompts
+
+
+@pytest.mark.slow
+def test_round_two_answers_differ_from_the_base_model(finished_run, tmp_path):
+    "Reviewing round 2's prompts with the base model as actor, same seed, gives other answers than the round-1 policy gave."
+    from pulse_nb.loop import load_config, round_prompts, Pool
+    from pulse_nb.review import review
+    cfg = load_config(finished_run/'config.yaml')
+    with Pool() as pool:
+        review(round_prompts(cfg)[1], [pool.get(f'hf:{QWEN}')], n_critics=1, out_dir=tmp_path/'base', first_round=2,
+               actor='fixed', seed=cfg.seed, max_new_tokens=cfg.review.max_new_tokens, temperature=cfg.review.temperature,
+               stop_after='answers', progress=False)
+    key = lambda f: {json.loads(l)['prompt_id']: json.loads(l)['text'] for l in lines(f)}
+    policy, base = key(finished_run/'round-2'/'review'/'answers.jsonl'), key(tmp_path/'base'/'answers.jsonl')
+    teq(sorted(policy), sorted(base))
+    assert any(policy[k] != base[k] for k in policy), 'round 2 answered exactly like the untrained base model'
+
+
+@pytest.mark.slow
+def test_killed_in_round_two_then_resumed_equals_uninterrupted(tiny_config, finished_run, tmp_path):
+    "SIGKILL during round 2's review, then the same command: same records, same pairs; round 1 is not trained again."
+    a = tmp_path/'a'
+    p = subprocess.Popen(PULSE + ['run', '--config', str(tiny_config), '--out', str(a)], env=ENV,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 3000
+    while time.time() < deadline and p.poll() is None and not lines(a/'round-2'/'review'/'critiques.jsonl'):
+        time.sleep(0.5)
+    assert p.poll() is None, 'the run ended before it could be killed in round 2'
+    os.killpg(p.pid, signal.SIGKILL); p.wait()
+    assert not (a/'round-2'/'round.json').exists() and (a/'round-1'/'round.json').exists()
+    trained1 = (a/'round-1'/'train'/'metrics.json').stat().st_mtime_ns
+    r = pulse('run', '--config', tiny_config, '--out', a)
+    assert 'report at' in r.stdout
+    teq((a/'round-1'/'train'/'metrics.json').stat().st_mtime_ns, trained1)   # round 1 is not retrained
+    for k in (1, 2):
+        teq(lines(a/f'round-{k}'/'pairs.jsonl'), lines(finished_run/f'round-{k}'/'pairs.jsonl'))
+        for stage in ('answers', 'critiques', 'revisions', 'rescores'):
+            got, want = lines(a/f'round-{k}'/'review'/f'{stage}.jsonl'), lines(finished_run/f'round-{k}'/'review'/f'{stage}.jsonl')
+            keys = [json.loads(l)['key'] for l in got]
+            teq(len(keys), len(set(keys)))                                          # nothing duplicated
+            teq(sorted(json.loads(l)['text' if 'text' in json.loads(l) else 'feedback'] for l in got),
+                sorted(json.loads(l)['text' if 'text' in json.loads(l) else 'feedback'] for l in want))
+    # a rerun of a finished run does nothing and changes nothing
+    before = (a/'round-2'/'pairs.jsonl').read_text()
+    pulse('run', '--config', tiny_config, '--out', a)
+    teq((a/'round-2'/'pairs.jsonl').read_text(), before)
+
+
+@pytest.mark.slow
+def test_report_card_and_diagnostics_of_a_finished_run(finished_run):
+    "The run's report, plots across rounds, per-critic diagnostics, peak memory, and a dataset card that names each round."
+    for f in ('summary.md', 'README.md', 'config.yaml', 'plots/rounds.png', 'round-1/eval.json', 'round-2/eval.json'):
+        assert (finished_run/f).exists(), f
+    card = (finished_run/'README.md').read_text()
+    front = yaml.safe_load(card.split('---')[1])
+    teq([d['split'] for d in front['configs'][0]['data_files']], ['round_1', 'round_2'])
+    assert f'hf:{SMOL}` (llama)' in card and f'hf:{QWEN}` (qwen2)' in card
+    diag = json.loads((finished_run/'round-1'/'diagnostics.json').read_text())
+    crit = diag['critics']
+    teq(sorted(v['family'] for v in crit['scale'].values()), ['llama', 'qwen2'])
+    pair = next(iter(crit['agreement'].values()))
+    teq(pair['cross_family'], True)
+    teq(crit['self_preference'][f'hf:{QWEN}']['n_other'], 0)   # a fixed qwen2 actor: only own-family answers
+    rec = json.loads((finished_run/'round-2'/'round.json').read_text())
+    assert 0.5 < max(rec['peak_rss_gib'].values()) < 24
+    ev = json.loads((finished_run/'round-1'/'eval.json').read_text())
+    teq(sorted({j['judge_model'] for p in ev['win_rate']['pairs'] for j in p['judgements']}), sorted([SMOL, QWEN]))
+
+
+@pytest.mark.slow
+def test_push_to_hub_goes_as_far_as_the_network_call(finished_run):
+    "Everything before the upload works: the files are chosen, and `pulse push` fails only at the hub, which is offline."
+    from pulse_nb.loop import hub_files
+    teq(hub_files(finished_run), ['README.md', 'config.yaml', 'round-1/diagnostics.json', 'round-1/pairs.jsonl',
+                                  'round-1/pairs.parquet', 'round-2/diagnostics.json', 'round-2/pairs.jsonl',
+                                  'round-2/pairs.parquet'])
+    r = subprocess.run(PULSE + ['push', '--run', str(finished_run), '--repo', 'someone/pulse-test'], capture_output=True,
+                       text=True, timeout=300, env={**ENV, 'HF_HUB_OFFLINE': '1', 'HF_TOKEN': 'hf_test'})
+    teq(r.returncode, 1)
+    assert 'huggingface.co/api/repos/create' in r.stderr and 'offline mode' in r.stderr, r.stderr
+
+
+# --- the run config and the command line (fast: nothing loads a model)
+
+def test_config_file_is_overridden_by_flags(tmp_path):
+    from pulse_nb.cli import build_parser, run_config
+    f = tmp_path/'c.yaml'; f.write_text(yaml.safe_dump({'rounds': 3, 'review': {'per_round': 9, 'max_new_tokens': 40},
+                                                        'train': {'loss': 'dpo'}}))
+    cfg = run_config(build_parser().parse_args(['run', '--config', str(f), '--limit', '4', '--loss', 'ipo', '--set', 'eval.arithmetic=0']))
+    teq((cfg.rounds, cfg.review.per_round, cfg.review.max_new_tokens, cfg.train['loss'], cfg.eval.arithmetic), (3, 4, 40, 'ipo', 0))
+    cfg2 = run_config(build_parser().parse_args(['run', '--config', str(f)]))
+    teq((cfg2.review.per_round, cfg2.train['loss']), (9, 'dpo'))
+
+
+def test_changed_config_is_refused_on_resume_but_more_rounds_continue(tmp_path):
+    from pulse_nb.loop import RunConfig, check_run_config
+    from pulse_nb.review import RunError
+    check_run_config(tmp_path, RunConfig())
+    check_run_config(tmp_path, RunConfig(rounds=3))            # more rounds: the same run, continued
+    with pytest.raises(RunError) as e: check_run_config(tmp_path, RunConfig(seed=1))
+    assert 'seed: 0 (in the run dir) vs 1 (now)' in str(e.value)
+    with pytest.raises(RunError) as e: check_run_config(tmp_path, RunConfig(review={'per_round': 5}))
+    assert 'review.per_round' in str(e.value)
+
+
+def test_pulse_run_refuses_a_changed_config_in_one_line(tmp_path):
+    (tmp_path/'r').mkdir()
+    from pulse_nb.loop import RunConfig, save_config
+    save_config(RunConfig(seed=7), tmp_path/'r'/'config.yaml')
+    r = pulse('run', '--out', tmp_path/'r', '--prompts', 'builtin:arithmetic', check=False)
+    teq(r.returncode, 1)
+    assert 'holds a run made with another config' in r.stderr and 'Traceback' not in r.stderr
+
+
+@pytest.mark.parametrize('config', sorted(p.name for p in (ROOT/'configs').glob('*.yaml') if 'pool' in yaml.safe_load(p.read_text())))
+def test_dry_run_of_every_shipped_config(config):
+    "Each shipped run config validates and prints its plan without loading a model."
+    r = pulse('run', '--config', ROOT/'configs'/config, '--dry-run', timeout=900)
+    plan = json.loads(r.stdout)
+    assert plan['models']['actor'] and plan['models']['critics'] and plan['per_round']['generations'] > 0
+    if config.startswith('cpu'): teq(set(plan['families'].values()), {'llama', 'qwen2'})
+
+
+def test_shipped_configs_are_there():
+    teq({'cpu-quick.yaml', 'cpu-pool.yaml', 'gpu-paper.yaml'} <= {p.name for p in (ROOT/'configs').glob('*.yaml')}, True)
+
+
+def test_heldout_prompts_never_reach_review_through_pulse_run(tmp_path):
+    "A run whose review would take the held-out evaluation prompts is refused before anything runs."
+    r = pulse('run', '--prompts', 'builtin:general', '--limit', '60', '--out', tmp_path/'h', check=False)
+    teq(r.returncode, 1)
+    assert 'held out for evaluation' in r.stderr
+    assert not (tmp_path/'h').exists() or not list((tmp_path/'h').glob('round-*'))
+
+
+def test_bad_run_input_is_one_line_and_exit_1(tmp_path):
+    for args, msg in ((['--limit', '0'], 'review.per_round must be >= 1'), (['--actor', 'hf;foo=1'], 'pool.actor'),
+                      (['--set', 'train.nope=1'], 'nope'), (['--rounds', '-1'], 'rounds must be >= 1')):
+        r = pulse('run', *args, '--dry-run', check=False, timeout=900)
+        teq(r.returncode, 1)
+        assert msg in r.stderr, (args, r.stderr)
+        assert 'Traceback' not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_server_actor_needs_a_policy_server_for_round_two(tmp_path):
+    from pulse_nb.loop import RunConfig, actor_spec, ConfigError
+    cfg = RunConfig(pool={'actor': 'openai:http://127.0.0.1:9/v1', 'actor_model': QWEN})
+    (tmp_path/'round-1'/'train'/'adapter').mkdir(parents=True)
+    teq(actor_spec(cfg, tmp_path, 1), 'openai:http://127.0.0.1:9/v1')
+    tfail(lambda: actor_spec(cfg, tmp_path, 2), contains='set pool.policy_server')
+    cfg2 = RunConfig(pool={'actor': 'openai:http://127.0.0.1:9/v1', 'actor_model': QWEN, 'policy_server': 'http://127.0.0.1:8/v1'})
+    teq(actor_spec(cfg2, tmp_path, 2)['base_urls'], ['http://127.0.0.1:8/v1'])
+
+
+def test_generate_reviews_one_round_only(tmp_path):
+    r = pulse('generate', '--rounds', '2', '--out', tmp_path/'g', check=False)
+    teq(r.returncode, 1)
+    assert 'pulse run --rounds' in r.stderr
