@@ -12,7 +12,7 @@ install-test:
 	bash tools/install.sh --test
 
 run: install
-	$(VENV)/bin/pulse run --quick
+	$(VENV)/bin/pulse run
 
 test: install-test
 	bash tools/test.sh

