@@ -8,7 +8,8 @@ import argparse, json, logging, sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['FLAG_KEYS', 'run_config', 'build_parser', 'cmd_run', 'cmd_generate', 'cmd_train', 'cmd_evaluate', 'cmd_push', 'main']
+__all__ = ['FLAG_KEYS', 'run_config', 'build_parser', 'cmd_run', 'cmd_generate', 'cmd_train', 'cmd_evaluate',
+           'evaluate_benchmarks', 'cmd_push', 'main']
 
 # %% ../nbs/10_cli.ipynb #c9f0d7d4
 FLAG_KEYS = {'prompts': 'review.prompts', 'limit': 'review.per_round', 'actor': 'pool.actor', 'critic_models': 'pool.critics',
@@ -80,13 +81,17 @@ def _train_parser(sub):
     t.add_argument('--out', required=True)
 
 def _evaluate_parser(sub):
-    e = sub.add_parser('evaluate', help='peer-judged win rate of a model vs a baseline, and exact-answer accuracy')
+    e = sub.add_parser('evaluate', help='benchmark sets (--bench), or the peer-judged win rate of a model vs a baseline')
     e.add_argument('--model', required=True, help='engine spec, model folder, or a LoRA adapter folder')
     e.add_argument('--baseline', default=None, help="engine spec of the baseline (default: an adapter's base model, else auto)")
     e.add_argument('--judge', action='append', default=None,
                    help='engine spec of a judge (repeatable; default: the default critic pool, never the model itself)')
-    e.add_argument('--n', type=int, default=16, help='held-out prompts and arithmetic problems')
-    e.add_argument('--max-new-tokens', dest='max_new_tokens', type=int, default=128)
+    e.add_argument('--bench', default=None, help="benchmark sets to grade, e.g. 'gsm8k,ifeval' (see pulse_nb.benchmarks.BENCHMARKS); "
+                   'with --baseline, also the paired difference')
+    e.add_argument('--split', default='heldout', choices=['heldout', 'train', 'all'], help='the benchmark split to grade')
+    e.add_argument('--n', type=int, default=16, help='items per benchmark set; without --bench, held-out prompts and arithmetic problems')
+    e.add_argument('--max-new-tokens', dest='max_new_tokens', type=int, default=None,
+                   help='answer tokens (default 128; with --bench, a budget per set)')
     e.add_argument('--out', default=None, help='folder for eval.json and eval.md')
 
 def _push_parser(sub):
@@ -142,14 +147,48 @@ def cmd_train(a) -> Path:
     return Path(a.out)
 
 def cmd_evaluate(a) -> dict:
-    "`pulse evaluate`: win rate vs a baseline (position-swapped, judged by peers) + exact-answer accuracy."
+    "`pulse evaluate`: benchmark sets (`--bench`), or the win rate vs a baseline (position-swapped, judged by peers) + exact-answer accuracy."
     from pulse_nb.evaluate import run_evaluation, summary_table
     from pulse_nb.loop import PoolConfig
-    _positive('--n', a.n)
+    _positive('--n', a.n); _positive('--max-new-tokens', a.max_new_tokens)
+    if a.bench: return evaluate_benchmarks(a.model, a.bench, n=a.n, baseline=a.baseline, judges=a.judge, split=a.split,
+                                           max_new_tokens=a.max_new_tokens, out=a.out)
     res = run_evaluation(a.model, baseline=a.baseline, judges=a.judge or PoolConfig().critics, n_prompts=a.n,
-                         max_new_tokens=a.max_new_tokens, n_arith=a.n, out_dir=a.out)
+                         max_new_tokens=a.max_new_tokens or 128, n_arith=a.n, out_dir=a.out)
     print(summary_table(res))
     if a.out: print(f'written to {a.out}/eval.json')
+    return res
+
+def evaluate_benchmarks(model: str,          # engine spec, model reference or adapter folder
+                        bench: str,          # benchmark sets, e.g. 'gsm8k,ifeval'
+                        n: int|None=16,      # items per set
+                        baseline: str|None=None, # also grade this model and report the paired difference
+                        judges: list|None=None,  # judge specs (judged sets; default: the default critic pool)
+                        split: str='heldout', max_new_tokens: int|None=None, out=None,
+                       ) -> dict:
+    "Grade `model` (and `baseline`) on benchmark sets; print the table (and the paired differences); write eval.json."
+    from pulse_nb.benchmarks import evaluate_bench, compare_bench, bench_markdown, JUDGED, _names
+    from pulse_nb.evaluate import eval_engine
+    from pulse_nb.loop import PoolConfig
+    names = _names(bench)
+    built = []
+    def get(spec):
+        built.append(eval_engine(spec)); return built[-1]
+    try:
+        js = [get(j) for j in (judges or PoolConfig().critics)] if any(k in JUDGED for k in names) else []
+        kw = dict(names=names, n=n, judges=js, split=split, max_new_tokens=max_new_tokens, progress=True)
+        res = evaluate_bench(get(model), out_dir=out, **kw)
+        base = evaluate_bench(get(baseline), out_dir=Path(out)/'baseline' if out else None, **kw) if baseline else None
+    finally:
+        for e in built: e.close()
+    print(bench_markdown([res] + ([base] if base else [])))
+    if base:
+        res['vs_baseline'] = {'baseline': baseline, 'difference': compare_bench(res, base)}
+        for k, ms in res['vs_baseline']['difference'].items():
+            for m, d in ms.items():
+                if d['difference'] is not None: print(f"{k} {m}: {d['difference']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] (n={d['n']}) vs {baseline}")
+        if out: (Path(out)/'vs_baseline.json').write_text(json.dumps(res['vs_baseline'], indent=1))
+    if out: print(f'written to {out}/eval.json')
     return res
 
 def cmd_push(a) -> str:

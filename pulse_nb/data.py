@@ -11,7 +11,7 @@ from typing import TypedDict, NotRequired
 # %% auto #0
 __all__ = ['GENERAL_INSTRUCTIONS', 'BUILTIN', 'Prompt', 'Answer', 'Critique', 'Pair', 'text_id', 'last_number', 'check_answer',
            'make_arithmetic', 'make_conversions', 'make_letter_counts', 'make_general', 'rows_to_prompts',
-           'load_prompts']
+           'load_prompts', 'shared_prompts', 'check_disjoint']
 
 # %% ../nbs/00_data.ipynb #297ac1b9
 class Prompt(TypedDict):
@@ -52,12 +52,14 @@ def last_number(text: str) -> float|None:
     except ValueError: return None
 
 def check_answer(response: str, # the model's answer
-                 answer: str,   # the expected answer (an integer as a string)
+                 answer: str,   # the expected answer: a number, or a LaTeX expression (MATH-500)
                 ) -> bool:
-    "True if the last number in `response` equals `answer`."
-    got = last_number(response)
+    "True if the last number in `response` equals the number `answer`; for a non-numeric answer, `pulse_nb.benchmarks.grade_math`."
     try: want = float(str(answer).replace(',', ''))
-    except ValueError: return False
+    except ValueError:
+        from pulse_nb.benchmarks import grade_math
+        return grade_math(response, str(answer))
+    got = last_number(response)
     return got is not None and abs(got - want) < 1e-9
 
 # %% ../nbs/00_data.ipynb #1f7ebadc
@@ -254,7 +256,11 @@ def _builtin(name: str, limit: int|None, seed: int) -> list[dict]:
 _TEXT_COLS, _CHAT_COLS = ('prompt', 'instruction', 'question'), ('messages', 'conversation', 'chosen')
 
 def _user_text(msgs, where: str):
-    if isinstance(msgs, str): return msgs
+    if isinstance(msgs, str):
+        try: parsed = json.loads(msgs) if msgs.lstrip().startswith('[') else None
+        except ValueError: parsed = None
+        if not (isinstance(parsed, list) and parsed and all(isinstance(m, dict) and 'role' in m for m in parsed)): return msgs
+        msgs = parsed  # a chat stored as JSON text (CSV cells are always text)
     msgs = [] if msgs is None else list(msgs)  # Parquet gives numpy arrays
     users = [m.get('content') for m in msgs if isinstance(m, dict) and m.get('role') == 'user']
     if not users: raise ValueError(f'{where}: the chat has no user turn')
@@ -283,6 +289,7 @@ def rows_to_prompts(rows, source: str, columns: list[str]) -> list[dict]:
         ans = r.get('answer')
         out.append({'id': pid, 'prompt': text, 'answer': None if ans is None or ans == '' else str(ans),
                     'task': str(r.get('task') or 'general')})
+        if isinstance(r.get('meta'), dict): out[-1]['meta'] = r['meta']
     if dups: warnings.warn(f'{source}: dropped {dups} duplicated prompt(s) (same id)')
     return out
 
@@ -309,7 +316,7 @@ def _read_table(path: Path) -> tuple[list[dict], list[str]]:
     cols = list(dict.fromkeys(k for r in rows for k in r)) if rows else []
     return rows, cols
 
-def load_prompts(spec: str|list, # `builtin:NAME`, a file path, `hf:NAME[:CONFIG]:SPLIT`, or a list of strings/dicts
+def load_prompts(spec: str|list, # `builtin:NAME`, `bench:NAME[:SPLIT]`, a file path, `hf:NAME[:CONFIG]:SPLIT`, or a list of strings/dicts
                  limit: int|None=None, # keep the first `limit` prompts
                  seed: int=0, # seed of the generated built-in sets
                 ) -> list[dict]:
@@ -318,6 +325,9 @@ def load_prompts(spec: str|list, # `builtin:NAME`, a file path, `hf:NAME[:CONFIG
         rows = [{'prompt': r} if isinstance(r, str) else dict(r) for r in spec]
         out = rows_to_prompts(rows, 'prompt list', list(dict.fromkeys(k for r in rows for k in r)))
     elif str(spec).startswith('builtin:'): out = _builtin(str(spec)[8:], limit, seed)
+    elif str(spec).startswith('bench:'):
+        from pulse_nb.benchmarks import bench_prompts
+        out = bench_prompts(str(spec))
     elif str(spec).startswith('hf:'):
         from datasets import load_dataset
         parts = str(spec)[3:].split(':')
@@ -327,7 +337,29 @@ def load_prompts(spec: str|list, # `builtin:NAME`, a file path, `hf:NAME[:CONFIG
         out = rows_to_prompts(ds, spec, ds.column_names)
     else:
         path = Path(spec).expanduser()
-        if not path.exists(): raise FileNotFoundError(f'Prompt file {path} does not exist (and {spec!r} is not builtin:NAME or hf:NAME:SPLIT)')
+        if not path.exists(): raise FileNotFoundError(f'Prompt file {path} does not exist (and {spec!r} is not builtin:NAME, bench:NAME or hf:NAME:SPLIT)')
         rows, cols = _read_table(path)
         out = rows_to_prompts(rows, str(path), cols)
     return out[:limit] if limit else out
+
+# %% ../nbs/00_data.ipynb #5f69d3d2
+def _prompt_keys(p) -> tuple[str|None, str]:
+    if isinstance(p, str): return None, ' '.join(p.split()).casefold()
+    return (str(p['id']) if p.get('id') is not None else None), ' '.join(str(p.get('prompt', '')).split()).casefold()
+
+def shared_prompts(a: list, # prompt dicts (or strings)
+                   b: list, # prompt dicts (or strings)
+                  ) -> list[str]:
+    "The prompts of `a` that are also in `b` (same id, or same text up to whitespace and case): their ids, else texts."
+    kb = [_prompt_keys(p) for p in b]
+    ids, texts = {i for i, _ in kb if i is not None}, {t for _, t in kb}
+    return [i if i is not None else t for i, t in map(_prompt_keys, a) if (i is not None and i in ids) or t in texts]
+
+def check_disjoint(train: list, # prompts that are reviewed or trained on
+                   evaluation: list, # prompts a model is scored on
+                   what: str='training and evaluation prompts', # how the error names the two lists
+                  ) -> None:
+    "Raise `ValueError` if any prompt is in both lists."
+    if shared := shared_prompts(train, evaluation):
+        raise ValueError(f'{len(shared)} prompt(s) are in both the {what}: {", ".join(map(str, shared[:5]))}'
+                         f'{" ..." if len(shared) > 5 else ""}. Use disjoint sets (e.g. bench:NAME to train, bench:NAME:heldout to evaluate).')

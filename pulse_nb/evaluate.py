@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_evaluate.ipynb #58018e73
 from __future__ import annotations
-import json, os, re, shutil, signal, subprocess, sys, tempfile, time
+import json, os, re, shutil, signal, subprocess, sys, tempfile, time, warnings
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
@@ -14,12 +14,13 @@ from .data import make_arithmetic, make_general, check_answer
 
 # %% auto #0
 __all__ = ['JUDGE_TEMPLATE', 'CHOICES', 'CHOICES_TIE', 'JUDGE_PREFIX', 'OUTCOME_SCORE', 'EVAL_SAMPLING', 'ANSWER_SUFFIX',
-           'CODE_TASKS', 'CODE_SUFFIX', 'judge_conv', 'probs_verdict', 'parse_verdict', 'order_verdict',
-           'combine_orders', 'judge_orders', 'judge_pairs', 'pair_scores', 'soft_scores', 'bootstrap_ci',
-           'fit_length_logit', 'length_features', 'lc_win_rate', 'summarise_judgements', 'prompt_texts', 'answers',
-           'heldout_prompts', 'win_rate', 'answer_accuracy', 'is_adapter', 'merge_adapter', 'adapter_base',
-           'eval_engine', 'extract_code', 'netns_prefix', 'landlock_abi', 'sandbox_info', 'run_code', 'code_eval',
-           'evaluate', 'summary_table', 'run_evaluation']
+           'CODE_TASKS', 'CODE_SUFFIX', 'DEFAULT_JUDGES', 'judge_conv', 'probs_verdict', 'parse_verdict',
+           'order_verdict', 'combine_orders', 'judge_orders', 'judge_pairs', 'pair_scores', 'soft_scores',
+           'bootstrap_ci', 'fit_length_logit', 'length_features', 'lc_win_rate', 'summarise_judgements',
+           'engine_family', 'judge_matrix', 'self_preference', 'prompt_texts', 'answers', 'heldout_prompts', 'win_rate',
+           'answer_accuracy', 'is_adapter', 'merge_adapter', 'adapter_base', 'eval_engine', 'extract_code',
+           'netns_prefix', 'landlock_abi', 'sandbox_info', 'run_code', 'code_eval', 'evaluate', 'summary_table',
+           'run_evaluation']
 
 # %% ../nbs/08_evaluate.ipynb #1747b474
 JUDGE_TEMPLATE = """Compare two answers to the user's question and decide which one is better: more correct, helpful \
@@ -246,6 +247,54 @@ def summarise_judgements(records: list[dict], # from `judge_pairs`
         out['mean_len_cand'], out['mean_len_base'] = float(np.mean(len_cand)), float(np.mean(len_base))
     return out
 
+# %% ../nbs/08_evaluate.ipynb #5504fa93
+def engine_family(x) -> str|None:
+    "The model family (`config.model_type`, e.g. 'llama', 'qwen2') of an engine, an engine spec or a model reference; None if unknown."
+    for get in (lambda: x.lm.config, lambda: x.llm.llm_engine.model_config.hf_config):
+        try: return get().model_type
+        except AttributeError: pass
+    from pulse_nb.models import model_family
+    ref = getattr(x, 'model', x)
+    if isinstance(ref, str):
+        kind, _, arg = ref.partition(':')
+        if kind.lower() == 'openai': return None  # a server's model name need not be a reference this machine can read
+        if kind.lower() in ('hf', 'vllm', 'auto'): ref = arg or None
+    return model_family(ref)
+
+# %% ../nbs/08_evaluate.ipynb #f2f51f94
+def judge_matrix(records: list[dict], # from `judge_pairs`
+                 n_pairs: int,        # number of pairs judged
+                 n_judges: int,       # number of judges
+                ) -> np.ndarray:
+    "(pairs, judges) array of outcome scores (win 1, tie .5, loss 0) from `judge_pairs` records; NaN where unreadable."
+    m = np.full((n_pairs, n_judges), np.nan)
+    for r in records:
+        if r['outcome'] is not None: m[r['pair'], r['judge']] = OUTCOME_SCORE[r['outcome']]
+    return m
+
+def self_preference(values,                # (items, judges) scores of the candidate, NaN where missing
+                    judge_families: list,  # each judge's family (None = unknown)
+                    family: str|None,      # the candidate's family
+                    n_boot: int=2000, alpha: float=0.05, seed: int=0,
+                   ) -> dict:
+    "How much more the judges of the candidate's family favour it than judges of other families, item by item, with a CI."
+    v = np.asarray(values, float)
+    same = [j for j, f in enumerate(judge_families) if f is not None and f == family]
+    other = [j for j, f in enumerate(judge_families) if f is not None and f != family]
+    out = {'family': family, 'judge_families': list(judge_families), 'same_family_judges': same,
+           'other_family_judges': other, 'gap': None}
+    if family is None: return {**out, 'note': "the candidate's family is unknown"}
+    if not same: return {**out, 'note': "no judge of the candidate's family"}
+    if not other: return {**out, 'note': 'no judge of another family to compare with'}
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)  # items no judge of a group could read
+        s, o = np.nanmean(v[:, same], 1), np.nanmean(v[:, other], 1)
+    d = s - o
+    keep = ~np.isnan(d)
+    if not keep.any(): return {**out, 'note': 'no item was read by judges of both groups'}
+    return {**out, 'same': float(s[keep].mean()), 'other': float(o[keep].mean()), 'gap': float(d[keep].mean()),
+            'gap_ci': list(bootstrap_ci(d, n_boot=n_boot, alpha=alpha, seed=seed)), 'n': int(keep.sum())}
+
 # %% ../nbs/08_evaluate.ipynb #72b2b942
 EVAL_SAMPLING = SamplingConfig(temperature=0, max_new_tokens=256)
 
@@ -280,13 +329,17 @@ def win_rate(candidate: Engine,        # the model under test
              keep_pairs: bool=True,    # include every pair's answers and verdicts in the result
              max_judge_tokens: int=64, # text mode: length of the judge's reply
             ) -> dict:
-    "Peer-judged win rate of `candidate` over `baseline`, position-swapped, with bootstrap CIs and length control."
+    "Peer-judged win rate of `candidate` over `baseline`, position-swapped, with bootstrap CIs, length control and self-preference."
+    judges = judges if isinstance(judges, (list, tuple)) else [judges]
     texts = prompt_texts(prompts)
     ca, ba = answers(candidate, texts, sampling), answers(baseline, texts, sampling)
     recs = judge_pairs(judges, texts, [c.text for c in ca], [b.text for b in ba], tie=tie, mode=mode,
                        max_new_tokens=max_judge_tokens)
     out = summarise_judgements(recs, len(texts), [c.n_tokens for c in ca], [b.n_tokens for b in ba], n_boot, alpha, seed)
-    out.update(candidate=str(candidate.model), baseline=str(baseline.model), identical_answers=sum(c.text == b.text for c, b in zip(ca, ba)))
+    fams = [engine_family(j) for j in judges]
+    out.update(candidate=str(candidate.model), baseline=str(baseline.model), identical_answers=sum(c.text == b.text for c, b in zip(ca, ba)),
+               judge_families=fams, self_preference=self_preference(judge_matrix(recs, len(texts), len(judges)), fams,
+                                                                    engine_family(candidate), n_boot, alpha, seed))
     if keep_pairs:
         out['pairs'] = [{'prompt': t, 'candidate': c.text, 'baseline': b.text, 'len_candidate': c.n_tokens,
                          'len_baseline': b.n_tokens, 'judgements': [r for r in recs if r['pair'] == i]}
@@ -566,7 +619,7 @@ def code_eval(engine: Engine,             # the model under test
 # %% ../nbs/08_evaluate.ipynb #130b8935
 def evaluate(candidate: Engine,          # the model under test
              baseline: Engine,           # the model it is compared with
-             judges: Engine|list[Engine]|None=None, # peer judges; None = the baseline
+             judges: Engine|list[Engine], # peer judges: the critic pool or a named judge
              prompts=None,               # held-out prompts for the win rate; None = heldout_prompts(16)
              *, sampling: SamplingConfig|None=None, # answer sampling (default greedy, 256 tokens)
              tie: bool=False, mode: str='auto', # judge options (see `judge_pairs`)
@@ -576,7 +629,9 @@ def evaluate(candidate: Engine,          # the model under test
              n_boot: int=2000, alpha: float=0.05, seed: int=0,
             ) -> dict:
     "Win rate of `candidate` over `baseline` (peer-judged) plus exact-answer accuracy (and code pass rate) of both."
-    judges = [baseline] if judges is None else judges
+    if judges is None or (isinstance(judges, (list, tuple)) and not judges):
+        raise ValueError('evaluate needs peer judges: pass judges=[engine, ...] (the critic pool or a named judge; '
+                         'run_evaluation uses DEFAULT_JUDGES)')
     prompts = heldout_prompts(16) if prompts is None else prompts
     t0 = time.time()
     out = {'win_rate': win_rate(candidate, baseline, judges, prompts, sampling, tie, mode, n_boot, alpha, seed)}
@@ -588,6 +643,16 @@ def evaluate(candidate: Engine,          # the model under test
     return out
 
 # %% ../nbs/08_evaluate.ipynb #e1a23af8
+def _judges_line(w) -> str:
+    fams = w.get('judge_families') or [None]*len(w['per_judge'])
+    return '| judges (family) | ' + ', '.join(f"{j['model']} ({f})" for j, f in zip(w['per_judge'], fams)) + ' |'
+
+def _self_pref_line(sp) -> str:
+    if not sp: return ''
+    if sp.get('gap') is None: return f"| self-preference | - ({sp.get('note', '')}) |"
+    lo, hi = sp['gap_ci']
+    return f"| self-preference of {sp['family']} judges | {sp['gap']:+.3f} [{lo:+.2f}, {hi:+.2f}] (n={sp['n']}) |"
+
 def summary_table(res: dict) -> str:
     "A short markdown summary of an `evaluate` result."
     w = res['win_rate']
@@ -597,14 +662,28 @@ def summary_table(res: dict) -> str:
              f"| length-controlled win rate | {w['lc_win_rate']:.3f} {ci(w.get('lc_win_rate_ci'))} |" if w.get('lc_win_rate') is not None else '',
              f"| soft win rate (log-probs) | {w['soft_win_rate']:.3f} {ci(w.get('soft_win_rate_ci'))} |" if w.get('soft_win_rate') is not None else '',
              f"| wins / ties / losses | {w['wins']} / {w['ties']} / {w['losses']} |",
-             f"| position consistency | {w['consistency']:.2f} |" if w['consistency'] is not None else '']
+             f"| position consistency | {w['consistency']:.2f} |" if w['consistency'] is not None else '',
+             _judges_line(w),
+             _self_pref_line(w.get('self_preference'))]
     for k, a in res.get('accuracy', {}).items(): lines.append(f"| accuracy ({k}) | {a['accuracy']:.3f} {ci(a['accuracy_ci'])} (n={a['n']}) |")
     for k, c in res.get('code', {}).items(): lines.append(f"| code pass rate ({k}) | {c['pass_rate']:.3f} (n={c['n']}) |")
     return '\n'.join(l for l in lines if l)
 
+DEFAULT_JUDGES = ('hf:smollm2-135m-instruct', 'hf:qwen2.5-coder-0.5b-instruct')
+"The judges `run_evaluation` uses when none are named: one embedded model per family (llama, qwen2)."
+
+def _spec_key(spec) -> str:
+    "One key per distinct engine: 'hf' and 'hf:smollm2-135m-instruct' name the same one."
+    from pulse_nb.engines import parse_spec
+    from pulse_nb.models import DEFAULT_MODEL
+    try: kind, kw = parse_spec(spec)
+    except (TypeError, ValueError): return str(spec)
+    if kind != 'openai': kw = {**kw, 'model': kw.get('model') or DEFAULT_MODEL}
+    return json.dumps([kind, kw], sort_keys=True, default=str)
+
 def run_evaluation(candidate,                # engine spec, model reference, adapter folder or Engine
                    baseline=None,            # same kinds; None = the adapter's base model, else the default ('auto')
-                   judges: list|None=None,   # specs of peer judges; None = the baseline
+                   judges: list|None=None,   # specs of peer judges (the critic pool); None = DEFAULT_JUDGES
                    prompts=None,             # prompt spec for `pulse_nb.data.load_prompts`, list, or None = held-out built-ins
                    n_prompts: int=16,        # how many prompts
                    max_new_tokens: int=256,  # answer length
@@ -617,23 +696,24 @@ def run_evaluation(candidate,                # engine spec, model reference, ada
     built = {}
     def get(spec):
         if isinstance(spec, Engine): return spec
-        key = str(spec)
+        key = _spec_key(spec)
         if key not in built: built[key] = eval_engine(spec)
         return built[key]
     if baseline is None: baseline = adapter_base(candidate) or 'auto'
     try:
         cand, base = get(candidate), get(baseline)
-        js = [base] if judges is None else [get(j) for j in judges]
+        js = [get(j) for j in (DEFAULT_JUDGES if judges is None else judges)]
         ps = heldout_prompts(n_prompts) if prompts is None else load_prompts(prompts, limit=n_prompts, seed=seed) if isinstance(prompts, str) else list(prompts)[:n_prompts]
         res = evaluate(cand, base, js, ps, sampling=SamplingConfig(temperature=0, max_new_tokens=max_new_tokens), tie=tie,
                        mode=mode, n_arith=n_arith, code=code, n_boot=n_boot, seed=seed)
     finally:
         for e in built.values(): e.close()
-    res['config'] = {'candidate': str(candidate), 'baseline': str(baseline), 'judges': [str(j) for j in judges] if judges else None,
+    res['config'] = {'candidate': str(candidate), 'baseline': str(baseline), 'judges': [str(j) for j in (DEFAULT_JUDGES if judges is None else judges)],
                      'prompts': prompts if prompts is None or isinstance(prompts, str) else f'{len(ps)} given', 'n_prompts': len(ps),
                      'max_new_tokens': max_new_tokens, 'n_arith': n_arith, 'code': code, 'tie': tie, 'mode': mode, 'seed': seed}
     if out_dir:
+        from pulse_nb.review import write_atomic
         out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-        (out/'eval.json').write_text(json.dumps(res, indent=1))
-        (out/'eval.md').write_text(summary_table(res) + '\n')
+        write_atomic(out/'eval.json', json.dumps(res, indent=1))
+        write_atomic(out/'eval.md', summary_table(res) + '\n')
     return res

@@ -8,27 +8,30 @@ import gc, json, math, os, resource, shutil, time
 from dataclasses import dataclass, field, asdict, fields, replace
 from pathlib import Path
 from filelock import FileLock, Timeout
-from .data import load_prompts
+from .data import load_prompts, check_disjoint
 from .models import DEFAULT_MODEL, QWEN_05B, model_family
-from .engines import Engine, make_engine, parse_spec
+from .engines import Engine, EngineError, make_engine, parse_spec, check_options, choose_backend, log
 from .review import review, RunError, write_atomic, config_diff
 from .train import ConfigError, TrainConfig
 
 # %% auto #0
 __all__ = ['PRESETS', 'PoolConfig', 'ReviewConfig', 'LabelConfig', 'EvalConfig', 'check_train', 'RunConfig', 'config_dict',
            'with_overrides', 'load_config', 'save_config', 'actor_model', 'round_prompts', 'plan', 'eval_prompts',
-           'check_heldout', 'LazyEngine', 'Pool', 'round_dir', 'policy_of', 'policy_spec', 'actor_spec', 'stage_review',
-           'train_atomic', 'stage_train', 'stage_evaluate', 'peak_rss_gib', 'run_round', 'check_run_config', 'run',
-           'round_table', 'markdown_table', 'plot_rounds', 'dataset_card', 'hub_files', 'push_to_hub', 'write_report',
-           'generate']
+           'bench_heldout', 'check_heldout', 'LazyEngine', 'Pool', 'round_dir', 'policy_of', 'policy_spec',
+           'actor_spec', 'stage_review', 'train_atomic', 'stage_train', 'stage_evaluate', 'stage_bench',
+           'bench_section', 'peak_rss_gib', 'run_round', 'check_run_config', 'run', 'round_table', 'markdown_table',
+           'plot_rounds', 'dataset_card', 'hub_files', 'push_to_hub', 'write_report', 'generate']
 
 # %% ../nbs/09a_loop.ipynb #a3295207
 def _one_of(where: str, value, choices):
     if value not in choices: raise ConfigError(f'{where} must be one of {list(choices)}, got {value!r}')
 
 def _check_spec(where: str, spec):
-    "Parse an engine spec now, so a typo fails before any model is loaded."
-    try: parse_spec(spec)
+    "Parse an engine spec and check its options now, so a typo fails before any model is loaded."
+    try:
+        kind, kw = parse_spec(spec)
+        check_options(choose_backend()[0] if kind == 'auto' else kind, kw, spec)
+    except EngineError: pass  # vLLM is not installed here: its options are checked where the run happens
     except (ValueError, TypeError) as e: raise ConfigError(f'{where}: {e}') from None
 
 # %% ../nbs/09a_loop.ipynb #381700c6
@@ -97,15 +100,25 @@ class LabelConfig:
 # %% ../nbs/09a_loop.ipynb #23ed0015
 @dataclass
 class EvalConfig:
-    "What each round's evaluation measures: the policy against the base model, judged by peers, and exact answers."
+    "What each round's evaluation measures: the policy against the base model on a real benchmark's held-out items, and a peer-judged win rate."
+    bench: str = 'gsm8k'        # benchmark sets graded on their held-out split ('gsm8k', 'gsm8k,ifeval'; '' = none)
+    bench_n: int = 32           # items per benchmark set (the same items every round)
+    bench_max_new_tokens: int = 256 # answer tokens on the benchmark sets (greedy)
     win_rate_prompts: int = 12  # held-out instructions (the last ones of `builtin:general`) for the peer-judged win rate
-    arithmetic: int = 16        # held-out arithmetic problems for exact-answer accuracy (0 = skip)
-    max_new_tokens: int = 128   # tokens per answer at evaluation (greedy)
+    arithmetic: int = 0         # held-out generated arithmetic problems for exact-answer accuracy (0 = skip)
+    max_new_tokens: int = 128   # tokens per answer of the win rate and arithmetic (greedy)
     tie: bool = False           # let judges call a tie
     skip: bool = False          # no evaluation (review and training only)
 
     def __post_init__(self):
-        if self.win_rate_prompts < 0 or self.arithmetic < 0: raise ConfigError('eval sizes must be >= 0')
+        from pulse_nb.benchmarks import BENCHMARKS
+        if min(self.win_rate_prompts, self.arithmetic, self.bench_n) < 0: raise ConfigError('eval sizes must be >= 0')
+        if self.bench_max_new_tokens < 1: raise ConfigError(f'eval.bench_max_new_tokens must be >= 1, got {self.bench_max_new_tokens}')
+        for b in self.bench_sets(): _one_of('eval.bench', b, BENCHMARKS)
+
+    def bench_sets(self) -> list[str]:
+        "The benchmark set names (none when `bench` is empty or `bench_n` is 0)."
+        return [b.strip() for b in str(self.bench or '').split(',') if b.strip()] if self.bench_n else []
 
 # %% ../nbs/09a_loop.ipynb #6b8ca660
 def check_train(section: dict) -> dict:
@@ -183,7 +196,7 @@ PRESETS = {
     'default': {},
     'quick': {'rounds': 1, 'review': {'per_round': 6, 'max_new_tokens': 48},
               'train': {'loss': 'savage', 'beta': 0.1, 'max_steps': 4, 'batch_size': 2, 'weighting': 'margin*agreement'},
-              'eval': {'win_rate_prompts': 4, 'arithmetic': 6, 'max_new_tokens': 48}},
+              'eval': {'win_rate_prompts': 4, 'bench_n': 6, 'bench_max_new_tokens': 96, 'max_new_tokens': 48}},
 }
 
 def load_config(path=None,          # a YAML file (None = the preset alone)
@@ -246,17 +259,18 @@ def plan(cfg: RunConfig) -> dict:
     bs = tr.get('batch_size', 4) * tr.get('gradient_accumulation_steps', 1)
     steps = tr['max_steps'] if tr.get('max_steps', -1) > 0 else math.ceil(n / bs) * math.ceil(tr.get('epochs', 1))
     ev = cfg.eval
-    ev_gen = 0 if ev.skip else 2 * (ev.win_rate_prompts + ev.arithmetic)
+    n_bench = len(ev.bench_sets()) * ev.bench_n
+    ev_gen = 0 if ev.skip else 2 * (ev.win_rate_prompts + ev.arithmetic) + n_bench  # the base model's bench answers once per run
     ev_judge = 0 if ev.skip else 2 * ev.win_rate_prompts * len(models['judges'])
     per_round = {'prompts': n, 'generations': gen, 'score_readouts': (2*n*K) if cfg.review.score_mode == 'logprobs' else 0,
                  'max_generated_tokens': gen * T, 'train_steps_at_most': steps,
                  'eval_generations': ev_gen, 'eval_judgements': ev_judge,
-                 'eval_generated_tokens_at_most': ev_gen * ev.max_new_tokens}
+                 'eval_generated_tokens_at_most': (ev_gen - n_bench) * ev.max_new_tokens + n_bench * ev.bench_max_new_tokens}
     rp = [] if hub else round_prompts(cfg)
     return {'models': models, 'families': fam, 'rounds': cfg.rounds, 'reference': cfg.reference,
             'actor_per_round': [cfg.pool.actor] + [f'round-{r}/train/adapter (the policy trained in round {r})' for r in range(1, cfg.rounds)],
             'stages': stages, 'per_round': per_round, 'prompt_ids': [[p['id'] for p in ps] for ps in rp],
-            'prompts_checked': not hub,
+            'prompts_checked': not hub, 'eval_bench': {b: ev.bench_n for b in ev.bench_sets()},
             'total_generated_tokens_at_most': cfg.rounds * (per_round['max_generated_tokens'] + per_round['eval_generated_tokens_at_most'])}
 
 # %% ../nbs/09a_loop.ipynb #4bd4b481
@@ -268,17 +282,21 @@ def eval_prompts(cfg: RunConfig) -> tuple[list[dict], list[dict]]:
     return (heldout_prompts(ev.win_rate_prompts) if ev.win_rate_prompts else [],
             make_arithmetic(ev.arithmetic, seed=1000) if ev.arithmetic else [])
 
+def bench_heldout(cfg: RunConfig) -> list[dict]:
+    "Every item of the held-out split of the evaluation's benchmark sets (a superset of what is graded)."
+    from pulse_nb.benchmarks import bench_prompts
+    return [it for b in cfg.eval.bench_sets() for it in bench_prompts(b, 'heldout')]
+
 def check_heldout(cfg: RunConfig):
     "Refuse a config whose review prompts overlap its evaluation prompts (by id and by text)."
     if cfg.eval.skip: return
-    wr, ar = eval_prompts(cfg)
-    held = {p['id'] for p in wr + ar} | {p['prompt'].strip() for p in wr + ar}
     need = cfg.rounds * cfg.review.per_round
-    clash = [p for p in load_prompts(cfg.review.prompts, limit=need) if p['id'] in held or p['prompt'].strip() in held]
-    if clash:
-        raise ConfigError(f'{len(clash)} review prompt(s) of {cfg.review.prompts!r} are held out for evaluation '
-                          f'(first: {clash[0]["prompt"][:60]!r}); review fewer prompts (rounds x per_round = {need}) '
-                          f'or evaluate on fewer (eval.win_rate_prompts = {cfg.eval.win_rate_prompts})')
+    review = load_prompts(cfg.review.prompts, limit=need)
+    wr, ar = eval_prompts(cfg)
+    try: check_disjoint(review, wr + ar + bench_heldout(cfg), f'review prompts of {cfg.review.prompts!r} and the evaluation')
+    except ValueError as e:
+        raise ConfigError(f'{e} Review another set or split, fewer prompts (rounds x per_round = {need}), or evaluate on '
+                          f'fewer (eval.win_rate_prompts = {cfg.eval.win_rate_prompts})') from None
 
 # %% ../nbs/09a_loop.ipynb #eac9ebc6
 class LazyEngine(Engine):
@@ -351,9 +369,11 @@ def round_dir(run_dir, r: int) -> Path:
     return Path(run_dir)/f'round-{r}'
 
 def policy_of(run_dir, r: int) -> Path|None:
-    "The policy trained in round `r`: its adapter folder (LoRA) or model folder (full fine-tuning); None if not trained."
-    t = round_dir(run_dir, r)/'train'
-    return next((p for p in (t/'adapter', t/'model') if p.is_dir()), None)
+    "The policy after round `r`: the adapter (LoRA) or model folder (full fine-tuning) of the last round up to `r` that trained; None: the base."
+    for k in range(r, 0, -1):
+        t = round_dir(run_dir, k)/'train'
+        if hit := next((p for p in (t/'adapter', t/'model') if p.is_dir()), None): return hit
+    return None
 
 def policy_spec(cfg: RunConfig, run_dir, r: int, served: bool=True):
     "The engine spec of the policy trained in round `r`: the actor's engine kind on the trained weights."
@@ -368,8 +388,8 @@ def policy_spec(cfg: RunConfig, run_dir, r: int, served: bool=True):
                       f'policy={prev}`) and set pool.policy_server, or use an hf/vllm actor.')
 
 def actor_spec(cfg: RunConfig, run_dir, r: int):
-    "The engine spec of round `r`'s actor: the configured actor in round 1, the policy trained in round `r - 1` after."
-    return cfg.pool.actor if r == 1 else policy_spec(cfg, run_dir, r - 1)
+    "The engine spec of round `r`'s actor: the configured actor until a round has trained, then the latest trained policy."
+    return cfg.pool.actor if policy_of(run_dir, r - 1) is None else policy_spec(cfg, run_dir, r - 1)
 
 # %% ../nbs/09a_loop.ipynb #1a64a50a
 def stage_review(cfg: RunConfig, run_dir, r: int, prompts: list[dict], pool: Pool, progress: bool=True) -> dict:
@@ -415,11 +435,10 @@ def train_atomic(data, out_dir, **kw) -> dict:
 def stage_train(cfg: RunConfig, run_dir, r: int, progress: bool=True) -> dict:
     "Train round `r`'s policy on its pairs, starting from the policy that acted; returns the training metrics."
     rd, kw = round_dir(run_dir, r), dict(cfg.train)
-    model = actor_model(cfg)
-    if r > 1:
-        prev = str(policy_of(run_dir, r - 1))
-        if cfg.reference == 'previous': model = prev
-        else: kw['init_adapter'] = prev
+    model, prev = actor_model(cfg), policy_of(run_dir, r - 1)
+    if prev is not None:
+        if cfg.reference == 'previous': model = str(prev)
+        else: kw['init_adapter'] = str(prev)
     if cfg.report_to != 'none': kw.setdefault('report_to', cfg.report_to)
     kw.setdefault('seed', cfg.seed)
     return train_atomic(rd/'pairs.parquet', rd/'train', model=model, progress=progress, **kw)
@@ -438,11 +457,42 @@ def stage_evaluate(cfg: RunConfig, run_dir, r: int, pool: Pool) -> dict|None:
     judges = [pool.get(j) for j in (cfg.pool.judges or cfg.pool.critics)]
     wr, ar = eval_prompts(cfg)
     res = evaluate(policy, base, judges, wr, sampling=SamplingConfig(temperature=0, max_new_tokens=ev.max_new_tokens),
-                   tie=ev.tie, n_arith=len(ar), seed=cfg.seed)
+                   tie=ev.tie, n_arith=len(ar), seed=cfg.seed) if wr or ar else {}
     res['policy'], res['base'] = str(policy_of(run_dir, r)), str(cfg.pool.actor)
-    write_atomic(rd/'eval.md', summary_table(res) + '\n')
+    if ev.bench_sets(): res['bench'] = stage_bench(cfg, run_dir, r, policy, base, judges)
+    write_atomic(rd/'eval.md', (summary_table(res) if wr or ar else '') + bench_section(res.get('bench')) + '\n')
     write_atomic(rd/'eval.json', json.dumps(res, indent=1, default=str))
     return res
+
+# %% ../nbs/09a_loop.ipynb #69357919
+def stage_bench(cfg: RunConfig, run_dir, r: int, policy, base, judges) -> dict:
+    "Round `r`'s policy and the base model on the held-out benchmark items: headline metrics and paired differences."
+    from pulse_nb.benchmarks import evaluate_bench, compare_bench, write_bench, PRIMARY
+    ev = cfg.eval
+    kw = dict(names=ev.bench_sets(), n=ev.bench_n, judges=judges, split='heldout', seed=cfg.seed,
+              max_new_tokens=ev.bench_max_new_tokens, tie=ev.tie)
+    cached = Path(run_dir)/'base-bench'/'eval.json'
+    if cached.exists(): b = json.loads(cached.read_text())
+    else: b = evaluate_bench(base, **kw); write_bench(b, cached.parent)
+    p = evaluate_bench(policy, **kw, out_dir=round_dir(run_dir, r)/'bench')
+    diff = compare_bench(p, b, seed=cfg.seed)
+    out = {}
+    for name in ev.bench_sets():
+        m = PRIMARY[name]
+        d = diff.get(name, {}).get(m) or {}
+        out[name] = {'metric': m, 'policy': p['sets'][name]['metrics'][m], 'base': b['sets'][name]['metrics'][m],
+                     'difference': d.get('difference'), 'difference_ci': d.get('ci'), 'n': d.get('n', p['sets'][name]['n'])}
+    return out
+
+def bench_section(bench: dict|None) -> str:
+    "A Markdown table of `stage_bench`'s result (empty without one)."
+    if not bench: return ''
+    f = lambda v: '–' if v is None else f'{v:.3f}'
+    ci = lambda c: '–' if not c else f'[{c[0]:.3f}, {c[1]:.3f}]'
+    rows = [f"| {k} | {v['metric']} | {f(v['policy']['value'])} | {f(v['base']['value'])} | {f(v['difference'])} {ci(v['difference_ci'])} | {v['n']} |"
+            for k, v in bench.items()]
+    return '\n'.join(['\n### Benchmarks (held-out split)\n', '| set | metric | policy | base | policy − base [95% CI] | n |',
+                      '|---|---|---|---|---|---|', *rows])
 
 # %% ../nbs/09a_loop.ipynb #24efc86c
 def peak_rss_gib() -> float:
@@ -464,15 +514,17 @@ def run_round(cfg: RunConfig, run_dir, r: int, prompts: list[dict], pool: Pool, 
         sec[stage], rss[stage], t = round(time.time() - t, 1), round(peak_rss_gib(), 2), time.time()
     actor = _actor_name(actor_spec(cfg, run_dir, r))
     diag = stage_review(cfg, run_dir, r, prompts, pool, progress); done('review')
-    if not diag.get('n_pairs'):
-        raise RunError(f'round {r}: the review made no preference pairs (dropped: {diag.get("dropped")}); '
-                       f'see {rd/"diagnostics.json"}. Try more prompts per round or a lower label.min_margin.')
-    pool.release_all()  # training needs the memory (on a GPU, all of it)
-    metrics = stage_train(cfg, run_dir, r, progress); done('train')
-    ev = stage_evaluate(cfg, run_dir, r, pool); done('evaluate')
-    rec = {'round': r, 'actor': actor, 'policy': str(policy_of(run_dir, r)), 'reference': cfg.reference if r > 1 else 'base',
-           'prompt_ids': [p['id'] for p in prompts], 'n_pairs': diag['n_pairs'], 'seconds': sec, 'peak_rss_gib': rss,
-           'review': _review_summary(diag), 'train': _train_summary(metrics), 'eval': _eval_summary(ev)}
+    metrics = ev = None
+    if diag.get('n_pairs'):
+        pool.release_all()  # training needs the memory (on a GPU, all of it)
+        metrics = stage_train(cfg, run_dir, r, progress); done('train')
+        ev = stage_evaluate(cfg, run_dir, r, pool); done('evaluate')
+    else: log.warning('round %d: the review made no preference pairs (dropped: %s); nothing is trained this round and '
+                      'the policy stays as it was (see %s)', r, diag.get('dropped'), rd/'diagnostics.json')
+    rec = {'round': r, 'actor': actor, 'trained': metrics is not None, 'policy': str(policy_of(run_dir, r) or cfg.pool.actor),
+           'reference': cfg.reference if policy_of(run_dir, r - 1) else 'base', 'prompt_ids': [p['id'] for p in prompts],
+           'n_pairs': diag['n_pairs'], 'seconds': sec, 'peak_rss_gib': rss, 'review': _review_summary(diag),
+           'train': _train_summary(metrics or {}), 'eval': _eval_summary(ev)}
     write_atomic(rd/'round.json', json.dumps(rec, indent=1, default=str))
     return rec
 
@@ -496,10 +548,12 @@ def _train_summary(m: dict) -> dict:
 def _eval_summary(ev: dict|None) -> dict|None:
     if not ev: return None
     w, acc = ev.get('win_rate') or {}, ev.get('accuracy') or {}
+    bench = {f'{k}_{f}': v[f]['value'] if f in ('policy', 'base') else v[f]
+             for k, v in (ev.get('bench') or {}).items() for f in ('policy', 'base', 'difference', 'difference_ci', 'n')}
     return {'win_rate': w.get('win_rate'), 'win_rate_ci': w.get('win_rate_ci'), 'lc_win_rate': w.get('lc_win_rate'),
             'n_judged': w.get('n_judged'), 'self_preference': w.get('self_preference'),
             **{f'accuracy_{k}': a.get('accuracy') for k, a in acc.items()},
-            **{f'accuracy_{k}_ci': a.get('accuracy_ci') for k, a in acc.items()}, 'n_arithmetic': (acc.get('candidate') or {}).get('n')}
+            **{f'accuracy_{k}_ci': a.get('accuracy_ci') for k, a in acc.items()}, 'n_arithmetic': (acc.get('candidate') or {}).get('n'), **bench}
 
 # %% ../nbs/09a_loop.ipynb #1c0cb38e
 def check_run_config(run_dir, cfg: RunConfig):
@@ -542,12 +596,16 @@ def round_table(run_dir) -> list[dict]:
     for p in sorted(Path(run_dir).glob('round-*/round.json'), key=lambda p: int(p.parent.name.split('-')[1])):
         rec = json.loads(p.read_text())
         ev = rec.get('eval') or {}
-        rows.append({'round': rec['round'], 'pairs': rec['n_pairs'], **{k: rec['review'].get(k) for k in
+        rows.append({'round': rec['round'], 'pairs': rec['n_pairs'], 'trained': rec.get('trained', True), **{k: rec['review'].get(k) for k in
                      ('revision_win_rate', 'critic_agreement_tau', 'label_accuracy', 'n_checkable_pairs', 'acc_a0', 'acc_a1')},
                      'train_loss': rec['train'].get('train_loss'), 'win_rate': ev.get('win_rate'), 'win_rate_ci': ev.get('win_rate_ci'),
                      'accuracy_policy': ev.get('accuracy_candidate'), 'accuracy_base': ev.get('accuracy_baseline'),
+                     **{k: v for k, v in ev.items() if any(k.startswith(f'{b}_') for b in _bench_names(ev))},
                      'seconds': round(sum(rec['seconds'].values()), 1), 'peak_rss_gib': max(rec['peak_rss_gib'].values())})
     return rows
+
+def _bench_names(ev: dict) -> list[str]:
+    return [k[:-len('_policy')] for k in ev if k.endswith('_policy') and f"{k[:-len('_policy')]}_base" in ev]
 
 def _fmt(v) -> str:
     if v is None: return '–'
@@ -558,7 +616,7 @@ def _fmt(v) -> str:
 def markdown_table(rows: list[dict]) -> str:
     "A Markdown table of `rows` (dicts with the same keys)."
     if not rows: return '(no finished round)'
-    cols = list(rows[0])
+    cols = list(dict.fromkeys(k for r in rows for k in r))
     return '\n'.join(['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)] +
                      ['| ' + ' | '.join(_fmt(r.get(c)) for c in cols) + ' |' for r in rows])
 
@@ -571,7 +629,8 @@ def plot_rounds(run_dir):
     if not rows: raise ValueError(f'{run_dir} has no finished round to plot')
     df = pd.DataFrame(rows)
     panels = [('review', ['revision_win_rate', 'label_accuracy', 'critic_agreement_tau']),
-              ('evaluation', ['win_rate', 'accuracy_policy', 'accuracy_base'])]
+              ('evaluation', ['win_rate', 'accuracy_policy', 'accuracy_base', *[c for c in df if c.endswith(('_policy', '_base'))
+                                                                                and c[:c.rfind('_')] + '_difference' in df]])]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, (title, cols) in zip(axes, panels):
         long = df.melt(id_vars='round', value_vars=[c for c in cols if c in df and df[c].notna().any()])

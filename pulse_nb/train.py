@@ -252,7 +252,7 @@ class DeviceMetrics:
         yield from (x for ps in self.ratios.values() for p in ps for x in p if torch.is_tensor(x))
 
 # %% ../nbs/07_train.ipynb #2b9b6e05
-def drdpo_step_stats(trainer:PulseDPOTrainer, # the trainer (its model, reference and loss options)
+def drdpo_step_stats(trainer, # a `PulseDPOTrainer` (its model, reference and loss options)
                      batches:list[dict], # the micro-batches of one optimizer step on this rank
                     ) -> None:
     "Add the step's Dr. DPO statistics (log Z and the pair count, over all micro-batches and ranks) to each micro-batch."

@@ -125,50 +125,69 @@ def test_is_adapter(tmp_path):
     assert is_adapter(tmp_path)
 
 
-# ---------- the real embedded model (slow) ----------
+# ---------- the real embedded models (slow) ----------
 
 S = SamplingConfig(temperature=0, max_new_tokens=16)
 
 
-@pytest.mark.slow
-def test_model_against_itself_is_a_tie(hf_engine):
-    "Greedy answers are identical, so each judge prompt is the same in both orders: every pair is a tie, rate 1/2."
-    res = win_rate(hf_engine, hf_engine, hf_engine, heldout_prompts(4), sampling=S, n_boot=500)
-    teq(res['identical_answers'], 4)
-    teq((res['ties'], res['wins'], res['losses'], res['n_unreadable']), (4, 0, 0, 0))
-    teq(res['win_rate'], .5)
-    teq(res['consistency'], 0.)
-    lo, hi = res['win_rate_ci']
-    assert lo <= res['win_rate'] <= hi
-    tclose(res['lc_win_rate'], res['win_rate'], eps=1e-6)
-    tclose(res['soft_win_rate'], .5, eps=1e-6)  # P(A) then 1-P(A) on the same prompt averages to exactly 1/2
-    j = res['pairs'][0]['judgements'][0]
-    teq(j['mode'], 'logprobs')
-    tclose(j['p_cand_first'] + j['p_cand_second'], 1., eps=1e-6)  # same prompt both orders: P(A) then 1-P(A)
-    json.dumps(res)
+@pytest.fixture(scope='module')
+def qwen_engine():
+    "Qwen2.5-Coder-0.5B-Instruct (qwen2 family), the second embedded model."
+    from pulse_nb.engines import HFEngine
+    from pulse_nb.models import QWEN_05B
+    with HFEngine(QWEN_05B) as e: yield e
+
+
+QS = ['What is the capital of France?', 'What is 2 + 2?', 'What color is the sky on a clear day?',
+      'How many legs does a spider have?']
+RIGHT = ['The capital of France is Paris.', '2 + 2 = 4.', 'The sky is blue on a clear day.', 'A spider has eight legs.']
+WRONG = ['The capital of France is Berlin.', '2 + 2 = 5.', 'The sky is green on a clear day.', 'A spider has six legs.']
 
 
 @pytest.mark.slow
-def test_judge_reads_a_clear_difference(hf_engine):
-    "A correct answer against 'I do not know.' on easy questions: verdicts are readable and the outcome is a win or tie."
+@pytest.mark.parametrize('mode', ['logprobs', 'text'])
+def test_swapping_candidate_and_baseline_mirrors_every_verdict(hf_engine, mode):
+    """Judging (X vs Y) and (Y vs X) shows the judge the same two prompts, so every verdict must mirror exactly:
+    win <-> loss, P(candidate better) -> 1 - P. A bookkeeping error in the position swap breaks this."""
     from pulse_nb.evaluate import judge_pairs
-    qs = ['What is the capital of France?', 'What is 2 + 2?']
-    recs = judge_pairs(hf_engine, qs, ['The capital of France is Paris.', '2 + 2 = 4.'], ['I do not know.']*2)
-    teq(len(recs), 2)
-    assert all(r['outcome'] in ('win', 'tie', 'loss') for r in recs)
-    assert all(0 <= r['p_cand_first'] <= 1 and 0 <= r['p_cand_second'] <= 1 for r in recs)
-    s = summarise_judgements(recs, 2, n_boot=100)
-    assert 0 <= s['soft_win_rate'] <= 1 and s['soft_win_rate_ci'][0] <= s['soft_win_rate'] <= s['soft_win_rate_ci'][1]
+    kw = dict(mode=mode, max_new_tokens=16)
+    xy, yx = judge_pairs(hf_engine, QS, RIGHT, WRONG, **kw), judge_pairs(hf_engine, QS, WRONG, RIGHT, **kw)
+    mirror = {'win': 'loss', 'loss': 'win', 'tie': 'tie', None: None}
+    teq([mirror[r['outcome']] for r in xy], [r['outcome'] for r in yx])
+    teq([(r['letter_cand_first'], r['letter_cand_second']) for r in xy], [(r['letter_cand_second'], r['letter_cand_first']) for r in yx])
+    if mode == 'logprobs':
+        for a, b in zip(xy, yx):
+            tclose(a['p_cand_first'], 1 - b['p_cand_second'], eps=1e-9)
+            tclose(a['p_cand_second'], 1 - b['p_cand_first'], eps=1e-9)
+        s1, s2 = summarise_judgements(xy, 4, n_boot=100), summarise_judgements(yx, 4, n_boot=100)
+        tclose(s1['soft_win_rate'], 1 - s2['soft_win_rate'], eps=1e-9)
+        tclose(s1['win_rate'], 1 - s2['win_rate'], eps=1e-9)
 
 
 @pytest.mark.slow
-def test_text_mode_judge(hf_engine):
-    "Text mode (engines without log-probs): identical answers give the same letter twice -> tie, or unreadable."
-    res = win_rate(hf_engine, hf_engine, hf_engine, heldout_prompts(2), sampling=SamplingConfig(temperature=0, max_new_tokens=8),
-                   mode='text', max_judge_tokens=12, n_boot=100)
-    assert all(j['mode'] == 'text' for p in res['pairs'] for j in p['judgements'])
-    teq(res['wins'] + res['losses'], 0)
-    assert res['win_rate'] in (None, .5)
+def test_qwen_judge_prefers_an_answer_to_a_refusal(qwen_engine):
+    """Measured on these 4 pairs: the 0.5B Qwen judge prefers a correct answer to "I do not know." in both orders (4 wins,
+    soft win rate 0.62), but cannot tell a right fact from a wrong one (1 win, 3 ties, soft 0.50), and SmolLM2 as a judge
+    always prefers position A (soft 0.50 in both cases). The first is asserted; the others are why it is not more."""
+    from pulse_nb.evaluate import judge_pairs
+    s = summarise_judgements(judge_pairs(qwen_engine, QS, RIGHT, ['I do not know.'] * 4), 4, n_boot=200)
+    assert s['wins'] >= 3 and s['losses'] == 0, s
+    assert s['soft_win_rate'] > .55, s['soft_win_rate']
+
+
+@pytest.mark.slow
+def test_two_family_win_rate_reports_self_preference(hf_engine, qwen_engine):
+    "SmolLM2 (llama) against Qwen (qwen2), judged by both: answers come from the right engines, families and self-preference are reported."
+    res = win_rate(hf_engine, qwen_engine, [hf_engine, qwen_engine], heldout_prompts(3), sampling=S, n_boot=200)
+    direct = [g.completions[0].text for g in hf_engine.generate([[{'role': 'user', 'content': p['prompt']}] for p in heldout_prompts(3)], S)]
+    teq([p['candidate'] for p in res['pairs']], direct)
+    assert all(p['candidate'] != p['baseline'] for p in res['pairs'])
+    teq(res['judge_families'], ['llama', 'qwen2'])
+    sp = res['self_preference']
+    teq((sp['family'], sp['same_family_judges'], sp['other_family_judges']), ('llama', [0], [1]))
+    if sp['n'] == 3: tclose(sp['gap'], res['per_judge'][0]['win_rate'] - res['per_judge'][1]['win_rate'], eps=1e-9)
+    assert sp['gap_ci'][0] <= sp['gap'] <= sp['gap_ci'][1]
+    json.dumps(res)
 
 
 @pytest.mark.slow
@@ -183,22 +202,36 @@ def test_answer_accuracy_on_arithmetic(hf_engine):
 
 @pytest.mark.slow
 def test_code_eval_runs_model_code_in_sandbox(hf_engine):
+    "Each task's status is what the sandbox gives the code extracted from that reply; the 'add' task is solved (measured)."
+    from pulse_nb.evaluate import extract_code, run_code
     res = code_eval(hf_engine, CODE_TASKS[:2], sampling=SamplingConfig(temperature=0, max_new_tokens=40))
-    teq(res['n'], 2)
-    teq(res['pass'] + res['fail'] + res['timeout'] + res['error'], 2)
-    assert all(t['status'] in ('pass', 'fail', 'timeout', 'error') and 'stderr_tail' in t for t in res['tasks'])
+    teq([t['id'] for t in res['tasks']], ['add', 'is_palindrome'])
+    for t, task in zip(res['tasks'], CODE_TASKS):
+        teq(t['code'], extract_code(t['response']))
+        teq(t['status'], run_code(t['code'], task['tests'])['status'] if t['code'] else 'error')
+    teq(res['tasks'][0]['status'], ADD_STATUS)
+    tclose(res['pass_rate'], sum(t['status'] == 'pass' for t in res['tasks'])/2)
     json.dumps(res)
 
 
+ADD_STATUS = 'pass'
+
+
 @pytest.mark.slow
-def test_evaluate_summary_is_json(hf_engine):
-    res = evaluate(hf_engine, hf_engine, None, heldout_prompts(2), sampling=SamplingConfig(temperature=0, max_new_tokens=8),
+def test_evaluate_summary_is_json(hf_engine, qwen_engine):
+    res = evaluate(hf_engine, qwen_engine, [hf_engine, qwen_engine], heldout_prompts(2), sampling=SamplingConfig(temperature=0, max_new_tokens=8),
                    n_arith=2, n_boot=100)
-    teq(res['win_rate']['win_rate'], .5)
     teq(set(res['accuracy']), {'candidate', 'baseline'})
-    teq(res['accuracy']['candidate']['accuracy'], res['accuracy']['baseline']['accuracy'])
-    assert 'win rate' in summary_table(res)
+    teq((res['accuracy']['candidate']['model'], res['accuracy']['baseline']['model']), (hf_engine.model, qwen_engine.model))
+    teq(res['win_rate']['judge_families'], ['llama', 'qwen2'])
+    md = summary_table(res)
+    assert 'win rate' in md and 'self-preference of llama judges' in md and '(qwen2)' in md
     json.loads(json.dumps(res))
+
+
+def test_evaluate_needs_peer_judges():
+    with pytest.raises(ValueError, match='evaluate needs peer judges'): evaluate(None, None, None)
+    with pytest.raises(ValueError, match='evaluate needs peer judges'): evaluate(None, None, [])
 
 
 @pytest.mark.slow
@@ -230,10 +263,46 @@ def test_adapter_base_is_read_from_config(tmp_path):
 
 @pytest.mark.slow
 def test_run_evaluation_from_specs_writes_report(tmp_path, model_path):
-    "The CLI entry point: specs -> engines (one per distinct spec) -> eval.json + eval.md."
-    from pulse_nb.evaluate import run_evaluation
-    res = run_evaluation('hf', 'hf', n_prompts=2, max_new_tokens=8, n_arith=1, n_boot=50, out_dir=tmp_path)
-    teq(res['win_rate']['win_rate'], .5)  # same spec, same engine, greedy: all ties
+    "The CLI entry point: specs -> engines -> eval.json + eval.md, judged by the default two-family pool."
+    from pulse_nb.evaluate import run_evaluation, DEFAULT_JUDGES
+    res = run_evaluation('hf', 'hf:qwen2.5-coder-0.5b-instruct', n_prompts=2, max_new_tokens=8, n_arith=1, n_boot=50, out_dir=tmp_path)
+    teq(res['config']['judges'], list(DEFAULT_JUDGES))
+    teq(res['win_rate']['judge_families'], ['llama', 'qwen2'])
+    teq(res['win_rate']['self_preference']['same_family_judges'], [0])
+    teq((res['win_rate']['candidate'], res['win_rate']['baseline']), ('smollm2-135m-instruct', 'qwen2.5-coder-0.5b-instruct'))
     teq(res['config']['n_prompts'], 2)
     teq(json.loads((tmp_path/'eval.json').read_text())['win_rate']['n_pairs'], 2)
-    assert 'win rate vs baseline' in (tmp_path/'eval.md').read_text()
+    assert 'self-preference of llama judges' in (tmp_path/'eval.md').read_text()
+
+
+# ---------- self-preference (pure) ----------
+
+def test_self_preference_gap_and_notes():
+    from pulse_nb.evaluate import self_preference, judge_matrix
+    recs = [rec(i, *ls, judge=j) for j, pairs in enumerate([[('A', 'B')]*4, [('A', 'B'), ('B', 'A'), ('A', 'A'), ('B', 'A')]])
+            for i, ls in enumerate(pairs)]
+    m = judge_matrix(recs, 4, 2)
+    teq(m.tolist(), [[1, 1], [1, 0], [1, .5], [1, 0]])
+    sp = self_preference(m, ['llama', 'qwen2'], 'llama', n_boot=300)
+    tclose(sp['gap'], (0 + 1 + .5 + 1)/4)
+    teq((sp['same'], sp['n']), (1., 4))
+    assert sp['gap_ci'][0] <= sp['gap'] <= sp['gap_ci'][1]
+    tclose(self_preference(m, ['llama', 'qwen2'], 'qwen2', n_boot=50)['gap'], -(2.5/4))  # the other judge's view
+    teq(self_preference(m, ['qwen2', 'mistral'], 'llama')['note'], "no judge of the candidate's family")
+    teq(self_preference(m, ['llama', None], 'llama')['note'], 'no judge of another family to compare with')
+    teq(self_preference(m, ['llama', 'qwen2'], None)['gap'], None)
+    m[:, 1] = np.nan
+    teq(self_preference(m, ['llama', 'qwen2'], 'llama')['note'], 'no item was read by judges of both groups')
+
+
+def test_engine_family_of_specs_and_references():
+    from pulse_nb.evaluate import engine_family
+    teq(engine_family('hf'), 'llama')
+    teq(engine_family('auto:qwen2.5-coder-0.5b-instruct'), 'qwen2')
+    teq(engine_family('openai:http://127.0.0.1:1/v1'), None)
+
+
+@pytest.mark.slow
+def test_engine_family_of_loaded_engines(hf_engine, qwen_engine):
+    from pulse_nb.evaluate import engine_family
+    teq((engine_family(hf_engine), engine_family(qwen_engine)), ('llama', 'qwen2'))

@@ -15,9 +15,10 @@ QWEN, SMOL = 'qwen2.5-coder-0.5b-instruct', 'smollm2-135m-instruct'
 # high so that two LoRA steps move the policy enough to change what it samples in round 2.
 TINY = {'rounds': 2, 'seed': 3,
         'pool': {'actor': f'hf:{QWEN}', 'critics': [f'hf:{SMOL}', f'hf:{QWEN}'], 'n_critics': 2},
-        'review': {'prompts': 'builtin:arithmetic', 'per_round': 2, 'max_new_tokens': 24},
+        'review': {'prompts': 'builtin:arithmetic', 'per_round': 2, 'max_new_tokens': 24, 'temperature': 1.0},
         'train': {'loss': 'savage', 'beta': 0.1, 'max_steps': 2, 'batch_size': 2, 'lr': 0.005},
-        'eval': {'win_rate_prompts': 2, 'arithmetic': 2, 'max_new_tokens': 16}}
+        'eval': {'bench': 'gsm8k', 'bench_n': 2, 'bench_max_new_tokens': 16, 'win_rate_prompts': 2, 'arithmetic': 2,
+                 'max_new_tokens': 16}}
 
 
 def pulse(*args, timeout=3600, check=True):
@@ -59,7 +60,9 @@ def test_round_two_acts_with_the_round_one_policy(finished_run):
     teq(base1, resolve_model(QWEN))                   # the actor's model is trained, not the default SmolLM2
     teq(model_family(base1), 'qwen2')
     base2 = json.loads((finished_run/'round-2'/'train'/'adapter'/'adapter_config.json').read_text())['base_model_name_or_path']
-    teq(base2, resolve_model(finished_run/'round-1'/'train'/'adapter'))   # reference = the previous policy
+    teq(base2, str(finished_run/'round-1'/'train'/'adapter'))   # trained from (and against) the previous policy, which
+    merged = Path(resolve_model(base2))                          # resolves to round 1's adapter merged into its base
+    teq(json.loads((merged/'pulse_manifest.json').read_text())['adapter'], base2)
     answers = [json.loads(l) for l in lines(finished_run/'round-2'/'review'/'answers.jsonl')]
     assert answers and all(a['actor'] == r2['actor'] for a in answers)
     teq(set(r1['prompt_ids']) & set(r2['prompt_ids']), set())   # each round reviews new prompts
@@ -98,7 +101,8 @@ def test_killed_in_round_two_then_resumed_equals_uninterrupted(tiny_config, fini
     assert 'report at' in r.stdout
     teq((a/'round-1'/'train'/'metrics.json').stat().st_mtime_ns, trained1)   # round 1 is not retrained
     for k in (1, 2):
-        teq(lines(a/f'round-{k}'/'pairs.jsonl'), lines(finished_run/f'round-{k}'/'pairs.jsonl'))
+        here = lambda f, d: [l.replace(str(d).replace('/', '\\/'), 'RUN').replace(str(d), 'RUN') for l in lines(f)]  # the actor names its run dir
+        teq(here(a/f'round-{k}'/'pairs.jsonl', a), here(finished_run/f'round-{k}'/'pairs.jsonl', finished_run))
         for stage in ('answers', 'critiques', 'revisions', 'rescores'):
             got, want = lines(a/f'round-{k}'/'review'/f'{stage}.jsonl'), lines(finished_run/f'round-{k}'/'review'/f'{stage}.jsonl')
             keys = [json.loads(l)['key'] for l in got]
@@ -145,14 +149,31 @@ def test_push_to_hub_goes_as_far_as_the_network_call(finished_run):
     assert 'huggingface.co/api/repos/create' in r.stderr and 'offline mode' in r.stderr, r.stderr
 
 
+@pytest.mark.slow
+def test_each_round_is_graded_on_the_benchmarks_held_out_items(finished_run):
+    "Both rounds grade the same held-out GSM8K items; the base model is graded once for the run; no item was reviewed."
+    from pulse_nb.benchmarks import bench_prompts
+    held = {it['id'] for it in bench_prompts('gsm8k', 'heldout')}
+    base = json.loads((finished_run/'base-bench'/'eval.json').read_text())
+    ids = [json.loads((finished_run/f'round-{k}'/'bench'/'eval.json').read_text())['sets']['gsm8k']['per_item']['ids'] for k in (1, 2)]
+    teq(ids[0], ids[1]); teq(ids[0], base['sets']['gsm8k']['per_item']['ids']); teq(len(ids[0]), 2)
+    assert set(ids[0]) <= held
+    reviewed = {json.loads(l)['prompt_id'] for k in (1, 2) for l in lines(finished_run/f'round-{k}'/'review'/'answers.jsonl')}
+    teq(reviewed & set(ids[0]), set())
+    ev = json.loads((finished_run/'round-2'/'eval.json').read_text())['bench']['gsm8k']
+    teq((ev['metric'], ev['n']), ('accuracy', 2))
+    assert ev['difference_ci'][0] <= ev['difference'] <= ev['difference_ci'][1]
+    assert 'gsm8k_difference' in (finished_run/'summary.md').read_text()
+
+
 # --- the run config and the command line (fast: nothing loads a model)
 
 def test_config_file_is_overridden_by_flags(tmp_path):
     from pulse_nb.cli import build_parser, run_config
     f = tmp_path/'c.yaml'; f.write_text(yaml.safe_dump({'rounds': 3, 'review': {'per_round': 9, 'max_new_tokens': 40},
                                                         'train': {'loss': 'dpo'}}))
-    cfg = run_config(build_parser().parse_args(['run', '--config', str(f), '--limit', '4', '--loss', 'ipo', '--set', 'eval.arithmetic=0']))
-    teq((cfg.rounds, cfg.review.per_round, cfg.review.max_new_tokens, cfg.train['loss'], cfg.eval.arithmetic), (3, 4, 40, 'ipo', 0))
+    cfg = run_config(build_parser().parse_args(['run', '--config', str(f), '--limit', '4', '--loss', 'ipo', '--set', 'eval.arithmetic=3']))
+    teq((cfg.rounds, cfg.review.per_round, cfg.review.max_new_tokens, cfg.train['loss'], cfg.eval.arithmetic), (3, 4, 40, 'ipo', 3))
     cfg2 = run_config(build_parser().parse_args(['run', '--config', str(f)]))
     teq((cfg2.review.per_round, cfg2.train['loss']), (9, 'dpo'))
 
@@ -194,8 +215,26 @@ def test_heldout_prompts_never_reach_review_through_pulse_run(tmp_path):
     "A run whose review would take the held-out evaluation prompts is refused before anything runs."
     r = pulse('run', '--prompts', 'builtin:general', '--limit', '60', '--out', tmp_path/'h', check=False)
     teq(r.returncode, 1)
-    assert 'held out for evaluation' in r.stderr
+    assert "are in both the review prompts of 'builtin:general' and the evaluation" in r.stderr, r.stderr
     assert not (tmp_path/'h').exists() or not list((tmp_path/'h').glob('round-*'))
+    r = pulse('run', '--prompts', 'bench:gsm8k:heldout', '--out', tmp_path/'g', check=False)   # the benchmark's graded split
+    teq(r.returncode, 1)
+    assert "review prompts of 'bench:gsm8k:heldout' and the evaluation" in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    assert not (tmp_path/'g').exists() or not list((tmp_path/'g').glob('round-*'))
+
+
+def test_a_run_reviewing_a_benchmark_takes_its_other_split():
+    "Reviewing bench:gsm8k takes the trainable split: no round's prompt is an item (id or text) of the graded split."
+    from pulse_nb.loop import RunConfig, plan, round_prompts
+    from pulse_nb.benchmarks import bench_prompts
+    cfg = RunConfig(rounds=3, review={'prompts': 'bench:gsm8k', 'per_round': 200})
+    teq(plan(cfg)['eval_bench'], {'gsm8k': 32})
+    held = bench_prompts('gsm8k', 'heldout')
+    reviewed = [p for ps in round_prompts(cfg) for p in ps]
+    teq(len(reviewed), 600)
+    norm = lambda t: ' '.join(t.split()).casefold()
+    teq({p['id'] for p in reviewed} & {h['id'] for h in held}, set())
+    teq({norm(p['meta']['question']) for p in reviewed} & {norm(h['meta']['question']) for h in held}, set())
 
 
 def test_bad_run_input_is_one_line_and_exit_1(tmp_path):
@@ -221,3 +260,27 @@ def test_generate_reviews_one_round_only(tmp_path):
     r = pulse('generate', '--rounds', '2', '--out', tmp_path/'g', check=False)
     teq(r.returncode, 1)
     assert 'pulse run --rounds' in r.stderr
+
+
+def test_a_round_without_pairs_trains_nothing_and_the_policy_stays(tmp_path):
+    "A real review with a scripted actor that revises nothing: no pair, no training, and round 2 acts with the base."
+    from pulse_nb.engines import Engine, Generation, Completion, ScoreReadout
+    from pulse_nb.loop import RunConfig, Pool, LazyEngine, run_round, round_prompts, actor_spec, policy_of
+
+    class Same(Engine):  # every answer and every revision is '42'; every critic score is 5
+        name, model = 'hf', 'same'
+        def _generate(self, convs, sc, progress=False, truncate=False):
+            return [Generation([Completion('42', 1, 'stop')] * sc.n, 5) for _ in convs]
+        def _score(self, convs, candidates, truncate=False):
+            return [ScoreReadout({c: float(c == '5') for c in candidates}, 1.0) for _ in convs]
+
+    cfg = RunConfig(rounds=2, pool={'actor': 'hf:same-actor', 'critics': ['hf:same-critic']},
+                    review={'per_round': 2}, eval={'skip': True})
+    with Pool() as pool:
+        for spec in ('hf:same-actor', 'hf:same-critic'):
+            lz = pool.get(spec); lz._box['engine'] = Same()
+        rec = run_round(cfg, tmp_path, 1, round_prompts(cfg)[0], pool, progress=False)
+    teq((rec['n_pairs'], rec['trained'], rec['review']['dropped']), (0, False, {'identical': 2}))
+    assert not (tmp_path/'round-1'/'train').exists()
+    teq(policy_of(tmp_path, 1), None)
+    teq(actor_spec(cfg, tmp_path, 2), 'hf:same-actor')   # round 2 acts with the policy as it was: the base
