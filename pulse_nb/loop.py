@@ -61,7 +61,7 @@ class PoolConfig:
 class ReviewConfig:
     "How each round's peer review runs."
     prompts: str = 'builtin:arithmetic' # prompt spec (`builtin:NAME`, `bench:NAME`, a file, `hf:NAME:SPLIT`)
-    per_round: int = 16          # prompts reviewed per round; round r takes the r-th slice, so rounds never share a prompt
+    per_round: int = 8           # prompts reviewed per round; round r takes the r-th slice, so rounds never share a prompt
     max_new_tokens: int = 128    # tokens per answer, feedback and revision
     temperature: float = 0.7     # sampling temperature (0 = greedy)
     score_mode: str = 'logprobs' # 'logprobs' (score from the critic's token distribution) or 'text'
@@ -102,9 +102,9 @@ class LabelConfig:
 class EvalConfig:
     "What each round's evaluation measures: the policy against the base model on a real benchmark's held-out items, and a peer-judged win rate."
     bench: str = 'gsm8k'        # benchmark sets graded on their held-out split ('gsm8k', 'gsm8k,ifeval'; '' = none)
-    bench_n: int = 32           # items per benchmark set (the same items every round)
+    bench_n: int = 16           # items per benchmark set (the same items every round)
     bench_max_new_tokens: int = 256 # answer tokens on the benchmark sets (greedy)
-    win_rate_prompts: int = 12  # held-out instructions (the last ones of `builtin:general`) for the peer-judged win rate
+    win_rate_prompts: int = 4   # held-out instructions (the last ones of `builtin:general`) for the peer-judged win rate
     arithmetic: int = 0         # held-out generated arithmetic problems for exact-answer accuracy (0 = skip)
     max_new_tokens: int = 128   # tokens per answer of the win rate and arithmetic (greedy)
     tie: bool = False           # let judges call a tie
@@ -140,7 +140,7 @@ class RunConfig:
     pool: PoolConfig = field(default_factory=PoolConfig)
     review: ReviewConfig = field(default_factory=ReviewConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
-    train: dict = field(default_factory=lambda: {'loss': 'savage', 'beta': 0.1, 'epochs': 2, 'batch_size': 4,
+    train: dict = field(default_factory=lambda: {'loss': 'savage', 'beta': 0.1, 'epochs': 1, 'batch_size': 4,
                                                  'weighting': 'margin*agreement'})
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -194,9 +194,9 @@ def with_overrides(cfg: RunConfig, overrides: dict) -> RunConfig:
 # %% ../nbs/09a_loop.ipynb #4d493a86
 PRESETS = {
     'default': {},
-    'quick': {'rounds': 1, 'review': {'per_round': 6, 'max_new_tokens': 48},
-              'train': {'loss': 'savage', 'beta': 0.1, 'max_steps': 4, 'batch_size': 2, 'weighting': 'margin*agreement'},
-              'eval': {'win_rate_prompts': 4, 'bench_n': 6, 'bench_max_new_tokens': 96, 'max_new_tokens': 48}},
+    'quick': {'rounds': 1, 'review': {'per_round': 4, 'max_new_tokens': 40},
+              'train': {'loss': 'savage', 'beta': 0.1, 'max_steps': 2, 'batch_size': 2, 'weighting': 'margin*agreement'},
+              'eval': {'win_rate_prompts': 0, 'bench_n': 3, 'bench_max_new_tokens': 64}},
 }
 
 def load_config(path=None,          # a YAML file (None = the preset alone)
@@ -491,7 +491,7 @@ def bench_section(bench: dict|None) -> str:
     ci = lambda c: '–' if not c else f'[{c[0]:.3f}, {c[1]:.3f}]'
     rows = [f"| {k} | {v['metric']} | {f(v['policy']['value'])} | {f(v['base']['value'])} | {f(v['difference'])} {ci(v['difference_ci'])} | {v['n']} |"
             for k, v in bench.items()]
-    return '\n'.join(['\n### Benchmarks (held-out split)\n', '| set | metric | policy | base | policy − base [95% CI] | n |',
+    return '\n'.join(['\n\n### Benchmarks (held-out split)\n', '| set | metric | policy | base | policy − base [95% CI] | n |',
                       '|---|---|---|---|---|---|', *rows])
 
 # %% ../nbs/09a_loop.ipynb #24efc86c

@@ -4,16 +4,16 @@
 
 # %% ../nbs/01_models.ipynb #e9379247
 from __future__ import annotations
-import hashlib, importlib.metadata as md, json, os, re, shutil, tempfile
+import hashlib, importlib.metadata as md, json, os, re, shutil, tempfile, time
 from dataclasses import dataclass
 from pathlib import Path
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 # %% auto #0
 __all__ = ['EMBEDDED', 'DEFAULT_MODEL', 'QWEN_05B', 'QWEN_15B', 'MANIFEST', 'cache_dir', 'EmbeddedModel', 'register_embedded',
            'ModelError', 'find_embedded_parts', 'find_embedded_file', 'sha256_file', 'convert_gguf', 'verify_folder',
            'assemble_parts', 'embedded_folder', 'is_adapter', 'adapter_base', 'resolve_model', 'load_tokenizer',
-           'load_model', 'load_adapter', 'merged_folder', 'model_family']
+           'load_model', 'load_adapter', 'merged_folder', 'prune_merged', 'model_family']
 
 # %% ../nbs/01_models.ipynb #a81a343d
 def cache_dir() -> Path:
@@ -281,7 +281,9 @@ def merged_folder(adapter, # a LoRA adapter folder (adapter_config.json + adapte
     target = cache_dir()/'merged'/f'adapter-{_adapter_key(a, base)}'
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + '.lock'):
-        if verify_folder(target): return target
+        if verify_folder(target):
+            os.utime(target)  # last used now: the cache evicts the least recently used merges
+            return target
         if target.exists(): shutil.rmtree(target)
         tmp = Path(tempfile.mkdtemp(prefix=f'.tmp-{target.name}-', dir=target.parent))
         try:
@@ -292,7 +294,30 @@ def merged_folder(adapter, # a LoRA adapter folder (adapter_config.json + adapte
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+    prune_merged(keep=target)
     return target
+
+# %% ../nbs/01_models.ipynb #b4bc6edb
+def _folder_bytes(p: Path) -> int: return sum(f.stat().st_size for f in p.rglob('*') if f.is_file())
+
+def prune_merged(keep=None,                 # a merged folder never to evict (the one just made)
+                 budget_gb: float|None=None, # cache size to fit; None = $PULSE_MERGED_CACHE_GB or 12
+                 min_age_s: float=600,      # never evict a merge used more recently than this
+                ) -> list[Path]:
+    "Evict the least recently used merged folders until the merge cache fits `budget_gb`; returns what was removed."
+    root = cache_dir()/'merged'
+    budget = float(os.environ.get('PULSE_MERGED_CACHE_GB', 12) if budget_gb is None else budget_gb) * 2**30
+    dirs = sorted((d for d in root.glob('adapter-*') if d.is_dir()), key=lambda d: d.stat().st_mtime)
+    sizes = {d: _folder_bytes(d) for d in dirs}
+    total, gone, now = sum(sizes.values()), [], time.time()
+    for d in dirs:
+        if total <= budget: break
+        if keep is not None and d == Path(keep) or now - d.stat().st_mtime < min_age_s: continue
+        try:
+            with FileLock(str(d) + '.lock', timeout=0):
+                shutil.rmtree(d); total -= sizes[d]; gone.append(d)
+        except Timeout: continue  # being merged or read right now
+    return gone
 
 # %% ../nbs/01_models.ipynb #4a65be3f
 def model_family(ref=None) -> str|None:

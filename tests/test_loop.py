@@ -209,6 +209,9 @@ def test_dry_run_of_every_shipped_config(config):
 
 def test_shipped_configs_are_there():
     teq({'cpu-quick.yaml', 'cpu-pool.yaml', 'gpu-paper.yaml'} <= {p.name for p in (ROOT/'configs').glob('*.yaml')}, True)
+    from pulse_nb.loop import load_config, config_dict        # and the CPU ones say what `pulse run [--quick]` does
+    teq(config_dict(load_config(ROOT/'configs'/'cpu-quick.yaml')), config_dict(load_config(preset='quick')))
+    teq(config_dict(load_config(ROOT/'configs'/'cpu-pool.yaml')), config_dict(load_config()))
 
 
 def test_heldout_prompts_never_reach_review_through_pulse_run(tmp_path):
@@ -228,7 +231,7 @@ def test_a_run_reviewing_a_benchmark_takes_its_other_split():
     from pulse_nb.loop import RunConfig, plan, round_prompts
     from pulse_nb.benchmarks import bench_prompts
     cfg = RunConfig(rounds=3, review={'prompts': 'bench:gsm8k', 'per_round': 200})
-    teq(plan(cfg)['eval_bench'], {'gsm8k': 32})
+    teq(plan(cfg)['eval_bench'], {'gsm8k': 16})
     held = bench_prompts('gsm8k', 'heldout')
     reviewed = [p for ps in round_prompts(cfg) for p in ps]
     teq(len(reviewed), 600)

@@ -153,3 +153,20 @@ def test_training_folder_is_refused_with_the_path_to_use(tmp_path):
     "A `pulse train` output folder (adapter/ inside, no config.json) gets an error that names the subfolder to use."
     (tmp_path/'adapter').mkdir()
     tfail(lambda: resolve_model(tmp_path), contains='use its adapter/')
+
+
+def test_merge_cache_evicts_least_recently_used_within_its_budget(tmp_path, monkeypatch):
+    "Four 1 MiB merges, a 2.5 MiB budget: the two least recently used go, the one just made and a fresh one stay."
+    import os, time
+    from pulse_nb.models import prune_merged
+    monkeypatch.setenv('PULSE_CACHE', str(tmp_path))
+    root = tmp_path/'merged'
+    now = time.time()
+    for i, age in enumerate([4000, 3000, 2000, 100]):        # seconds since last use
+        d = root/f'adapter-{i}'; d.mkdir(parents=True)
+        (d/'model.safetensors').write_bytes(b'x' * 2**20)
+        os.utime(d, (now - age, now - age))
+    gone = prune_merged(keep=root/'adapter-0', budget_gb=2.5 / 1024)
+    assert sorted(p.name for p in gone) == ['adapter-1', 'adapter-2']   # adapter-0 is kept, adapter-3 is in use
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ['adapter-0', 'adapter-3']
+    assert prune_merged(budget_gb=0, min_age_s=600) == [root/'adapter-0']  # adapter-3 was used under 10 minutes ago

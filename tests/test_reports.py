@@ -76,3 +76,48 @@ def test_loss_robustness_confident_flips_reverse_every_hard_label_loss(loss_robu
     res, _ = loss_robustness
     for v in ['dpo', 'rdpo ε=true', 'savage', 'drdpo']: assert _mean(res, 'margin', 0.45, v) < 0.45, v
     assert _mean(res, 'margin', 0.45, 'soft (critic gaps)') > 0.85
+
+
+# ---- label_quality.ipynb (issue 23, item 3) ------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def label_quality(): return report_core('label_quality.ipynb')
+
+
+def _crit(s0, s1): return ({'parsed': True, 'score': s0, 'score_std': 0.1}, {'parsed': True, 'score': s1, 'score_std': 0.1})
+
+
+def test_label_quality_configurations_combine_the_right_critics(label_quality):
+    "One decisive item (a1 is right): SmolLM2's critics prefer a1, Qwen's prefer a0 by more; each configuration's value follows."
+    ns = label_quality
+    cs = {'smollm2-135m-instruct/strict': _crit(3, 7), 'smollm2-135m-instruct/kind': _crit(4, 6),
+          'qwen2.5-coder-0.5b-instruct/teacher': _crit(9, 1), 'qwen2.5-coder-0.5b-instruct/editor': _crit(8, 2)}
+    pw = {'smollm2-135m-instruct/strict': {'p_rev': 0.9, 'orders': [0.9, 0.9], 'consistent': True},
+          'qwen2.5-coder-0.5b-instruct/teacher': {'p_rev': 0.4, 'orders': [0.3, 0.5], 'consistent': False}}
+    item = {'round': 1, 'prompt_id': 'p', 'prompt': 'What is 2+3?', 'task': 'arithmetic', 'answer': '5', 'actor': 'a',
+            'a0': 'It is 4.', 'a1': 'It is 5.', 'c0': {k: v[0] for k, v in cs.items()}, 'c1': {k: v[1] for k, v in cs.items()}, 'pw': pw}
+    iv = lambda rule, how='mean': ns['item_value'](item, rule, how, {})
+    assert iv('model=smollm2') == (1.0, 1.0) and iv('model=qwen') == (0.0, 1.0)
+    assert iv('K=1') == (0.5, 1.0)                    # two of four single critics are right
+    assert iv('two-family') == (0.0, 1.0)             # each SmolLM2+Qwen pair: Qwen's larger gaps win the mean
+    assert iv('all') == (0.0, 1.0) and iv('all', 'median') == (0.0, 1.0)
+    assert iv('model=smollm2', 'pairwise') == (1.0, 1.0) and iv('model=qwen', 'pairwise') == (0.0, 1.0)
+    assert iv('all', 'pairwise') == (1.0, 1.0)        # mean P(a1 better) = 0.65
+    bad = {**item, 'c1': {k: {**v, 'parsed': False} for k, v in item['c1'].items()}}
+    v, cov = ns['item_value'](bad, 'all', 'mean', {})
+    assert v != v and cov == 0.0                      # nothing parsed: no label, no coverage
+
+
+@pytest.mark.slow
+def test_label_quality_small_review_gives_a_full_table(label_quality, tmp_path):
+    "The report's own review (6 arithmetic prompts, 2 critic slots, pairwise on) and every configuration's row."
+    ns = label_quality
+    p = dict(ns['P'], n_critics=2, max_new_tokens=48)
+    d, secs = ns['review_set']('builtin:arithmetic', 6, tmp_path/'lq', p)
+    facts = ns['review_facts'](d)
+    assert facts['items'] == 6 and facts['pairwise verdicts'] > 0 and secs > 0
+    assert 0 <= facts['pairwise: mean P(first position)'] <= 1
+    t = ns['label_table'](d, n_boot=100)
+    assert list(t.index) == [*ns['CONFIGS'], 'always the revision (no critic)', 'the longer answer (no critic)']
+    assert (t.n <= facts['decisive']).all() and t.loc['always the revision (no critic)', 'n'] == facts['decisive']
+    assert ((t.coverage >= 0) & (t.coverage <= 1) | t.coverage.isna()).all()
