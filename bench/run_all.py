@@ -106,12 +106,12 @@ def fmt(name, r) -> str:
                 f'{r["tokens_per_step"]} tokens per step\n\n| size | mode | trainer | step s | tokens/s | peak GiB |\n'
                 f'|---|---|---|---|---|---|\n{rows}\n\npulse/stock tokens/s: {ratios}')
     if name == 'loop':
-        q, d = r.get('quick', {}), r.get('default', {})
-        part = lambda k, x: (f'`pulse run{" --quick" if k == "quick" else ""}`: ' + (f'did not finish: {x["error"]}' if 'error' in x else
+        cmds = {'quick': ' --quick', 'quick-fp32': ' --quick --set pool.dtype=float32', 'default': ''}
+        part = lambda k, x: (f'`pulse run{cmds[k]}`: ' + (f'did not finish: {x["error"]}' if 'error' in x else
                              f'**{x["wall_s"]} s** (budget {x["budget_s"]} s), peak RSS {x["peak_rss_gib"]} GiB; per round: ' +
                              '; '.join(f'round {y["round"]} {y["seconds"]} (peak GiB {y["peak_rss_gib"]})' for y in x['rounds'])))
         return f'CPU {r["cpu"]["model"]}, {r["cpu"]["cores"]} cores, flags {" ".join(r["cpu"]["flags"])}\n\n' + \
-               '\n\n'.join(part(k, x) for k, x in (('quick', q), ('default', d)) if x)
+               '\n\n'.join(part(k, r[k]) for k in cmds if r.get(k))
     if name.startswith('scaling'):
         ns, ks = sorted({x['n'] for x in r['rows']}), sorted({x['k'] for x in r['rows']})
         cell = {(x['n'], x['k']): x for x in r['rows']}

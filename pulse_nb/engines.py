@@ -4,10 +4,10 @@
 
 # %% ../nbs/02_engines.ipynb #602b81a4
 from __future__ import annotations
-import asyncio, functools, gc, inspect, json, logging, math, os, random, threading
+import asyncio, functools, inspect, json, logging, math, os, random, threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from .models import DEFAULT_MODEL, resolve_model, load_model, load_tokenizer
+from .models import DEFAULT_MODEL, resolve_model, load_model, load_tokenizer, release_memory
 
 log = logging.getLogger('pulse_nb')
 
@@ -20,7 +20,7 @@ __all__ = ['log', 'ROLES', 'CPU_GQA', 'VLLM_INSTALL', 'MAX_SERVER_STOP', 'Sampli
            'score_from_cache', 'BucketedGeneration', 'HFEngine', 'import_vllm', 'VLLMEngine', 'run_sync', 'post_json',
            'post_all', 'raise_first', 'check_server', 'probe_server', 'merge_caps', 'chat_payload', 'parse_chat',
            'parse_chat_probs', 'parse_completion_probs', 'ServerFleet', 'OpenAIEngine', 'cpu_flags', 'choose_backend',
-           'parse_spec', 'engine_options', 'check_options', 'make_engine']
+           'fast_dtype', 'parse_spec', 'engine_options', 'check_options', 'make_engine']
 
 # %% ../nbs/02_engines.ipynb #15be476c
 @dataclass
@@ -492,7 +492,7 @@ class HFEngine(BucketedGeneration, Engine):
     "Batched generation and scoring with transformers (left padding, length buckets or shared-prefix groups, the chat template)."
     name, fused_score = 'hf', 'kv-cache'
     def __init__(self, model: str|None=None, # model reference (embedded name, folder or hub id); None = the default
-                 dtype='auto',             # torch dtype or its name; 'auto' = bf16 on GPU, float32 on CPU
+                 dtype='auto',             # torch dtype or its name; 'auto' = bf16 on GPU, float32 on CPU; 'fast' = `fast_dtype()`
                  device=None,              # 'cpu', 'cuda', ...; None = cuda if available
                  batch_size: int=32,       # sequences per forward pass
                  max_len: int|None=None,   # context to allow (prompt + answer); None = the model's
@@ -502,7 +502,7 @@ class HFEngine(BucketedGeneration, Engine):
         self.model, self.batch_size = model or DEFAULT_MODEL, batch_size
         self.share_prefixes, self.min_shared = share_prefixes, min_shared
         self.tok = load_tokenizer(self.model)
-        self.lm = load_model(self.model, dtype=dtype, device=device)
+        self.lm = load_model(self.model, dtype=fast_dtype() if dtype == 'fast' else dtype, device=device)
         if cpu_gqa: use_cpu_gqa(self.lm)
         self._last_only = {'logits_to_keep': 1} if 'logits_to_keep' in inspect.signature(self.lm.forward).parameters else {}
         self.max_len = max_len or context_length(self.lm.config, self.tok)
@@ -515,10 +515,8 @@ class HFEngine(BucketedGeneration, Engine):
 
     def close(self):
         "Drop the model and free its memory."
-        import torch
         self.lm = None
-        gc.collect()
-        if torch.cuda.is_available(): torch.cuda.empty_cache()
+        release_memory()
 
     def _pad(self, rows):
         "Left-pad token id lists into input_ids / attention_mask tensors on the model's device."
@@ -606,7 +604,6 @@ class VLLMEngine(Engine):
 
     def close(self):
         "Shut the vLLM engine down and free its memory."
-        import torch
         llm, self.llm = getattr(self, 'llm', None), None
         if llm is not None:
             core = getattr(getattr(llm, 'llm_engine', None), 'engine_core', None)
@@ -614,8 +611,7 @@ class VLLMEngine(Engine):
                 try: core.shutdown()
                 except Exception as e: log.debug('vLLM shutdown: %s', e)
             del llm
-        gc.collect()
-        if torch.cuda.is_available(): torch.cuda.empty_cache()
+        release_memory()
 
     def _run(self, ids, params, progress):
         "One vLLM call on the token ids `render_ids` made (the ids `LLM.chat` would make, with control-token text kept as text)."
@@ -1009,6 +1005,15 @@ def choose_backend(flags: set[str]|None=None, cuda: bool|None=None, has_vllm: bo
     fast = sorted(flags & {'avx512_bf16', 'amx_bf16'})
     if fast: return 'vllm', f'CPU has {"/".join(fast)}: the vLLM CPU build is fast here'
     return 'hf', 'CPU lacks avx512_bf16/amx_bf16: the vLLM CPU build is slow here, batched transformers is faster'
+
+# %% ../nbs/02_engines.ipynb #3b6fa6d5
+def fast_dtype(flags: set[str]|None=None, cuda: bool|None=None) -> str:
+    "'bfloat16' where the hardware computes it natively (CUDA, or a CPU with avx512_bf16/amx_bf16), else 'float32'."
+    if cuda is None:
+        import torch
+        cuda = torch.cuda.is_available()
+    if cuda: return 'bfloat16'
+    return 'bfloat16' if (cpu_flags() if flags is None else flags) & {'avx512_bf16', 'amx_bf16'} else 'float32'
 
 # %% ../nbs/02_engines.ipynb #05648d31
 def parse_spec(spec) -> tuple[str, dict]:

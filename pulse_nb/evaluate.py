@@ -18,9 +18,8 @@ __all__ = ['JUDGE_TEMPLATE', 'CHOICES', 'CHOICES_TIE', 'JUDGE_PREFIX', 'OUTCOME_
            'order_verdict', 'combine_orders', 'judge_orders', 'judge_pairs', 'pair_scores', 'soft_scores',
            'bootstrap_ci', 'fit_length_logit', 'length_features', 'lc_win_rate', 'summarise_judgements',
            'engine_family', 'judge_matrix', 'self_preference', 'prompt_texts', 'answers', 'heldout_prompts', 'win_rate',
-           'answer_accuracy', 'is_adapter', 'merge_adapter', 'adapter_base', 'eval_engine', 'extract_code',
-           'netns_prefix', 'landlock_abi', 'sandbox_info', 'run_code', 'code_eval', 'evaluate', 'summary_table',
-           'run_evaluation']
+           'answer_accuracy', 'merge_adapter', 'adapter_base', 'eval_engine', 'extract_code', 'netns_prefix',
+           'landlock_abi', 'sandbox_info', 'run_code', 'code_eval', 'evaluate', 'summary_table', 'run_evaluation']
 
 # %% ../nbs/08_evaluate.ipynb #1747b474
 JUDGE_TEMPLATE = """Compare two answers to the user's question and decide which one is better: more correct, helpful \
@@ -372,30 +371,24 @@ def answer_accuracy(engine: Engine,   # the model under test
     return res
 
 # %% ../nbs/08_evaluate.ipynb #228445a4
-def is_adapter(path) -> bool:
-    "True if `path` is a PEFT adapter folder (adapter_config.json, no config.json)."
-    p = Path(str(path)).expanduser()
-    return p.is_dir() and (p/'adapter_config.json').exists() and not (p/'config.json').exists()
+from .models import is_adapter, _merge_into
 
 def merge_adapter(adapter_dir,              # folder saved by PEFT (adapter_config.json + weights)
                   out_dir=None,             # where to write the merged model; None = `adapter_dir`/merged
                   base: str|None=None,      # base model reference; None = the one recorded in adapter_config.json
                  ) -> str:
-    "Merge a LoRA adapter into its base model; returns the merged model folder (reused if already there)."
-    from transformers import AutoTokenizer
-    from pulse_nb.models import load_model, load_tokenizer, load_adapter
+    "Merge a LoRA adapter into its base model and save the model folder (weights + tokenizer); reused if already there."
     adapter_dir = Path(adapter_dir).expanduser()
     out = Path(out_dir) if out_dir else adapter_dir/'merged'
     if (out/'config.json').exists() and any(out.glob('*.safetensors')): return str(out)
-    base = base or json.loads((adapter_dir/'adapter_config.json').read_text()).get('base_model_name_or_path')
+    base = base or adapter_base(adapter_dir)
     if not base: raise ValueError(f'{adapter_dir}/adapter_config.json names no base model; pass base=')
-    model = load_adapter(load_model(base, dtype='float32', device='cpu'), adapter_dir).merge_and_unload()
-    tmp = Path(tempfile.mkdtemp(prefix='.tmp-merged-', dir=out.parent if out.parent.exists() else None))
-    model.save_pretrained(tmp, safe_serialization=True)
-    if (adapter_dir/'tokenizer_config.json').exists(): AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(tmp)
-    else: load_tokenizer(base).save_pretrained(tmp)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix='.tmp-merged-', dir=out.parent))
+    try: _merge_into(adapter_dir, base, tmp)
+    except BaseException: shutil.rmtree(tmp, ignore_errors=True); raise
     if out.exists(): shutil.rmtree(out)
-    shutil.move(str(tmp), str(out))
+    os.replace(tmp, out)
     return str(out)
 
 def adapter_base(spec) -> str|None:
@@ -406,13 +399,10 @@ def adapter_base(spec) -> str|None:
     return None
 
 def eval_engine(spec, **kw) -> Engine:
-    "An engine from a spec (see `make_engine`), an `Engine`, or a path to a LoRA adapter folder (merged first)."
+    "An engine from a spec (see `make_engine`), an `Engine`, or a model or LoRA adapter folder (an adapter runs on transformers, merged in memory)."
     if isinstance(spec, Engine): return spec
-    if isinstance(spec, (str, os.PathLike)) and is_adapter(spec): return make_engine('hf', model=merge_adapter(spec), **kw)
-    if isinstance(spec, str) and ':' in spec:
-        kind, _, arg = spec.partition(':')
-        if arg and is_adapter(arg): return make_engine(kind, model=merge_adapter(arg), **kw)
-    if isinstance(spec, (str, os.PathLike)) and Path(str(spec)).expanduser().is_dir(): return make_engine('auto', model=str(spec), **kw)
+    if isinstance(spec, (str, os.PathLike)) and Path(str(spec)).expanduser().is_dir():
+        return make_engine('hf' if is_adapter(spec) else 'auto', model=str(spec), **kw)
     return make_engine(spec, **kw)
 
 # %% ../nbs/08_evaluate.ipynb #a422653c

@@ -4,13 +4,13 @@
 
 # %% ../nbs/09a_loop.ipynb #a724201d
 from __future__ import annotations
-import gc, json, math, os, resource, shutil, time
+import json, math, os, resource, shutil, time
 from dataclasses import dataclass, field, asdict, fields, replace
 from pathlib import Path
 from filelock import FileLock, Timeout
 from .data import load_prompts, check_disjoint
-from .models import DEFAULT_MODEL, QWEN_05B, model_family
-from .engines import Engine, EngineError, make_engine, parse_spec, check_options, choose_backend, log
+from .models import DEFAULT_MODEL, QWEN_05B, model_family, release_memory
+from .engines import Engine, EngineError, make_engine, parse_spec, check_options, choose_backend, fast_dtype, log
 from .review import review, RunError, write_atomic, config_diff
 from .train import ConfigError, TrainConfig
 
@@ -47,6 +47,7 @@ class PoolConfig:
     keep_loaded: bool = True       # False: each model is loaded for the stage that uses it and released after
     actor_model: str|None = None   # the weights to train when the actor is a server (`openai:`): a model reference
     policy_server: str|None = None # an OpenAI-compatible URL serving the trained policy (rounds > 1 with an `openai:` actor)
+    dtype: str = 'fast'            # transformers engines' precision unless a spec sets `;dtype=`: 'fast' (`fast_dtype`), 'float32', 'bfloat16', 'auto'
 
     def __post_init__(self):
         if isinstance(self.critics, str): self.critics = [c.strip() for c in self.critics.split(',') if c.strip()]
@@ -55,6 +56,7 @@ class PoolConfig:
         _check_spec('pool.actor', self.actor)
         for i, c in enumerate(self.critics): _check_spec(f'pool.critics[{i}]', c)
         for i, j in enumerate(self.judges or []): _check_spec(f'pool.judges[{i}]', j)
+        _one_of('pool.dtype', self.dtype, ('fast', 'auto', 'float32', 'bfloat16', 'float16'))
 
 # %% ../nbs/09a_loop.ipynb #5549a843
 @dataclass
@@ -267,7 +269,9 @@ def plan(cfg: RunConfig) -> dict:
                  'eval_generations': ev_gen, 'eval_judgements': ev_judge,
                  'eval_generated_tokens_at_most': (ev_gen - n_bench) * ev.max_new_tokens + n_bench * ev.bench_max_new_tokens}
     rp = [] if hub else round_prompts(cfg)
-    return {'models': models, 'families': fam, 'rounds': cfg.rounds, 'reference': cfg.reference,
+    dtype = fast_dtype() if cfg.pool.dtype == 'fast' else cfg.pool.dtype
+    return {'models': models, 'families': fam, 'dtype': f'{cfg.pool.dtype} ({dtype} here)' if cfg.pool.dtype == 'fast' else dtype,
+            'rounds': cfg.rounds, 'reference': cfg.reference,
             'actor_per_round': [cfg.pool.actor] + [f'round-{r}/train/adapter (the policy trained in round {r})' for r in range(1, cfg.rounds)],
             'stages': stages, 'per_round': per_round, 'prompt_ids': [[p['id'] for p in ps] for ps in rp],
             'prompts_checked': not hub, 'eval_bench': {b: ev.bench_n for b in ev.bench_sets()},
@@ -342,18 +346,22 @@ class LazyEngine(Engine):
         "Close the engine and free its memory (it is built again when used)."
         if self._engine is not None:
             self._engine.close(); self._box['engine'] = None
-            gc.collect()
+            release_memory()
     close = release
     def __repr__(self): return f'LazyEngine({self.spec!r}, loaded={self.loaded})'
 
 # %% ../nbs/09a_loop.ipynb #e1bf99e5
 class Pool:
     "One `LazyEngine` per engine spec; `release_all()` frees every model, `close()` too at the end."
-    def __init__(self): self.engines = {}
+    def __init__(self, dtype: str|None=None): # precision of transformers engines whose spec names none (None: theirs)
+        self.engines, self.dtype = {}, dtype
     def get(self, spec) -> LazyEngine:
         "The lazy engine of `spec` (one per spec)."
         key = json.dumps(spec, sort_keys=True) if isinstance(spec, dict) else str(spec)
-        if key not in self.engines: self.engines[key] = LazyEngine(spec)
+        if key not in self.engines:
+            kind, kw = parse_spec(spec)
+            if self.dtype and kind == 'hf' and 'dtype' not in kw: spec = {'kind': kind, **kw, 'dtype': self.dtype}
+            self.engines[key] = LazyEngine(spec)
         return self.engines[key]
     def release_all(self, keep=()):
         "Release every engine except those in `keep`."
@@ -517,7 +525,7 @@ def run_round(cfg: RunConfig, run_dir, r: int, prompts: list[dict], pool: Pool, 
     metrics = ev = None
     if diag.get('n_pairs'):
         pool.release_all()  # training needs the memory (on a GPU, all of it)
-        metrics = stage_train(cfg, run_dir, r, progress); done('train')
+        metrics = stage_train(cfg, run_dir, r, progress); release_memory(); done('train')  # the trainer's models go now
         ev = stage_evaluate(cfg, run_dir, r, pool); done('evaluate')
     else: log.warning('round %d: the review made no preference pairs (dropped: %s); nothing is trained this round and '
                       'the policy stays as it was (see %s)', r, diag.get('dropped'), rd/'diagnostics.json')
@@ -583,7 +591,7 @@ def run(cfg: RunConfig|None=None, # the run config (default `RunConfig()`)
     except Timeout: raise RunError(f'{run_dir} is in use by another process (it holds {run_dir}/.lock)') from None
     try:
         check_run_config(run_dir, cfg)
-        with Pool() as pool:
+        with Pool(cfg.pool.dtype) as pool:
             for r in range(1, cfg.rounds + 1): run_round(cfg, run_dir, r, prompts[r - 1], pool, progress)
         write_report(run_dir, cfg)
     finally: lock.release()

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_models.ipynb #e9379247
 from __future__ import annotations
-import hashlib, importlib.metadata as md, json, os, re, shutil, tempfile, time
+import ctypes, gc, hashlib, importlib.metadata as md, json, os, re, shutil, tempfile, time
 from dataclasses import dataclass
 from pathlib import Path
 from filelock import FileLock, Timeout
@@ -13,7 +13,7 @@ from filelock import FileLock, Timeout
 __all__ = ['EMBEDDED', 'DEFAULT_MODEL', 'QWEN_05B', 'QWEN_15B', 'MANIFEST', 'cache_dir', 'EmbeddedModel', 'register_embedded',
            'ModelError', 'find_embedded_parts', 'find_embedded_file', 'sha256_file', 'convert_gguf', 'verify_folder',
            'assemble_parts', 'embedded_folder', 'is_adapter', 'adapter_base', 'resolve_model', 'load_tokenizer',
-           'load_model', 'load_adapter', 'merged_folder', 'prune_merged', 'model_family']
+           'load_model', 'load_adapter', 'merged_folder', 'prune_merged', 'release_memory', 'model_family']
 
 # %% ../nbs/01_models.ipynb #a81a343d
 def cache_dir() -> Path:
@@ -225,21 +225,30 @@ def resolve_model(ref: str|os.PathLike|None = None) -> str:
 
 # %% ../nbs/01_models.ipynb #4dc09fad
 def load_tokenizer(ref=None, trust_remote_code=False, **kw):
-    "The tokenizer of model `ref`, left-padded for batched generation."
+    "The tokenizer of model `ref`, left-padded for batched generation (a LoRA adapter folder: its own tokenizer, else its base's)."
     from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(resolve_model(ref), trust_remote_code=trust_remote_code, padding_side='left', **kw)
+    if ref is not None and is_adapter(ref) and not (Path(ref).expanduser()/'tokenizer_config.json').is_file():
+        return load_tokenizer(adapter_base(ref), trust_remote_code=trust_remote_code, **kw)
+    src = str(Path(ref).expanduser().resolve()) if ref is not None and is_adapter(ref) else resolve_model(ref)
+    tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code, padding_side='left', **kw)
     if tok.pad_token is None: tok.pad_token = tok.eos_token
     return tok
 
 def load_model(ref=None, dtype='auto', device=None, trust_remote_code=False, **kw):
-    "The causal LM `ref` (safetensors weights only), in eval mode on `device`."
+    "The causal LM `ref` (safetensors weights only; a LoRA adapter folder is merged into its base in memory), in eval mode on `device`."
     import torch
     from transformers import AutoModelForCausalLM
     if dtype == 'auto': dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     elif isinstance(dtype, str): dtype = getattr(torch, dtype)
+    device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    if ref is not None and is_adapter(ref):
+        a = Path(ref).expanduser().resolve()
+        base = load_model(adapter_base(a), dtype=dtype, device=device, trust_remote_code=trust_remote_code, **kw)
+        model = load_adapter(base, a).merge_and_unload()
+        model.name_or_path = model.config._name_or_path = str(a)
+        return model.eval()
     model = AutoModelForCausalLM.from_pretrained(resolve_model(ref), dtype=dtype, use_safetensors=True,
                                                  trust_remote_code=trust_remote_code, **kw)
-    device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     return model.to(device).eval()
 
 # %% ../nbs/01_models.ipynb #5765dc90
@@ -263,11 +272,8 @@ def _adapter_key(a: Path, base: str) -> str:
 
 def _merge_into(a: Path, base: str, out: Path):
     "Write `a` merged into `base` as a model folder (weights + tokenizer) at `out`."
-    from transformers import AutoTokenizer
-    model = load_adapter(load_model(base), a).merge_and_unload()
-    model.save_pretrained(out, safe_serialization=True)
-    tok_src = a if (a/'tokenizer_config.json').exists() else base
-    AutoTokenizer.from_pretrained(tok_src).save_pretrained(out)
+    load_adapter(load_model(base), a).merge_and_unload().save_pretrained(out, safe_serialization=True)
+    load_tokenizer(a if (Path(a)/'tokenizer_config.json').is_file() else base).save_pretrained(out)
 
 def merged_folder(adapter, # a LoRA adapter folder (adapter_config.json + adapter_model.safetensors)
                  ) -> Path:
@@ -318,6 +324,15 @@ def prune_merged(keep=None,                 # a merged folder never to evict (th
                 shutil.rmtree(d); total -= sizes[d]; gone.append(d)
         except Timeout: continue  # being merged or read right now
     return gone
+
+# %% ../nbs/01_models.ipynb #84719b9b
+def release_memory():
+    "Collect garbage and hand freed memory back (the CUDA cache; on Linux with glibc, the C heap), so the next model has room."
+    gc.collect()
+    import torch
+    if torch.cuda.is_available(): torch.cuda.empty_cache()
+    try: ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError): pass  # not glibc: nothing to trim
 
 # %% ../nbs/01_models.ipynb #4a65be3f
 def model_family(ref=None) -> str|None:

@@ -606,14 +606,12 @@ def load_policy(model, # a model reference (None: the embedded default), or a lo
                 cfg:TrainConfig, # the run's config (`dtype`)
                 tokenizer=None, # the tokenizer (None: the model's own)
                ) -> tuple[Any, Any, str]:
-    "The model to train, its tokenizer, and the name `config.json` records for it (a LoRA adapter folder: merged into its base)."
+    "The model to train, its tokenizer, and the name `config.json` records for it (a LoRA adapter folder: merged into its base in memory)."
     from pulse_nb.models import resolve_model, load_model, load_tokenizer, is_adapter
     if model is None or isinstance(model, (str, os.PathLike)):
-        ref = resolve_model(model)
-        policy = load_model(ref, dtype=cfg.dtype)
-        if model is not None and is_adapter(model):  # the adapter folder names the model: an adapter trained on it points back to it
-            ref = policy.name_or_path = policy.config._name_or_path = str(Path(model).expanduser().resolve())
-        return policy, tokenizer or load_tokenizer(ref), ref
+        adapter = model is not None and is_adapter(model)  # merged in memory; an adapter trained on it names it as its base
+        ref = str(Path(model).expanduser().resolve()) if adapter else resolve_model(model)
+        return load_model(ref, dtype=cfg.dtype), tokenizer or load_tokenizer(ref), ref
     if cfg.dtype != 'auto': model = model.to(getattr(torch, cfg.dtype))
     path = getattr(model.config, '_name_or_path', '') or None
     return model, tokenizer or load_tokenizer(path), path or type(model).__name__

@@ -544,3 +544,12 @@ def test_vllm_seeded_stage_larger_than_one_step(vllm_engine):
     b = vllm_engine.generate(convs, sc)
     teq(len(a), 16)
     teq([g.completions[0].text for g in a], [g.completions[0].text for g in b])
+
+
+def test_fast_dtype_engine_decodes_in_the_machines_fast_precision():
+    "`HFEngine(dtype='fast')` holds its weights in `fast_dtype()` (bfloat16 on a CPU with avx512_bf16/AMX) and answers."
+    from pulse_nb.engines import fast_dtype
+    with HFEngine(dtype='fast') as e:
+        teq(str(e.lm.dtype), f'torch.{fast_dtype()}')
+        out = e.generate([[{'role': 'user', 'content': 'What is the capital of France?'}]], SamplingConfig(temperature=0, max_new_tokens=8))
+        assert 'Paris' in out[0].completions[0].text, out[0].completions[0].text

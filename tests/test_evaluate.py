@@ -248,9 +248,10 @@ def test_adapter_folder_is_merged_and_evaluated(tmp_path, model_path, hf_engine)
     teq(merge_adapter(tmp_path/'adapter'), merged)  # reused
     conv = [[{'role': 'user', 'content': 'What is the capital of France?'}]]
     s = SamplingConfig(temperature=0, max_new_tokens=8)
-    with eval_engine(str(tmp_path/'adapter')) as e:
-        teq(e.model, merged)
+    with eval_engine(str(tmp_path/'adapter')) as e:  # transformers merges in memory: the engine runs the adapter folder
+        teq(e.model, str(tmp_path/'adapter'))
         teq(e.generate(conv, s)[0].completions[0].text, hf_engine.generate(conv, s)[0].completions[0].text)
+    with eval_engine(f'hf:{merged}') as e: teq(e.generate(conv, s)[0].completions[0].text, hf_engine.generate(conv, s)[0].completions[0].text)
 
 
 def test_adapter_base_is_read_from_config(tmp_path):
