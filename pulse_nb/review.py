@@ -17,10 +17,10 @@ from . import prompts as P
 log = logging.getLogger('pulse_nb')
 
 # %% auto #0
-__all__ = ['log', 'STAGES', 'RunError', 'repair_jsonl', 'read_jsonl', 'append_jsonl', 'write_atomic', 'versions', 'config_diff',
-           'check_manifest', 'engine_id', 'Slot', 'assign', 'derive_seed', 'run_stage', 'by_engine',
-           'engine_score_mode', 'critique_work', 'answer_work', 'comparison_work', 'review', 'record_engines',
-           'load_run', 'unparsed_rate']
+__all__ = ['log', 'STAGES', 'RunError', 'repair_jsonl', 'read_jsonl', 'append_jsonl', 'write_atomic', 'clear_stale_temps',
+           'versions', 'config_diff', 'check_manifest', 'engine_id', 'Slot', 'assign', 'derive_seed', 'run_stage',
+           'by_engine', 'engine_score_mode', 'critique_work', 'answer_work', 'comparison_work', 'review',
+           'record_engines', 'load_run', 'unparsed_rate']
 
 # %% ../nbs/04_review.ipynb #6ae9f521
 class RunError(ValueError):
@@ -86,6 +86,12 @@ def write_atomic(path, text: str):
         except OSError: pass
         if isinstance(e, OSError): raise OSError(e.errno, f'could not write {path}: {e.strerror}') from e
         raise
+
+def clear_stale_temps(folder, names=('manifest.json', 'prompts.jsonl')) -> list[Path]:
+    "Remove the temp files a killed `write_atomic` left for `names` in `folder` (call it holding the folder's lock); returns them."
+    gone = [p for n in names for p in Path(folder).glob(f'.{n}.*') if p.is_file()]
+    for p in gone: p.unlink(missing_ok=True)
+    return gone
 
 def versions() -> dict:
     "Versions of the packages that shape a run's records."
@@ -311,6 +317,7 @@ def review(prompts, # prompt records, strings, or a spec for `load_prompts` (`bu
     try: lock.acquire(timeout=0)
     except Timeout: raise RunError(f'{out} is in use by another process (a run holds {out}/.lock)') from None
     try:
+        clear_stale_temps(out)  # a run killed while writing its manifest left one; nobody else writes here now
         personas = list(personas or P.PERSONAS)
         sampling = SamplingConfig(temperature=temperature, max_new_tokens=max_new_tokens)
         config = dict(prompt_ids=_hash([r['id'] for r in recs]), n_prompts=len(recs), pool=[engine_id(e) for e in engines],

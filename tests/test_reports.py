@@ -127,19 +127,24 @@ def test_label_quality_small_review_gives_a_full_table(label_quality, tmp_path):
 
 @pytest.mark.slow
 def test_pulse_rounds_toy_run_gives_a_row_per_arm_and_round(tmp_path):
-    "The report's own run at toy size (one arm, one round of 2 prompts, 2 GSM8K items): the base row, then the round's row."
+    "The report's own runs at toy size (two arms, one round of 2 prompts, 2 GSM8K items): the base row, then each arm's round."
     ns = report_core('pulse_rounds.ipynb')
-    p = dict(ns['P'], arms={'pulse (savage)': 'savage'}, rounds=1, per_round=2, max_new_tokens=12, bench='gsm8k',
-             bench_n=2, bench_max_new_tokens=12, win_rate_prompts=0, train={'max_steps': 1, 'batch_size': 2})
+    p = dict(ns['P'], arms={'pulse (savage)': 'savage', 'dpo': 'dpo'}, rounds=1, per_round=2, max_new_tokens=12,
+             bench='gsm8k', bench_n=2, bench_max_new_tokens=12, win_rate_prompts=0, train={'max_steps': 1, 'batch_size': 2})
     runs = ns['run_arms'](p, tmp_path)
-    d, secs = runs['pulse (savage)']
-    assert d == tmp_path/'savage' and secs > 0 and (d/'round-1'/'round.json').exists()
+    assert [runs[a][0] for a in ('pulse (savage)', 'dpo')] == [tmp_path/'savage', tmp_path/'dpo']
+    s, d = tmp_path/'savage', tmp_path/'dpo'
+    for f in ('answers.jsonl', 'rescores.jsonl'):  # the DPO arm trains on the first arm's round-1 review, not a new one
+        assert (d/'round-1'/'review'/f).read_bytes() == (s/'round-1'/'review'/f).read_bytes()
+    assert json.loads((d/'round-1'/'train'/'train_args.json').read_text())['loss'] == 'dpo'
     tab = ns['effect_table'](runs)
-    assert list(zip(tab.arm, tab['round'])) == [('no training', 0), ('pulse (savage)', 1)]
-    base = json.loads((d/'base-bench'/'eval.json').read_text())['sets']['gsm8k']['metrics']['accuracy']['value']
+    assert list(zip(tab.arm, tab['round'])) == [('no training', 0), ('pulse (savage)', 1), ('dpo', 1)]
+    base = json.loads((s/'base-bench'/'eval.json').read_text())['sets']['gsm8k']['metrics']['accuracy']['value']
     assert tab.loc[0, 'gsm8k'] == base
-    for i in (1,):
-        ev = json.loads((d/f'round-{i}'/'eval.json').read_text())['bench']['gsm8k']
+    for i, run_dir in ((1, s), (2, d)):
+        ev = json.loads((run_dir/'round-1'/'eval.json').read_text())['bench']['gsm8k']
         assert tab.loc[i, 'gsm8k'] == ev['policy']['value'] and abs(tab.loc[i, 'gsm8k − base'] - (ev['policy']['value'] - base)) < 1e-9
         lo, hi = tab.loc[i, 'gsm8k − base CI']
         assert lo <= tab.loc[i, 'gsm8k − base'] <= hi
+    other = ns['arm_config']('dpo', dict(p, per_round=3))
+    with pytest.raises(ValueError, match='differ beyond training'): ns['share_first_round'](s, tmp_path/'x', ns['arm_config']('savage', p), other)
