@@ -20,7 +20,7 @@ log = logging.getLogger('pulse_nb')
 __all__ = ['log', 'STAGES', 'RunError', 'repair_jsonl', 'read_jsonl', 'append_jsonl', 'write_atomic', 'clear_stale_temps',
            'versions', 'config_diff', 'check_manifest', 'engine_id', 'Slot', 'assign', 'derive_seed', 'run_stage',
            'by_engine', 'engine_score_mode', 'critique_work', 'answer_work', 'comparison_work', 'review',
-           'record_engines', 'load_run', 'unparsed_rate']
+           'record_engines', 'load_run', 'unparsed_rate', 'score_answers']
 
 # %% ../nbs/04_review.ipynb #6ae9f521
 class RunError(ValueError):
@@ -416,3 +416,18 @@ def unparsed_rate(run_dir) -> dict:
     run = load_run(run_dir)
     return {s: {'n': len(run[s]), 'unparsed': sum(not c['parsed'] for c in run[s]),
                 'rate': sum(not c['parsed'] for c in run[s]) / max(1, len(run[s]))} for s in ('critiques', 'rescores')}
+
+# %% ../nbs/04_review.ipynb #34cf239d
+def score_answers(engine, # a critic engine that gives log-probs (`Engine.score`)
+                  items: list[dict], # dicts with `prompt`, `answer` and `persona` (a name in `prompts.PERSONAS` or a text)
+                  scale=P.SCALE, # the score scale (lo, hi)
+                  min_mass: float=0.5, # below this probability on the scale's tokens a score is unparsed
+                  template: str=P.CRITIC_TEMPLATE, # the critic's user turn
+                  system: str=P.CRITIC_SYSTEM, # the critic's system turn
+                 ) -> list[P.ProbScore]:
+    "Each answer's score read from `engine` right after `Score: `, with no written feedback: one prefill per item, in order."
+    for i, it in enumerate(items):
+        missing = {'prompt', 'answer', 'persona'} - set(it)
+        if missing: raise ValueError(f'score_answers: item {i} has no {", ".join(sorted(missing))}')
+    convs = [P.score_conv(P.critic_conv(it['prompt'], it['answer'], it['persona'], scale, template, system), '') for it in items]
+    return [P.score_from_probs(ro.probs, ro.mass, min_mass) for ro in engine.score(convs, P.scale_tokens(scale))] if convs else []

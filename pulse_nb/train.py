@@ -214,12 +214,12 @@ def dpo_metrics(accelerator, outputs, batch:dict, beta, policy:tuple, reference:
         s = accelerator.gather(s[None]).sum(0)
         ratio = lambda a, b: torch.where(b > 0, a / b.clamp(min=1), torch.zeros_like(a))
         cr, rr = (beta * (p - r).detach() for p, r in zip(policy, reference))
-        per = torch.stack([cr, rr, (cr > rr).to(cr), cr - rr, policy[0].detach(), policy[1].detach()], dim=1).double()
+        per = torch.stack([cr, rr, (cr > rr).to(cr), cr - rr, policy[0].detach(), policy[1].detach(), (cr - rr).abs()], dim=1).double()
         per = accelerator.gather(per).mean(0)
     return {'entropy': ratio(s[0], s[1]), 'logits/chosen': ratio(s[2], s[3]), 'logits/rejected': ratio(s[4], s[5]),
             'mean_token_accuracy': ratio(s[6], s[3]), 'rewards/chosen': per[0], 'rewards/rejected': per[1],
-            'rewards/accuracies': per[2], 'rewards/margins': per[3], 'logps/chosen': per[4], 'logps/rejected': per[5],
-            'tokens': s[7]}
+            'rewards/accuracies': per[2], 'rewards/margins': per[3], 'rewards/abs_margins': per[6],
+            'logps/chosen': per[4], 'logps/rejected': per[5], 'tokens': s[7]}
 
 # %% ../nbs/07_train.ipynb #30c44ed0
 class DeviceMetrics:

@@ -121,6 +121,75 @@ def test_label_quality_small_review_gives_a_full_table(label_quality, tmp_path):
     assert list(t.index) == [*ns['CONFIGS'], 'always the revision (no critic)', 'the longer answer (no critic)']
     assert (t.n <= facts['decisive']).all() and t.loc['always the revision (no critic)', 'n'] == facts['decisive']
     assert ((t.coverage >= 0) & (t.coverage <= 1) | t.coverage.isna()).all()
+    with ns['Pool'](p['dtype']) as pool: run = ns['score_without_feedback'](d, pool)   # the same judgements, no feedback
+    old = ns['load_run'](d)
+    for k in ('critiques', 'rescores'):
+        assert [c['key'] for c in run[k]] == [c['key'] for c in old[k]] and all(c['feedback'] == '' and c['parsed'] for c in run[k])
+    assert [c['score'] for c in run['critiques']] != [c['score'] for c in old['critiques']]   # read at another point
+    nf = ns['label_table'](run, ns['NOFB_CONFIGS'], n_boot=100, baselines=False)
+    assert list(nf.index) == list(ns['NOFB_CONFIGS']) and (nf.n <= facts['decisive']).all()
+
+
+# ---- noise_robustness.ipynb (issue 23, item 2) ---------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def noise_robustness(): return report_core('noise_robustness.ipynb')
+
+
+def test_noise_robustness_flips_agreement_and_critic_labels(noise_robustness):
+    "Exact flip counts; agreement with the labelled order (ties and missing scores do not agree); critics' labels from mean scores."
+    import random
+    import numpy as np, pandas as pd
+    ns = noise_robustness
+    pairs, ev = ns['make_data'](dict(n_train=20, n_eval=4))
+    assert len(pairs) == 20 and len(ev) == 4 and all(p['chosen'] != p['rejected'] for p in pairs)
+    assert set(ev[0]) == {'prompt', 'chosen', 'rejected'} and not {p['prompt'] for p in pairs} & {e['prompt'] for e in ev}
+    f = ns['flip'](pairs, 0.25, random.Random(1))
+    assert sum(x['flipped'] for x in f) == 5
+    for x, p in zip(f, pairs):
+        assert (x['chosen'], x['rejected']) == ((p['rejected'], p['chosen']) if x['flipped'] else (p['chosen'], p['rejected']))
+    nan = float('nan')   # [pair, critic, (correct, incorrect)]
+    scores = np.array([[[7, 3], [6, 4], [2, 8]],        # two of three critics prefer the correct answer
+                       [[5, 5], [nan, 4], [3, 9]],      # a tie, a missing score, one prefers the incorrect answer
+                       [[nan, nan], [nan, nan], [nan, nan]]], float)
+    assert ns['agreement'](scores, [False, False, False]).tolist() == pytest.approx([2 / 3, 0, 0])
+    assert ns['agreement'](scores, [True, True, False]).tolist() == pytest.approx([1 / 3, 1 / 3, 0])
+    three = pairs[:3]
+    lab = ns['critic_labelled'](three, scores)
+    assert [x['flipped'] for x in lab] == [False, True, False]   # mean 5 vs 5 / 5 vs 7 / nothing scored: keep
+    assert lab[1]['chosen'] == three[1]['rejected'] and lab[2]['chosen'] == three[2]['chosen']
+    conds = ns['conditions'](dict(seeds=[0, 1], flip_rates=[0.0, 0.5], critic_labels=True), three, scores)
+    assert [(s, c) for s, c, _, _ in conds] == [(0, 'flips 0%'), (0, 'flips 50%'), (0, "critics' labels"),
+                                                (1, 'flips 0%'), (1, 'flips 50%'), (1, "critics' labels")]
+    crit = conds[2][3]
+    assert [x['agreement'] for x in crit] == pytest.approx([2 / 3, 1 / 3, 0])
+    res = pd.DataFrame([dict(condition='c', method=m, seed=s, heldout_acc=v) for m, vs in
+                        (('dpo', [0.5, 0.6, 0.7]), ('x', [0.6, 0.8, 0.7])) for s, v in enumerate(vs)])
+    t = ns['summarize'](res).set_index('method')
+    h = 4.302652729911275 * 0.1 / 3 ** 0.5      # t(0.975, 2) * sd / sqrt(3)
+    assert t.loc['dpo', 'mean'] == pytest.approx(0.6) and t.loc['dpo', 'ci_high'] == pytest.approx(0.6 + h, rel=1e-4)
+    assert t.loc['x', 'vs dpo'] == pytest.approx(0.1) and t.loc['x', 'vs dpo low'] == pytest.approx(0.1 - h, rel=1e-4)
+    assert t.loc['dpo', 'vs dpo'] == 0 and t.loc['x', 'seeds'] == 3
+    for df, q in ((1, 12.7062), (10, 2.2281), (11, 2.2010), (20, 2.0860), (60, 2.0003)):   # Student t tables
+        assert ns["t975"](df) == pytest.approx(q, abs=1e-3), df
+
+
+@pytest.mark.slow
+def test_noise_robustness_small_grid_trains_every_cell(noise_robustness):
+    "The report's own critics and grid at toy size: real critic scores, one LoRA run per cell, held-out |v| > 0."
+    ns = noise_robustness
+    p = dict(ns['P'], n_train=16, n_eval=8, seeds=[0], flip_rates=[0.5], critic_labels=True,
+             methods={k: ns['P']['methods'][k] for k in ('dpo', 'savage × agreement')},
+             train=dict(ns['P']['train'], batch_size=8), critics=[('hf:smollm2-135m-instruct', 'strict'), ('hf:smollm2-135m-instruct', 'teacher')])
+    pairs, ev = ns['make_data'](p)
+    scores = ns['critic_scores'](pairs, p['critics'], p['dtype'])
+    assert scores.shape == (16, 2, 2) and (scores >= 1).all() and (scores <= 9).all()   # every score parsed, on the scale
+    assert (scores[:, 0] != scores[:, 1]).any()                                          # the personas are different critics
+    res = ns['run_grid'](p, ns['conditions'](p, pairs, scores), ev)
+    assert len(res) == 4 and res.loc[res.condition == 'flips 50%', 'wrong_labels'].eq(8).all()
+    assert ((res.heldout_acc >= 0) & (res.heldout_acc <= 1)).all()
+    assert (res.heldout_abs_margin > 0).all() and (res.heldout_abs_margin >= res.heldout_margin.abs() - 1e-9).all()
+    assert len(ns['summarize'](res)) == 4
 
 
 # ---- pulse_rounds.ipynb (issue 23, item 4) -------------------------------------------------------------------------
