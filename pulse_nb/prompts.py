@@ -255,14 +255,12 @@ def _has_score(text: str) -> bool: return any(rx.search(text) for _, rx in _STRI
 
 def _strip_quoted(text: str, exclude=()) -> str:
     "`text` without quoted material (blockquotes, fenced code but `json` blocks, double quotes) and without `exclude`."
-    for ex in exclude or ():
-        ex = (ex or '').strip()
-        if not ex: continue  # replacing '' would put a space between every character
-        # a short text is removed only if it holds a score: removing every '4' of an answer "4" would also delete the
-        # critic's own "Score: 4"
-        if len(ex) >= 8 or _has_score(ex): text = text.replace(ex, ' ')
-        for line in map(str.strip, ex.splitlines()):  # a critic may quote single lines
-            if line and (len(line) >= 8 or _has_score(line)): text = text.replace(line, ' ')
+    # each excluded text whole and each of its lines (a critic may quote single lines); a short one only if it holds a
+    # score: removing every '4' of an answer "4" would also delete the critic's own "Score: 4". Longest first, so an
+    # excluded text that contains another (a prompt quoting the answer) goes whole, not in pieces that leave a score.
+    parts = {p for ex in exclude or () for p in [(ex or '').strip(), *map(str.strip, (ex or '').splitlines())]}
+    for ex in sorted((p for p in parts if p and (len(p) >= 8 or _has_score(p))), key=len, reverse=True):
+        text = text.replace(ex, ' ')  # never '': that would put a space between every character
     text = re.sub(r'```([\w-]*)(.*?)(?:```|$)', lambda m: m[2] if m[1].lower() == 'json' else ' ', text, flags=re.S)
     text = re.sub(r'^\s*>.*$', ' ', text, flags=re.M)
     text = _JSON_FIELD.sub(lambda m: f'{m[1]}{m[3]}: {m[5]}', text)  # {"score": "7"} -> {score: 7}: keys are not quotes

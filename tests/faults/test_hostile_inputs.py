@@ -4,7 +4,7 @@ the HF engine; property-based tests (hypothesis) for the score parser and the pa
 import json, math, string
 from pathlib import Path
 import pytest
-from hypothesis import given, settings, strategies as st, HealthCheck, assume
+from hypothesis import example, given, settings, strategies as st, HealthCheck, assume
 from pulse_nb.data import load_prompts
 from pulse_nb.engines import ContextLengthError, render_ids, Engine, Generation, Completion
 from pulse_nb.review import review, load_run
@@ -193,6 +193,7 @@ NO_NUMBER = st.text(alphabet=[c for c in string.ascii_letters + ' \n.,;!?()-' if
 
 @settings(max_examples=400, deadline=None)
 @given(pre=NO_NUMBER, post=NO_NUMBER, answer=TEXT, prompt=TEXT, scale=SCALES)
+@example(pre='', post='', answer='00010000', prompt='0/1000010000', scale=(1, 10))  # the answer inside the prompt: removing it first left '0/10'
 def test_score_only_in_excluded_text_is_never_returned(pre, post, answer, prompt, scale):
     "A critic that only echoes the answer (or the prompt) has no score, whatever score lines those contain."
     text = pre + answer + post
