@@ -579,7 +579,8 @@ class VLLMEngine(Engine):
                  max_model_len: int=2048,            # context (prompt + answer)
                  enable_prefix_caching: bool=True,   # share KV cache across common prefixes
                  seed: int=0,                        # engine seed
-                 share_prefixes: bool=True,          # read a prefix several prompts share into the cache first
+                 block_size: int|None=None,          # KV cache block, in tokens (None: 32 on CPU, vLLM's default on a GPU)
+                 share_prefixes: bool=False,         # read a prefix several prompts share into the cache first (`_warm`)
                  min_shared: int=32,                 # shortest shared prefix, in tokens, worth it
                  **llm_kwargs):                      # any other `vllm.LLM` argument
         LLM = import_vllm().LLM
@@ -589,11 +590,14 @@ class VLLMEngine(Engine):
         if data_parallel_size != 1: llm_kwargs['data_parallel_size'] = data_parallel_size
         if not torch.cuda.is_available():  # vLLM's CPU sampler cannot rewind a seeded request's generator after a
             llm_kwargs.setdefault('enable_chunked_prefill', False)  # partial (chunked) prefill: whole prompts only
+            block_size = block_size or 32      # 128 (vLLM's CPU default) caches little of what critics share
+        if block_size: llm_kwargs['block_size'] = block_size
         self.llm = LLM(model=resolve_model(self.model), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                        tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
                        enable_prefix_caching=enable_prefix_caching, seed=seed, **llm_kwargs)
         self.tok = self.llm.get_tokenizer()
         self.max_len = self.llm.llm_engine.model_config.max_model_len
+        self.block_size = self.llm.llm_engine.vllm_config.cache_config.block_size
         self.prefix_caching, self.share_prefixes, self.min_shared = enable_prefix_caching, share_prefixes, min_shared
         self.stats = {'prompt_tokens': 0, 'cached_tokens': 0}  # over every call: how much of the prompts the cache held
 

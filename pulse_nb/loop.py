@@ -18,9 +18,9 @@ from .train import ConfigError, TrainConfig
 __all__ = ['PRESETS', 'PoolConfig', 'ReviewConfig', 'LabelConfig', 'EvalConfig', 'check_train', 'RunConfig', 'config_dict',
            'with_overrides', 'load_config', 'save_config', 'actor_model', 'round_prompts', 'plan', 'eval_prompts',
            'bench_heldout', 'check_heldout', 'LazyEngine', 'Pool', 'round_dir', 'policy_of', 'policy_spec',
-           'actor_spec', 'stage_review', 'train_atomic', 'stage_train', 'stage_evaluate', 'stage_bench',
-           'bench_section', 'peak_rss_gib', 'run_round', 'check_run_config', 'run', 'round_table', 'markdown_table',
-           'plot_rounds', 'dataset_card', 'hub_files', 'push_to_hub', 'write_report', 'generate']
+           'actor_spec', 'stage_review', 'train_atomic', 'train_autocast', 'stage_train', 'stage_evaluate',
+           'stage_bench', 'bench_section', 'peak_rss_gib', 'run_round', 'check_run_config', 'run', 'round_table',
+           'markdown_table', 'plot_rounds', 'dataset_card', 'hub_files', 'push_to_hub', 'write_report', 'generate']
 
 # %% ../nbs/09a_loop.ipynb #a3295207
 def _one_of(where: str, value, choices):
@@ -440,6 +440,11 @@ def train_atomic(data, out_dir, **kw) -> dict:
     os.replace(tmp, final)
     return res.metrics
 
+def train_autocast(cfg: RunConfig, fast: str|None=None) -> bool|None:
+    "The rounds' bf16 autocast: `train.bf16` when set, else on where `pool.dtype` is 'fast' and the hardware computes bfloat16 (`fast`: `fast_dtype()` here); None leaves the trainer's default."
+    if cfg.train.get('bf16') is not None: return cfg.train['bf16']
+    return True if cfg.pool.dtype == 'fast' and (fast or fast_dtype()) == 'bfloat16' else None
+
 def stage_train(cfg: RunConfig, run_dir, r: int, progress: bool=True) -> dict:
     "Train round `r`'s policy on its pairs, starting from the policy that acted; returns the training metrics."
     rd, kw = round_dir(run_dir, r), dict(cfg.train)
@@ -449,6 +454,7 @@ def stage_train(cfg: RunConfig, run_dir, r: int, progress: bool=True) -> dict:
         else: kw['init_adapter'] = str(prev)
     if cfg.report_to != 'none': kw.setdefault('report_to', cfg.report_to)
     kw.setdefault('seed', cfg.seed)
+    if (bf16 := train_autocast(cfg)) is not None: kw['bf16'] = bf16
     return train_atomic(rd/'pairs.parquet', rd/'train', model=model, progress=progress, **kw)
 
 # %% ../nbs/09a_loop.ipynb #f97f98dd

@@ -113,8 +113,9 @@ class RayDataEngine(Engine):
         if placement is None:
             placement = replica_placement(gpus, cpus_per_replica, engine_kwargs.get('tensor_parallel_size', 1),
                                           engine_kwargs.get('pipeline_parallel_size', 1))
-        if not gpus:  # as VLLMEngine: the CPU sampler cannot rewind a seeded request after a partial (chunked) prefill
-            engine_kwargs.setdefault('enable_chunked_prefill', False)
+        if not gpus:  # as VLLMEngine: the CPU sampler cannot rewind a seeded request after a partial (chunked) prefill,
+            engine_kwargs.setdefault('enable_chunked_prefill', False)  # and 32-token cache blocks share more of the
+            engine_kwargs.setdefault('block_size', 32)                  # critics' prompts than vLLM's CPU default of 128
         from ray.data.llm import vLLMEngineProcessorConfig, build_processor
         try:
             self.config = vLLMEngineProcessorConfig(

@@ -304,15 +304,16 @@ def _cache_delta(engine, fn):
 def test_vllm_fused_score_and_prefix_cache(vllm_engine, hf_engine):
     "vLLM: shared prefixes are read once (warmed), the score read-out hits the generation's cached blocks, and the fused read-out equals the two calls."
     block = vllm_engine.llm.llm_engine.vllm_config.cache_config.block_size
+    teq((block, vllm_engine.block_size, vllm_engine.share_prefixes), (32, 32, False))  # the CPU defaults
     long_answer = ' '.join(f'Step {i}: add the next number to the running total and write it down.' for i in range(30))
     convs = [P.critic_conv('Add the numbers from 1 to 30.', long_answer, p) for p in ('strict', 'editor', 'teacher')] + _critics(2)
     ids = render_ids(vllm_engine.tok, convs)
     vllm_engine.llm.reset_prefix_cache()
-    vllm_engine.share_prefixes = False
-    try: plain = vllm_engine.generate(convs, FEEDBACK)
-    finally: vllm_engine.share_prefixes = True
+    plain = vllm_engine.generate(convs, FEEDBACK)
     vllm_engine.llm.reset_prefix_cache()
-    shared, sent, hit = _cache_delta(vllm_engine, lambda: vllm_engine.generate(convs, FEEDBACK))
+    vllm_engine.share_prefixes = True
+    try: shared, sent, hit = _cache_delta(vllm_engine, lambda: vllm_engine.generate(convs, FEEDBACK))
+    finally: vllm_engine.share_prefixes = False
     assert [g.completions[0].text for g in shared] == [g.completions[0].text for g in plain]
     common = len(os.path.commonprefix(ids[:3]))
     assert common > 2 * block and hit >= 3 * (common // block) * block, (common, block, sent, hit)  # the long answer, read once

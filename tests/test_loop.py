@@ -136,6 +136,14 @@ def test_report_card_and_diagnostics_of_a_finished_run(finished_run):
     teq(sorted({j['judge_model'] for p in ev['win_rate']['pairs'] for j in p['judgements']}), sorted([SMOL, QWEN]))
 
 
+def test_rounds_train_in_the_pools_precision(finished_run):
+    "With `pool.dtype: fast`, every round trains in bf16 autocast exactly where the hardware computes bfloat16."
+    from pulse_nb.engines import fast_dtype
+    for r in (1, 2):
+        args = json.loads((finished_run/f'round-{r}'/'train'/'train_args.json').read_text())
+        teq(args.get('bf16'), True if fast_dtype() == 'bfloat16' else None)
+
+
 @pytest.mark.slow
 def test_push_to_hub_goes_as_far_as_the_network_call(finished_run):
     "Everything before the upload works: the files are chosen, and `pulse push` fails only at the hub, which is offline."
