@@ -125,9 +125,49 @@ def fmt(name, r) -> str:
     return '`' + json.dumps(r) + '`'
 
 
+def targets(results) -> list[tuple]:
+    "The speed issue's targets, each as (target, measured, met: True/False/None for not measured, section)."
+    out, r = [], results
+    def add(what, value, ok, section): out.append((what, value, ok, section))
+    pb = r.get('peers-both') or {}
+    add('pulse-nb >= 1.3x faster than distilabel 1.5.3 (same workload, one engine)',
+        f'{pb["distilabel_over_pulse"]}x' if 'distilabel_over_pulse' in pb else 'not run',
+        pb['distilabel_over_pulse'] >= 1.3 if 'distilabel_over_pulse' in pb else None, 'peers-both')
+    c = (r.get('review-critique') or {}).get('critique_ratio') or {}
+    add('critique stage <= 1.15x generating the same feedback alone',
+        f'{c["critique_over_alone"]}x' if 'critique_over_alone' in c else 'not run',
+        c['critique_over_alone'] <= 1.15 if 'critique_over_alone' in c else None, 'review-critique')
+    lp = r.get('loop') or {}
+    for key, how in (('quick', 'the pool in bfloat16 where the CPU has avx512_bf16'),
+                     ('quick-fp32', 'float32, as on a CPU without bfloat16 instructions')):
+        x = lp.get(key) or {}
+        add(f'`pulse run --quick` <= 180 s on 2 cores ({how})', f'{x["wall_s"]} s' if 'wall_s' in x else 'not run',
+            x['wall_s'] <= 180 if 'wall_s' in x else None, 'loop')
+    t = r.get('train') or {}
+    add('CPU training step time <= 1.0x stock TRL, identical losses',
+        f'{t["ratio_pulse_over_stock"]}x, largest loss difference {t["loss_curve_max_abs_diff"]:.1e}' if 'ratio_pulse_over_stock' in t else 'not run',
+        t['ratio_pulse_over_stock'] <= 1.0 if 'ratio_pulse_over_stock' in t else None, 'train')
+    g = (r.get('gpu_train') or {})
+    toy = g.get('toy', True)
+    for size, params, need in (('large', '0.89B', 1.5), ('small', '0.37B', 2.0)):
+        v = (g.get('ratios') or {}).get(f'{size}/full')
+        add(f'GPU: >= {need}x stock TRL tokens/s at {params} full fine-tuning',
+            f'{v}x' if v is not None and not toy else 'not measured (no GPU run)', (v >= need) if v is not None and not toy else None,
+            'gpu_train')
+    return out
+
+
+def targets_table(results) -> list[str]:
+    "The markdown table of `targets`."
+    mark = {True: 'met', False: '**not met**', None: 'not measured'}
+    return ['## Targets', '', '| target | measured | | section |', '|---|---|---|---|',
+            *[f'| {w} | {v} | {mark[ok]} | {s} |' for w, v, ok, s in targets(results)], '']
+
+
 def write(results, path, profile):
     lines = [f'# Benchmarks', '', f'Written by `python bench/run_all.py --profile {profile}` on {datetime.date.today()}, '
              f'{platform.machine()}, {os.cpu_count()} CPUs. Raw numbers: `bench/results.json`; logs: `bench/logs/`.', '']
+    lines += targets_table(results)
     for name, r in results.items():
         when = [f'_Ran {r["ran_at"].replace("T", " ")}, {r["seconds"]} s._', ''] if 'ran_at' in r else []
         lines += [f'## {name}', '', fmt(name, r), '', *when]

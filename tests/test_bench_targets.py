@@ -1,0 +1,30 @@
+"""`bench/run_all.py`'s targets table: each speed target read from its benchmark's result, met or not, and 'not
+measured' where the benchmark did not run (the GPU rows on a machine without one, or a toy-size GPU run)."""
+import importlib.util, json
+from pathlib import Path
+from fastcore.test import test_eq as teq
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location('run_all', ROOT/'bench'/'run_all.py')
+run_all = importlib.util.module_from_spec(spec); spec.loader.exec_module(run_all)
+
+
+def verdicts(results): return [ok for _, _, ok, _ in run_all.targets(results)]
+
+
+def test_targets_met_missed_and_unmeasured():
+    r = {'peers-both': {'distilabel_over_pulse': 1.31}, 'review-critique': {'critique_ratio': {'critique_over_alone': 1.2}},
+         'loop': {'quick': {'wall_s': 110.8}, 'quick-fp32': {'wall_s': 180.5}},
+         'train': {'ratio_pulse_over_stock': 0.99, 'loss_curve_max_abs_diff': 0.0},
+         'gpu_train': {'toy': False, 'ratios': {'large/full': 1.49, 'small/full': 2.1}}}
+    teq(verdicts(r), [True, False, True, False, True, False, True])
+    teq(verdicts({}), [None] * 7)
+    teq(verdicts({'gpu_train': {'toy': True, 'ratios': {'large/full': 3.0, 'small/full': 3.0}}})[-2:], [None, None])
+
+
+def test_the_shipped_results_have_a_targets_table():
+    "results.md is written from results.json: its first section is the targets table with a row per target."
+    md = (ROOT/'bench'/'results.md').read_text()
+    table = md.split('## Targets', 1)[1].split('\n## ', 1)[0]
+    rows = [l for l in table.splitlines() if l.startswith('| ') and not l.startswith('| target')]
+    teq(len(rows), len(run_all.targets(json.loads((ROOT/'bench'/'results.json').read_text()))))
