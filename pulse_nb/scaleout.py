@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from .models import DEFAULT_MODEL, resolve_model, load_tokenizer
 from .engines import (Engine, Generation, Completion, EngineError, OpenAIEngine, SamplingConfig, render_ids,
-                              fit_context, log)
+                              fit_context, log, CPU_BLOCK_SIZE)
 
 # %% auto #0
 __all__ = ['RAY_INSTALL', 'import_ray', 'replica_placement', 'sample_rows', 'score_rows', 'ray_output', 'finish_reason',
@@ -113,9 +113,9 @@ class RayDataEngine(Engine):
         if placement is None:
             placement = replica_placement(gpus, cpus_per_replica, engine_kwargs.get('tensor_parallel_size', 1),
                                           engine_kwargs.get('pipeline_parallel_size', 1))
-        if not gpus:  # as VLLMEngine: the CPU sampler cannot rewind a seeded request after a partial (chunked) prefill,
-            engine_kwargs.setdefault('enable_chunked_prefill', False)  # and 32-token cache blocks share more of the
-            engine_kwargs.setdefault('block_size', 32)                  # critics' prompts than vLLM's CPU default of 128
+        if not gpus:  # as VLLMEngine: the CPU sampler cannot rewind a seeded request after a partial (chunked) prefill
+            engine_kwargs.setdefault('enable_chunked_prefill', False)
+            engine_kwargs.setdefault('block_size', CPU_BLOCK_SIZE)
         from ray.data.llm import vLLMEngineProcessorConfig, build_processor
         try:
             self.config = vLLMEngineProcessorConfig(
