@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, asdict, fields, replace
 from pathlib import Path
 from filelock import FileLock, Timeout
 from .data import load_prompts, check_disjoint
-from .models import DEFAULT_MODEL, QWEN_05B, model_family, release_memory
+from .models import DEFAULT_MODEL, QWEN_05B, model_family, release_memory, sha256_file
 from .engines import Engine, EngineError, make_engine, parse_spec, check_options, choose_backend, fast_dtype, log
 from .review import review, RunError, write_atomic, config_diff
 from .train import ConfigError, TrainConfig
@@ -18,9 +18,10 @@ from .train import ConfigError, TrainConfig
 __all__ = ['PRESETS', 'PoolConfig', 'ReviewConfig', 'LabelConfig', 'EvalConfig', 'check_train', 'RunConfig', 'config_dict',
            'with_overrides', 'load_config', 'save_config', 'actor_model', 'round_prompts', 'plan', 'eval_prompts',
            'bench_heldout', 'check_heldout', 'LazyEngine', 'Pool', 'round_dir', 'policy_of', 'policy_spec',
-           'actor_spec', 'stage_review', 'train_atomic', 'train_autocast', 'stage_train', 'stage_evaluate',
-           'stage_bench', 'bench_section', 'peak_rss_gib', 'run_round', 'check_run_config', 'run', 'round_table',
-           'markdown_table', 'plot_rounds', 'dataset_card', 'hub_files', 'push_to_hub', 'write_report', 'generate']
+           'actor_spec', 'stage_review', 'weights_digest', 'policy_record', 'train_atomic', 'train_autocast',
+           'stage_train', 'restore_policies', 'stage_evaluate', 'stage_bench', 'bench_section', 'peak_rss_gib',
+           'run_round', 'check_run_config', 'run', 'round_table', 'markdown_table', 'plot_rounds', 'dataset_card',
+           'hub_files', 'push_to_hub', 'write_report', 'generate']
 
 # %% ../nbs/09a_loop.ipynb #a3295207
 def _one_of(where: str, value, choices):
@@ -381,6 +382,9 @@ def policy_of(run_dir, r: int) -> Path|None:
     for k in range(r, 0, -1):
         t = round_dir(run_dir, k)/'train'
         if hit := next((p for p in (t/'adapter', t/'model') if p.is_dir()), None): return hit
+        if (t/'metrics.json').exists():
+            raise RunError(f'round {k} trained a policy but {t} holds no weights (adapter/ or model/), as in a run directory '
+                           f'copied without them: `restore_policies({str(run_dir)!r})` retrains them and checks them against {t/"policy.json"}')
     return None
 
 def policy_spec(cfg: RunConfig, run_dir, r: int, served: bool=True):
@@ -420,6 +424,17 @@ def stage_review(cfg: RunConfig, run_dir, r: int, prompts: list[dict], pool: Poo
     return diag
 
 # %% ../nbs/09a_loop.ipynb #9ce860dd
+def weights_digest(folder) -> dict:
+    "The sha256 of each safetensors file in `folder` (a trained adapter or model), by file name."
+    return {p.name: sha256_file(p) for p in sorted(Path(folder).glob('*.safetensors'))}
+
+def policy_record(train_dir) -> dict:
+    "What identifies the policy a training run saved in `train_dir`: its folder, its weights' sha256 and torch's thread count (CPU sums depend on it)."
+    import torch
+    folder = next(f for f in ('adapter', 'model') if (Path(train_dir)/f).is_dir())
+    return {'folder': folder, 'sha256': weights_digest(Path(train_dir)/folder), 'torch_threads': torch.get_num_threads(),
+            'torch': torch.__version__}
+
 def train_atomic(data, out_dir, **kw) -> dict:
     "`pulse_nb.train.train` into `out_dir`, which appears only when complete; a complete `out_dir` is reused (same settings) or refused."
     from pulse_nb.train import train
@@ -436,6 +451,7 @@ def train_atomic(data, out_dir, **kw) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     res = train(data, out_dir=tmp, **kw)
     write_atomic(tmp/'train_args.json', json.dumps(args, indent=1))
+    write_atomic(tmp/'policy.json', json.dumps(policy_record(tmp), indent=1))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     return res.metrics
@@ -456,6 +472,39 @@ def stage_train(cfg: RunConfig, run_dir, r: int, progress: bool=True) -> dict:
     kw.setdefault('seed', cfg.seed)
     if (bf16 := train_autocast(cfg)) is not None: kw['bf16'] = bf16
     return train_atomic(rd/'pairs.parquet', rd/'train', model=model, progress=progress, **kw)
+
+# %% ../nbs/09a_loop.ipynb #975d378f
+def restore_policies(run_dir,              # a run directory whose trained rounds may lack their weights
+                     progress: bool=False, # progress bars
+                    ) -> list[int]:
+    "Retrain, in round order, each policy whose weights `run_dir` lacks, check it against its `policy.json`, put it in place; returns the rounds restored."
+    from pulse_nb.train import train
+    import torch
+    restored = []
+    for rd in sorted(Path(run_dir).glob('round-*'), key=lambda p: int(p.name.split('-')[1])):
+        r, t = int(rd.name.split('-')[1]), rd/'train'
+        if not (t/'metrics.json').exists() or any((t/f).is_dir() for f in ('adapter', 'model')): continue
+        if not (t/'policy.json').exists() or not (t/'train_args.json').exists():
+            raise RunError(f'{t} has no weights and no policy.json/train_args.json to retrain and check them by: put its adapter/ or model/ back')
+        rec, args = json.loads((t/'policy.json').read_text()), json.loads((t/'train_args.json').read_text())
+        kw = {k: v for k, v in args.items() if k not in ('data', 'model', 'init_adapter')}
+        prev, model = policy_of(run_dir, r - 1), args['model']   # the previous policy is restored by now
+        if 'init_adapter' in args: kw['init_adapter'] = str(prev)  # reference: base, the previous adapter trained further
+        elif prev is not None: model = str(prev)                   # reference: previous, a new adapter on the previous policy
+        tmp, threads = t.with_name('.train-restore'), torch.get_num_threads()
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            train(rd/'pairs.parquet', out_dir=tmp, model=model, progress=progress, num_threads=rec['torch_threads'], **kw)
+            got = weights_digest(tmp/rec['folder'])
+            if got != rec['sha256']:
+                raise RunError(f"round {r}: the retrained policy's sha256 differs from {t/'policy.json'} (this machine computes "
+                               f"differently), and the later rounds were made with the recorded one: put {t/rec['folder']} back, "
+                               f"or remove round {r + 1} onwards to recompute them")
+            os.replace(tmp/rec['folder'], t/rec['folder'])
+        finally:
+            torch.set_num_threads(threads); shutil.rmtree(tmp, ignore_errors=True)
+        log.info('round %d: policy restored (sha256 as recorded)', r); restored.append(r)
+    return restored
 
 # %% ../nbs/09a_loop.ipynb #f97f98dd
 def stage_evaluate(cfg: RunConfig, run_dir, r: int, pool: Pool) -> dict|None:
@@ -597,6 +646,7 @@ def run(cfg: RunConfig|None=None, # the run config (default `RunConfig()`)
     except Timeout: raise RunError(f'{run_dir} is in use by another process (it holds {run_dir}/.lock)') from None
     try:
         check_run_config(run_dir, cfg)
+        restore_policies(run_dir, progress)
         with Pool(cfg.pool.dtype) as pool:
             for r in range(1, cfg.rounds + 1): run_round(cfg, run_dir, r, prompts[r - 1], pool, progress)
         write_report(run_dir, cfg)

@@ -116,6 +116,28 @@ def test_killed_in_round_two_then_resumed_equals_uninterrupted(tiny_config, fini
 
 
 @pytest.mark.slow
+def test_a_run_copied_without_its_weights_is_restored_bit_for_bit(finished_run, tmp_path):
+    "A copy of a finished run without adapter/ folders: refused as it is, retrained to the recorded sha256, refused if they differ."
+    import shutil
+    from pulse_nb.loop import restore_policies, policy_of, weights_digest
+    from pulse_nb.review import RunError
+    copy = lambda d: shutil.copytree(finished_run, d, ignore=shutil.ignore_patterns('adapter', 'model', '*.lock', '.lock'))
+    b = copy(tmp_path/'b')
+    with pytest.raises(RunError, match='holds no weights'): policy_of(b, 2)
+    teq(restore_policies(b), [1, 2])
+    for k in (1, 2):
+        want = json.loads((finished_run/f'round-{k}'/'train'/'policy.json').read_text())['sha256']
+        teq(weights_digest(b/f'round-{k}'/'train'/'adapter'), want)
+        teq(weights_digest(finished_run/f'round-{k}'/'train'/'adapter'), want)
+    teq(restore_policies(b), [])                                             # nothing left to restore
+    c = copy(tmp_path/'c')
+    rec = c/'round-1'/'train'/'policy.json'
+    rec.write_text(json.dumps({**json.loads(rec.read_text()), 'sha256': {'adapter_model.safetensors': '0' * 64}}))
+    with pytest.raises(RunError, match="sha256 differs"): restore_policies(c)
+    assert not (c/'round-1'/'train'/'adapter').exists() and not (c/'round-1'/'.train-restore').exists()
+
+
+@pytest.mark.slow
 def test_report_card_and_diagnostics_of_a_finished_run(finished_run):
     "The run's report, plots across rounds, per-critic diagnostics, peak memory, and a dataset card that names each round."
     for f in ('summary.md', 'README.md', 'config.yaml', 'plots/rounds.png', 'round-1/eval.json', 'round-2/eval.json'):
