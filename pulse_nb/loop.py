@@ -646,7 +646,8 @@ def run(cfg: RunConfig|None=None, # the run config (default `RunConfig()`)
     except Timeout: raise RunError(f'{run_dir} is in use by another process (it holds {run_dir}/.lock)') from None
     try:
         check_run_config(run_dir, cfg)
-        restore_policies(run_dir, progress)
+        if any(not (round_dir(run_dir, r)/'round.json').exists() for r in range(1, cfg.rounds + 1)):
+            restore_policies(run_dir, progress)   # only a run with rounds left needs its policies
         with Pool(cfg.pool.dtype) as pool:
             for r in range(1, cfg.rounds + 1): run_round(cfg, run_dir, r, prompts[r - 1], pool, progress)
         write_report(run_dir, cfg)
