@@ -21,7 +21,8 @@ project's own packages win:
     pip install --no-deps --target DIR distilabel==1.5.3 nest_asyncio orjson portalocker scipy tblib universal-pathlib pathlib_abc
 
 The ratio is distilabel's mean wall time over pulse-nb's (target >= 1.3). `--pulse-engine` picks pulse-nb's engine:
-`vllm` (distilabel's engine too) or `auto`/`hf` (then distilabel starts its own vLLM, start excluded).
+`vllm` (distilabel's engine too) or `auto`/`hf` (then distilabel starts its own vLLM once, start excluded, and both
+of its runs use it). `--dtype` sets both systems' weights dtype (the embedded models are stored in float32).
 
 Each run prints one JSON object (engine start timed apart from the workload). `bench/run_all.py` runs both and
 puts them side by side. distilabel 1.5.3 installs beside this stack with `pip install distilabel` (it changes no pinned
@@ -113,7 +114,7 @@ def run_distilabel(a, shared_llm=None):
         cuda = __import__('torch').cuda.is_available()
         kw = {} if cuda else dict(gpu_memory_utilization=0.3)
         t = time.perf_counter()
-        llm = vLLM(model=str(resolve_model(a.model)), extra_kwargs=kw,  # no GPU: skip distilabel's pynvml device placement
+        llm = vLLM(model=str(resolve_model(a.model)), extra_kwargs=kw, dtype=a.dtype or 'auto',  # no GPU: skip distilabel's pynvml device placement
                    generation_kwargs=dict(max_new_tokens=a.max_new_tokens, temperature=0.7), disable_cuda_device_placement=not cuda)
         gen = TextGeneration(llm=llm)
         with share: gen.load()
@@ -134,6 +135,7 @@ def run_distilabel(a, shared_llm=None):
                                         (r.get('distilabel_metadata') or {}).get(f'statistics_{key}', {})))
         ratings = [x for r in judged for x in (r.get('ratings') or []) if x is not None]
         gen_tokens = tok(answers, gen.name) + tok(judged, judge.name)
+        if shared_llm is None: a._distilabel_llm = llm._model  # its engine, for the next run in this process
         return {**res, 'engine_start_s': round(start, 1), 'wall_s': round(wall, 2), 'answers_s': round(t_ans, 2),
                 'gen_tokens': gen_tokens, 'tok_per_s': round(gen_tokens / wall, 1) if gen_tokens else None,
                 'answers': len(answers), 'judgements': len(judged), 'ratings_parsed': len(ratings),
@@ -161,7 +163,7 @@ def run_both(a):
     from review import cpu_line, reset_cache
     if a.distilabel_path: sys.path.append(a.distilabel_path)  # after the project's packages: distilabel's extras only
     recs = workload(a.n)
-    spec = a.pulse_engine + (f':{a.model}' if a.model else '')
+    spec = a.pulse_engine + (f':{a.model}' if a.model else '') + (f';dtype={a.dtype}' if a.dtype else '')
     t = time.perf_counter(); eng = make_engine(spec); start = time.perf_counter() - t
     shared = getattr(eng, 'llm', None)  # a vLLM engine: distilabel runs on it too
     tmp = tempfile.mkdtemp(prefix='pulse-peers-')
@@ -174,14 +176,14 @@ def run_both(a):
                 s, toks, n, parsed = pulse_once(a, eng, recs, f'{tmp}/run{k}')
                 runs['pulse'].append({'wall_s': round(s, 2), 'gen_tokens': toks, 'critiques': n, 'scores_parsed': parsed})
             else:
-                d = run_distilabel(a, shared)
+                d = run_distilabel(a, shared or getattr(a, '_distilabel_llm', None))  # one distilabel engine per process
                 if 'error' in d: return {'error': f'distilabel: {d["error"]}', 'runs': runs, 'where': d.get('where')}
                 runs['distilabel'].append({k: d[k] for k in ('wall_s', 'gen_tokens', 'judgements', 'ratings_parsed',
                                                              'version', 'compat') if k in d})
             print(f'[{who}] {runs[who][-1]}', file=sys.stderr, flush=True)
         mean = {w: sum(r['wall_s'] for r in v) / len(v) for w, v in runs.items()}
         return {'n_prompts': len(recs), 'n_critics': a.critics, 'max_new_tokens': a.max_new_tokens, 'score_mode': a.score_mode,
-                'pulse_engine': spec, 'shared_engine': shared is not None, 'pulse_capabilities': eng.capabilities,
+                'pulse_engine': spec, 'dtype': a.dtype or 'engine default', 'shared_engine': shared is not None, 'pulse_capabilities': eng.capabilities,
                 'engine_start_s': round(start, 1), 'cpu': cpu_line(), 'runs': runs,
                 'mean_wall_s': {w: round(v, 2) for w, v in mean.items()},
                 'distilabel_over_pulse': round(mean['distilabel'] / mean['pulse'], 3)}
@@ -198,6 +200,8 @@ def main():
     ap.add_argument('--n', type=int, default=64); ap.add_argument('--critics', type=int, default=2)
     ap.add_argument('--max-new-tokens', type=int, default=64); ap.add_argument('--model', default=None)
     ap.add_argument('--score-mode', default='text', choices=['text', 'logprobs'])
+    ap.add_argument('--dtype', default=None, help="both systems' weights dtype, e.g. bfloat16 (default: each engine's own; "
+                    "the embedded models are stored in float32)")
     a = ap.parse_args()
     out = {'pulse': run_pulse, 'distilabel': run_distilabel, 'both': run_both}[a.system](a)
     print('RESULT ' + json.dumps({'bench': 'peers', 'system': a.system, **out}))

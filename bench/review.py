@@ -10,11 +10,14 @@
 5. `--layouts`: label agreement of the shared-prefix prompt layout against the persona-first one on the same answer
    pairs (a0, a1 of one review run, both re-scored by the critics under each layout), and of the same layout under
    another seed (the noise floor).
+6. `--pool`: a review with several models (the two-family pool of `pulse run`) against the sum of each model's raw
+   generation time for the same tokens (its own calls replayed on it alone).
 
     python bench/review.py --engine vllm --n 128 --subset 16 --max-new-tokens 64
     python bench/review.py --engine hf --n 4 --subset 2 --max-new-tokens 8      # smoke test
     python bench/review.py --engine auto --n 32 --critique-ratio --skip-review --skip-naive
     python bench/review.py --engine auto --n 32 --layouts --skip-review --skip-naive
+    python bench/review.py --pool 'hf:qwen2.5-coder-0.5b-instruct;dtype=fast,hf:smollm2-135m-instruct;dtype=fast,hf:qwen2.5-coder-0.5b-instruct;dtype=fast' --n 16
 Prints one JSON object with wall times, generated tokens and ratios. Engine start-up is timed separately.
 """
 import argparse, json, os, shutil, statistics, sys, tempfile, time
@@ -164,6 +167,35 @@ def layout_agreement(eng, prompts, critics, max_new_tokens, tmp) -> dict:
             'agreement_new_vs_new_other_seed': round(sum(vs_seed) / max(1, len(vs_seed)), 3), 'n_compared_seed': len(vs_seed)}
 
 
+def pool_vs_raw(specs: list[str], prompts, critics, max_new_tokens, score_mode, tmp) -> dict:
+    """The review with a pool (`specs[0]` acts, `specs[1:]` critique; a spec repeated is one model, as in `pulse run`)
+    against each model's raw calls: the review's generate calls, replayed on each engine alone (the same convs and
+    sampling, so the same tokens), summed over the models; the score read-outs replayed apart."""
+    engines, recs = {}, []
+    for s in specs:
+        if s not in engines: engines[s] = make_engine(s)
+        recs.append((s, Recorder(engines[s])))  # one recorder per slot: the actor's own model as a critic is its own slot
+    pool = [r for _, r in recs]
+    t = time.perf_counter()
+    review(prompts, pool, n_critics=critics, out_dir=f'{tmp}/pool', actor='fixed', max_new_tokens=max_new_tokens,
+           score_mode=score_mode, batch_size=None, progress=False, seed=0)
+    wall = time.perf_counter() - t
+    per_model = {}
+    for s, e in engines.items():
+        calls = [c for spec, r in recs if spec == s for c in r.calls]
+        gen_s, toks = replay(e, [c for c in calls if c[0] == 'generate'])
+        score_s, _ = replay(e, [c for c in calls if c[0] == 'score'])
+        per_model[s] = {'generate_calls': sum(c[0] == 'generate' for c in calls), 'gen_tokens': toks,
+                        'raw_generation_s': round(gen_s, 2), 'raw_score_readouts_s': round(score_s, 2),
+                        'tok_per_s': round(toks / gen_s, 1) if gen_s else None}
+    raw_gen = sum(m['raw_generation_s'] for m in per_model.values())
+    raw_all = raw_gen + sum(m['raw_score_readouts_s'] for m in per_model.values())
+    for e in engines.values(): e.close()
+    return {'pool': specs, 'review_s': round(wall, 2), 'per_model': per_model, 'raw_generation_sum_s': round(raw_gen, 2),
+            'raw_with_readouts_sum_s': round(raw_all, 2), 'review_over_raw_generation': round(wall / raw_gen, 3),
+            'review_over_raw_with_readouts': round(wall / raw_all, 3)}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--engine', default='vllm'); ap.add_argument('--prompts', default='builtin:general')
@@ -172,8 +204,16 @@ def main():
     ap.add_argument('--score-mode', default='logprobs'); ap.add_argument('--skip-naive', action='store_true')
     ap.add_argument('--skip-review', action='store_true', help='skip parts 1-3 (the review vs raw and naive runs)')
     ap.add_argument('--critique-ratio', action='store_true'); ap.add_argument('--layouts', action='store_true')
+    ap.add_argument('--pool', default=None, help='comma-separated engine specs, actor first (e.g. the two-family default '
+                    'pool): the review against each model\'s raw generation of the same tokens; replaces parts 1-5')
     a = ap.parse_args()
     prompts = load_prompts(a.prompts, limit=a.n)
+    if a.pool:
+        tmp = tempfile.mkdtemp(prefix='pulse-bench-')
+        try: res = {'engine': 'pool', 'n_prompts': len(prompts), 'n_critics': a.critics, 'max_new_tokens': a.max_new_tokens,
+                    'cpu': cpu_line(), **pool_vs_raw(a.pool.split(','), prompts, a.critics, a.max_new_tokens, a.score_mode, tmp)}
+        finally: shutil.rmtree(tmp, ignore_errors=True)
+        print(json.dumps(res, indent=1)); print('RESULT ' + json.dumps({'bench': 'review', **res})); return
     t = time.perf_counter(); eng = make_engine(a.engine); start = time.perf_counter() - t
     kw = dict(n_critics=a.critics, max_new_tokens=a.max_new_tokens, score_mode=a.score_mode, progress=False, seed=0)
     tmp = tempfile.mkdtemp(prefix='pulse-bench-')

@@ -24,6 +24,11 @@ PROFILES = {
                             '--distilabel-path', os.environ.get('DISTILABEL_PATH', '/tmp/distilabel')],
              'review-critique': ['--engine', 'vllm', '--n', '64', '--critics', '2', '--max-new-tokens', '64', '--critique-ratio',
                                  '--layouts', '--skip-review', '--skip-naive'],
+             'peers-both-hf': ['--system', 'both', '--n', '64', '--critics', '2', '--max-new-tokens', '64', '--pulse-engine', 'hf',
+                               '--dtype', 'bfloat16', '--distilabel-path', os.environ.get('DISTILABEL_PATH', '/tmp/distilabel')],
+             'review-critique-hf': ['--engine', 'hf', '--n', '64', '--critics', '2', '--max-new-tokens', '64', '--critique-ratio',
+                                    '--skip-review', '--skip-naive'],
+             'review-pool': ['--pool', 'hf:qwen2.5-coder-0.5b-instruct;dtype=fast,hf:smollm2-135m-instruct;dtype=fast,hf:qwen2.5-coder-0.5b-instruct;dtype=fast', '--n', '32', '--critics', '2', '--max-new-tokens', '128'],
              'scaling': ['--engine', 'vllm', '--ns', '32,64,128,256', '--ks', '1,2,4', '--max-new-tokens', '32']},
     'quick': {'engines': ['--n', '256', '--max-new-tokens', '32', '--naive', '16'],
               'review': ['--engine', 'vllm', '--n', '128', '--subset', '8', '--max-new-tokens', '32'],
@@ -35,6 +40,11 @@ PROFILES = {
                              '--distilabel-path', os.environ.get('DISTILABEL_PATH', '/tmp/distilabel')],
               'review-critique': ['--engine', 'vllm', '--n', '32', '--critics', '2', '--max-new-tokens', '64', '--critique-ratio',
                                   '--layouts', '--skip-review', '--skip-naive'],
+              'peers-both-hf': ['--system', 'both', '--n', '32', '--critics', '2', '--max-new-tokens', '32', '--pulse-engine', 'hf',
+                                '--dtype', 'bfloat16', '--distilabel-path', os.environ.get('DISTILABEL_PATH', '/tmp/distilabel')],
+              'review-critique-hf': ['--engine', 'hf', '--n', '32', '--critics', '2', '--max-new-tokens', '64', '--critique-ratio',
+                                     '--skip-review', '--skip-naive'],
+              'review-pool': ['--pool', 'hf:qwen2.5-coder-0.5b-instruct;dtype=fast,hf:smollm2-135m-instruct;dtype=fast,hf:qwen2.5-coder-0.5b-instruct;dtype=fast', '--n', '16', '--critics', '2', '--max-new-tokens', '64'],
               'scaling': ['--engine', 'auto', '--ns', '32,64', '--ks', '1,2,4', '--max-new-tokens', '16'],
               'scaling-n128': ['--engine', 'auto', '--ns', '128', '--ks', '1,2,4', '--max-new-tokens', '16'],
               'scaling-n256': ['--engine', 'auto', '--ns', '256', '--ks', '1,2,4', '--max-new-tokens', '16'],
@@ -68,18 +78,28 @@ def fmt(name, r) -> str:
                  f'{r["identical_to_stock"]}/{r["n_prompts"]} completions identical)' if 'hf_over_stock_attention' in r else '') +
                 (f'; VLLMEngine / naive: **{r["vllm_over_naive"]}x**; VLLMEngine / raw vLLM: **{r["vllmengine_over_raw"]}**'
                  if 'vllm_over_naive' in r else ''))
-    if name == 'review-critique':
+    if name.startswith('review-critique'):
         c, l = r.get('critique_ratio') or {}, r.get('layouts') or {}
         return (f'{c.get("n_convs")} critiques on `{r["engine"]}` ({r["max_new_tokens"]} new tokens; {r["cpu"]}): the critique '
                 f'stage (feedback + score) over generating the same feedback alone: **{c.get("critique_over_alone")}** '
-                f'(means {c.get("mean_s")}); labels of the shared-prefix layout vs persona-first: agreement '
+                f'(means {c.get("mean_s")})' + (
+                f'; labels of the shared-prefix layout vs persona-first: agreement '
                 f'**{l.get("agreement_new_vs_old_layout")}** on {l.get("n_compared_old")} pairs (the new layout against itself '
-                f'with another seed: {l.get("agreement_new_vs_new_other_seed")})')
-    if name == 'peers-both':
+                f'with another seed: {l.get("agreement_new_vs_new_other_seed")})' if l else ''))
+    if name.startswith('peers-both'):
         m = r['mean_wall_s']
-        return (f'{r["n_prompts"]} prompts, an answer and {r["n_critics"]} judgements each, {r["max_new_tokens"]} new tokens, one '
-                f'`{r["pulse_engine"]}` engine shared, runs in the order pulse, distilabel, distilabel, pulse ({r["cpu"]}): '
+        how = (f'one `{r["pulse_engine"]}` engine shared' if r.get('shared_engine', True) else
+               f'pulse-nb on `{r["pulse_engine"]}`, distilabel on its own vLLM engine in the same process')
+        return (f'{r["n_prompts"]} prompts, an answer and {r["n_critics"]} judgements each, {r["max_new_tokens"]} new tokens, '
+                f'{how}, dtype {r.get("dtype", "engine default")}, runs in the order pulse, distilabel, distilabel, pulse ({r["cpu"]}): '
                 f'pulse-nb {m["pulse"]} s, distilabel {m["distilabel"]} s: distilabel / pulse-nb wall **{r["distilabel_over_pulse"]}**')
+    if name == 'review-pool':
+        per = '; '.join(f'`{k}`: {v["gen_tokens"]} tokens, {v["raw_generation_s"]} s raw generation + {v["raw_score_readouts_s"]} s '
+                        f'read-outs' for k, v in r['per_model'].items())
+        return (f'{r["n_prompts"]} prompts, {r["n_critics"]} critics, {r["max_new_tokens"]} new tokens ({r["cpu"]}), pool '
+                f'{len(r["per_model"])} models: the review {r["review_s"]} s against the sum of each model\'s raw generation of '
+                f'the same tokens {r["raw_generation_sum_s"]} s (**{r["review_over_raw_generation"]}x**; with the score read-outs '
+                f'replayed too, {r["raw_with_readouts_sum_s"]} s: {r["review_over_raw_with_readouts"]}x). {per}')
     if name == 'review':
         s = (f'{r["n_prompts"]} prompts x {r["n_critics"]} critics on `{r["engine"]}` ({r["max_new_tokens"]} new tokens): '
              f'PULSE {r["pulse_s"]} s vs the same calls on raw vLLM {r["raw_s"]} s: overhead **{r["overhead_frac"]:.1%}** '
@@ -135,8 +155,10 @@ def targets(results) -> list[tuple]:
     return [
         row('pulse-nb >= 1.3x faster than distilabel 1.5.3 (same workload, one engine)',
             r('peers-both').get('distilabel_over_pulse'), lambda v: v >= 1.3, 'peers-both'),
-        row('critique stage <= 1.15x generating the same feedback alone',
+        row('critique stage <= 1.15x generating the same feedback alone (vLLM: prefix cache)',
             (r('review-critique').get('critique_ratio') or {}).get('critique_over_alone'), lambda v: v <= 1.15, 'review-critique'),
+        row('critique stage <= 1.15x generating the same feedback alone (transformers: read-out from the KV cache)',
+            (r('review-critique-hf').get('critique_ratio') or {}).get('critique_over_alone'), lambda v: v <= 1.15, 'review-critique-hf'),
         *[row(f'`pulse run --quick` <= 180 s on 2 cores ({how})', (r('loop').get(key) or {}).get('wall_s'),
               lambda v: v <= 180, 'loop', '{} s')
           for key, how in (('quick', 'the pool in bfloat16 where the CPU has avx512_bf16'),

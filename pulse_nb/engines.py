@@ -403,14 +403,15 @@ def score_from_cache(lm, cache, seq, mask, want: list[list[int]], pad_id: int):
     if not rows: return None, []
     if len(rows) < len(want): cache.batch_select_indices(torch.tensor(rows, device=seq.device))
     cols, shared, want, mask = [cols[i] for i in rows], [shared[i] for i in rows], [want[i] for i in rows], mask[rows]
-    cut = min(c[k-1] + 1 for c, k in zip(cols, shared))  # the columns every row shares
+    cut = max(c[k-1] + 1 for c, k in zip(cols, shared))  # no row needs a cache column after this
     if cut < held: cache.crop(cut - held)  # a negative count removes that many positions
-    keep = [sum(x < cut for x in c) for c in cols]  # real tokens still in the cache, per row
-    new = [w[k:] for w, k in zip(want, keep)]
+    own = torch.zeros(len(rows), cut, dtype=mask.dtype, device=seq.device)  # each row sees only the tokens it shares
+    for j, (c, k) in enumerate(zip(cols, shared)): own[j, c[:k]] = 1
+    new = [w[k:] for w, k in zip(want, shared)]
     M = max(map(len, new))
     x = torch.tensor([[pad_id]*(M-len(s)) + s for s in new], device=seq.device)
-    m = torch.cat([mask[:, :cut], torch.tensor([[0]*(M-len(s)) + [1]*len(s) for s in new], device=seq.device)], 1)
-    pos = torch.tensor([[0]*(M-len(s)) + list(range(k, k + len(s))) for s, k in zip(new, keep)], device=seq.device)
+    m = torch.cat([own, torch.tensor([[0]*(M-len(s)) + [1]*len(s) for s in new], device=seq.device)], 1)
+    pos = torch.tensor([[0]*(M-len(s)) + list(range(k, k + len(s))) for s, k in zip(new, shared)], device=seq.device)
     with torch.no_grad():
         logits = lm(input_ids=x, attention_mask=m, position_ids=pos, past_key_values=cache, use_cache=True,
                     logits_to_keep=1).logits[:, -1]

@@ -13,12 +13,14 @@ def verdicts(results): return [ok for _, _, ok, _ in run_all.targets(results)]
 
 
 def test_targets_met_missed_and_unmeasured():
-    r = {'peers-both': {'distilabel_over_pulse': 1.31}, 'review-critique': {'critique_ratio': {'critique_over_alone': 1.2}},
+    r = {'peers-both': {'distilabel_over_pulse': 1.31},
+         'review-critique': {'critique_ratio': {'critique_over_alone': 1.2}},
+         'review-critique-hf': {'critique_ratio': {'critique_over_alone': 1.15}},
          'loop': {'quick': {'wall_s': 110.8}, 'quick-fp32': {'wall_s': 180.5}},
          'train': {'ratio_pulse_over_stock': 0.99, 'loss_curve_max_abs_diff': 0.0},
          'gpu_train': {'toy': False, 'ratios': {'large/full': 1.49, 'small/full': 2.1}}}
-    teq(verdicts(r), [True, False, True, False, True, False, True])
-    teq(verdicts({}), [None] * 7)
+    teq(verdicts(r), [True, False, True, True, False, True, False, True])
+    teq(verdicts({}), [None] * 8)
     teq(verdicts({'gpu_train': {'toy': True, 'ratios': {'large/full': 3.0, 'small/full': 3.0}}})[-2:], [None, None])
 
 
