@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_train.ipynb #209a61f1
 from __future__ import annotations
-import copy, difflib, importlib.util, json, math, os, time
+import contextlib, copy, difflib, importlib.util, json, math, os, time
 from collections import defaultdict
 from dataclasses import dataclass, field, fields, asdict, replace
 from pathlib import Path
@@ -17,16 +17,18 @@ from .losses import (get_loss, loss_keywords, check_epsilon, pair_weights, soft_
                              normalize_weights, drdpo_log_terms, WEIGHTINGS, LOSSES)
 
 # %% auto #0
-__all__ = ['LOSS_COLUMNS', 'BETA_SCHEDULES', 'DTYPES', 'REPORTERS', 'SCHEDULE_OPTIONS', 'TRL_FIELDS', 'MANAGED', 'STEP_KEYS',
-           'TRL_BATCH_KEYS', 'PairCollator', 'BetaSchedule', 'ConfigError', 'TrainConfig', 'check_known',
-           'check_train_config', 'split_batch', 'policy_logps', 'dpo_metrics', 'DeviceMetrics', 'drdpo_step_stats',
-           'check_trl_options', 'load_adapter_weights', 'cast_trainable', 'PulseDPOTrainer', 'load_pairs',
-           'validate_pairs', 'add_pair_columns', 'prepare_pairs', 'dpo_config', 'apply_fused_kernels', 'lora_config',
-           'loss_options', 'LossBar', 'make_trainer', 'TrainResult', 'check_environment', 'load_policy', 'save_run',
-           'train', 'train_many', 'load_trained']
+__all__ = ['LOSS_COLUMNS', 'REF_COLUMNS', 'BETA_SCHEDULES', 'DTYPES', 'REPORTERS', 'SCHEDULE_OPTIONS', 'TRL_FIELDS', 'MANAGED',
+           'STEP_KEYS', 'TRL_BATCH_KEYS', 'PairCollator', 'BetaSchedule', 'ConfigError', 'TrainConfig', 'check_known',
+           'check_train_config', 'split_batch', 'compact_lm_head', 'policy_logps', 'dpo_metrics', 'DeviceMetrics',
+           'drdpo_step_stats', 'check_trl_options', 'load_adapter_weights', 'cast_trainable', 'PulseDPOTrainer',
+           'load_pairs', 'validate_pairs', 'add_pair_columns', 'has_reference_logps', 'prepare_pairs', 'dpo_config',
+           'apply_fused_kernels', 'lora_config', 'loss_options', 'LossBar', 'make_trainer', 'TrainResult',
+           'check_environment', 'load_policy', 'save_run', 'train', 'with_reference_logps', 'train_many',
+           'load_trained']
 
 # %% ../nbs/07_train.ipynb #5f2a75fb
 LOSS_COLUMNS = ('weight', 'soft_label')  # the per-pair dataset columns a loss reads
+REF_COLUMNS = ('ref_chosen_logps', 'ref_rejected_logps')  # reference log-probs given with the pairs (see `with_reference_logps`)
 
 class PairCollator:
     "Wraps TRL's preference collator; adds the `LOSS_COLUMNS` present in the examples as float tensors."
@@ -191,11 +193,20 @@ def split_batch(batch:dict) -> tuple[dict, dict]:
     ours = {k: batch[k] for k in (*LOSS_COLUMNS, *STEP_KEYS) if k in batch}
     return {k: v for k, v in batch.items() if k not in ours}, ours
 
+@contextlib.contextmanager
+def compact_lm_head():
+    "Within this block, TRL's fused LM head scores only the labelled positions on CPU as well (as it does on CUDA and XPU)."
+    import trl.trainer.utils as trl_utils
+    before = trl_utils._use_triton  # what decides `compact` in TRL's fused forward (the kernels keep their own reference)
+    trl_utils._use_triton = lambda device: device.type == 'cpu' or before(device)
+    try: yield
+    finally: trl_utils._use_triton = before
+
 def policy_logps(model, batch:dict):
     "Summed completion log-probs of the chosen and the rejected half of TRL's `batch` under `model`, and the model's outputs."
     labels = batch['input_ids'].masked_fill(batch['completion_mask'] == 0, -100)
     model_inputs = {k: v for k, v in batch.items() if k not in TRL_BATCH_KEYS}
-    out = model(**model_inputs, labels=labels, use_cache=False, fused_lm_head=True)
+    with compact_lm_head(): out = model(**model_inputs, labels=labels, use_cache=False, fused_lm_head=True)
     seq_len = batch['completion_mask'].size(1) - 1  # the fused head scores positions 1.. (shifted labels)
     chosen, rejected = out.log_probs[:, -seq_len:].sum(dim=1).chunk(2, dim=0)
     return chosen, rejected, out
@@ -402,6 +413,10 @@ class PulseDPOTrainer(_PulseLoss, _PulseMetrics, DPOTrainer):
             drdpo_step_stats(self, batches)
         return batches, n_items
 
+    def compute_ref_log_probs(self, model, inputs):
+        "TRL's reference pass, with the LM head scoring only the completion positions (`compact_lm_head`)."
+        with compact_lm_head(): return super().compute_ref_log_probs(model, inputs)
+
 # %% ../nbs/07_train.ipynb #2b255138
 def load_pairs(data, # a `datasets.Dataset`, a .parquet / .jsonl / .json file, or a run folder with pairs.parquet
               ) -> Dataset:
@@ -460,6 +475,12 @@ def validate_pairs(ds:Dataset, # the pairs
     if soft_labels and 'soft_label' in cols:
         for i, x in enumerate(ds['soft_label']):
             if x is None or not (0.0 <= float(x) <= 1.0): raise ValueError(f"row {i}: column 'soft_label' has value {x!r}; it must be in [0, 1]")
+    if (given := [c for c in REF_COLUMNS if c in cols]) and len(given) < 2:
+        raise ValueError(f'column {given[0]!r} needs its partner: give both {list(REF_COLUMNS)} or neither')
+    for c in given:
+        for i, x in enumerate(ds[c]):
+            if x is None or not math.isfinite(float(x)) or float(x) > 0:
+                raise ValueError(f'row {i}: column {c!r} has value {x!r}; a summed log-prob must be finite and <= 0')
 
 # %% ../nbs/07_train.ipynb #b39acacc
 def add_pair_columns(ds:Dataset, # validated pairs
@@ -480,6 +501,10 @@ def add_pair_columns(ds:Dataset, # validated pairs
         ds = ds.add_column('soft_label', soft_labels_from_scores(ds['score_chosen'], ds['score_rejected'], soft_label_tau).tolist())
     return ds
 
+def has_reference_logps(ds:Dataset) -> bool:
+    "Whether the pairs `ds` carry their reference log-probs (`REF_COLUMNS`), so the trainer skips its reference pass."
+    return set(REF_COLUMNS) <= set(ds.column_names)
+
 def prepare_pairs(dataset, # anything `load_pairs` reads
                   cfg:TrainConfig, # the run's config (weighting, soft labels)
                   eval_dataset=None, # held-out pairs, scored unweighted (with soft labels only when their scores are there)
@@ -490,6 +515,9 @@ def prepare_pairs(dataset, # anything `load_pairs` reads
     ds = add_pair_columns(ds, cfg.weighting, soft, cfg.weight_scale, cfg.soft_label_tau)
     if eval_dataset is None: return ds, None
     ev = load_pairs(eval_dataset); validate_pairs(ev)
+    if has_reference_logps(ds) != has_reference_logps(ev):
+        raise ValueError(f"the {'training' if has_reference_logps(ds) else 'held-out'} pairs carry reference log-probs "
+                         f"({', '.join(REF_COLUMNS)}) and the others do not: give them for both or neither")
     return ds, add_pair_columns(ev, None, soft and {'score_chosen', 'score_rejected'} <= set(ev.column_names), soft_label_tau=cfg.soft_label_tau)
 
 # %% ../nbs/07_train.ipynb #7dd7fd34
@@ -558,7 +586,11 @@ def make_trainer(pairs:Dataset, # training pairs from `prepare_pairs`
     "A `PulseDPOTrainer` for `cfg`: LoRA (fresh or from `init_adapter`) or full fine-tuning, and the speed options."
     bf16 = cfg.bf16 if cfg.bf16 is not None else policy.dtype == torch.bfloat16
     if cfg.fused_kernels: apply_fused_kernels(policy)
-    ref_model = None if cfg.lora or cfg.precompute_ref_logps else copy.deepcopy(policy).eval().requires_grad_(False)
+    given = has_reference_logps(pairs)  # the pairs carry the reference log-probs: no reference pass, no reference model
+    ref_model = None if cfg.lora or cfg.precompute_ref_logps or given else copy.deepcopy(policy).eval().requires_grad_(False)
+    if eval_pairs is not None and has_reference_logps(eval_pairs) != given:
+        raise ValueError(f"give reference log-probs ({', '.join(REF_COLUMNS)}) for the training and the held-out pairs, or for neither")
+    if given: trl_overrides = dict(trl_overrides, precompute_ref_log_probs=False)
     adapter_dtype = None
     if cfg.lora: adapter_dtype = policy.dtype if cfg.adapter_dtype == 'auto' else getattr(torch, cfg.adapter_dtype)
     trainer = PulseDPOTrainer(policy, ref_model=ref_model, args=dpo_config(output_dir, cfg, bf16, progress, **trl_overrides),
@@ -654,6 +686,31 @@ def train(dataset, # Dataset, .parquet/.jsonl file, or review run folder (pairs.
     (out/'metrics.json').write_text(json.dumps(dict(metrics=metrics, log_history=trainer.state.log_history), indent=1))
     return TrainResult(out, adapter_dir, model_dir, metrics, trainer.state.log_history, config, trainer.model, tok, trainer)
 
+# %% ../nbs/07_train.ipynb #ca3436cd
+def with_reference_logps(dataset, # anything `load_pairs` reads
+                         model=None, # the reference: a model reference (None = the embedded default) or a loaded model
+                         config:TrainConfig|dict|None=None, # the runs' config (`max_length`, `batch_size`, `bf16`, `dtype`, `lora`)
+                         tokenizer=None, # the tokenizer (None: the model's own)
+                         num_threads:int|None=None, # CPU threads for torch (None: torch's default)
+                         progress:bool=True, # TRL's progress bar
+                         **overrides, # `TrainConfig` fields that override `config`'s
+                        ) -> Dataset:
+    "`dataset` with `ref_chosen_logps` and `ref_rejected_logps` from TRL's reference pass, so runs on these pairs skip theirs."
+    import tempfile
+    check_known(overrides)
+    base = TrainConfig.from_dict(config) if isinstance(config, dict) else config or TrainConfig()
+    cfg = replace(base, **overrides, loss='dpo', weighting=None, soft_labels=False, init_adapter=None, precompute_ref_logps=True)
+    ds = load_pairs(dataset)
+    ds = ds.remove_columns([c for c in REF_COLUMNS if c in ds.column_names])
+    pairs, _ = prepare_pairs(ds, cfg)
+    if num_threads: torch.set_num_threads(num_threads)
+    policy, tok, _ = load_policy(model, cfg, tokenizer)
+    with tempfile.TemporaryDirectory() as tmp: got = make_trainer(pairs, policy, tok, cfg, tmp, progress=progress).train_dataset
+    if len(got) != len(ds):
+        raise ValueError(f'{len(ds) - len(got)} of {len(ds)} pairs have prompts longer than max_length={cfg.max_length}; '
+                         f'training would drop them: raise max_length or remove them first')
+    return ds.add_column(REF_COLUMNS[0], got[REF_COLUMNS[0]]).add_column(REF_COLUMNS[1], got[REF_COLUMNS[1]])
+
 # %% ../nbs/07_train.ipynb #193b19f4
 def _train_job(job: dict) -> dict:
     "Worker: one `train` call from a picklable job; returns its metrics."
@@ -669,6 +726,7 @@ def _train_job(job: dict) -> dict:
 def train_many(jobs: list[dict], # `train` keyword arguments per run; datasets as lists of records
                workers: int|None=None, # processes at once (default: the CPU count, at most len(jobs))
                progress: bool=True, # a tqdm bar over finished jobs
+               on_done=None, # called as `on_done(index, metrics)` when each job finishes (e.g. to save it at once)
               ) -> list[dict]:
     "Run many small `train` jobs in parallel processes (one torch thread each); their metrics, in job order."
     import multiprocessing as mp
@@ -686,6 +744,7 @@ def train_many(jobs: list[dict], # `train` keyword arguments per run; datasets a
             i = futs[f]
             try: out[i] = f.result()
             except Exception as e: raise RuntimeError(f'train_many: job {i} failed: {e}') from e
+            if on_done is not None: on_done(i, out[i])
     return out
 
 # %% ../nbs/07_train.ipynb #8a64186e
