@@ -130,6 +130,42 @@ def test_label_quality_small_review_gives_a_full_table(label_quality, tmp_path):
     assert list(nf.index) == list(ns['NOFB_CONFIGS']) and (nf.n <= facts['decisive']).all()
 
 
+def test_label_quality_known_pairs_from_the_benchmark_records():
+    "Known pairs from pulse_rounds' committed GSM8K and IFEval answers: one correct and one incorrect answer per item, truth kept."
+    ns = report_core('label_quality.ipynb')
+    kp = ns['known_pairs'](ROOT/'nbs'/'experiments'/'runs'/'pulse_rounds', seed=0)
+    sets = [x['set'] for x in kp]
+    assert sets.count('gsm8k') >= 20 and sets.count('ifeval') >= 5 and len({x['id'] for x in kp}) == len(kp)
+    assert all(x['ok0'] != x['ok1'] and x['a0'] != x['a1'] for x in kp)
+    assert 0.3 < sum(x['ok1'] for x in kp) / len(kp) < 0.7                    # the correct answer's position is random
+    run = ns['as_run'](kp)
+    items, _ = ns['decisive'](run)
+    assert len(items) == len(kp) and [it['ok1'] for it in items] == [x['ok1'] for x in kp]
+    assert len(ns['decisive'](run, 'ifeval')[0]) == sets.count('ifeval')
+
+
+@pytest.mark.slow
+def test_label_quality_known_pairs_judged_in_every_mode(tmp_path):
+    "Two known pairs, two critic slots, every mode: each gives a labelled table; a rerun reads the records."
+    ns = report_core('label_quality.ipynb')
+    kp = ns['known_pairs'](ROOT/'nbs'/'experiments'/'runs'/'pulse_rounds', seed=0)
+    kp = [next(x for x in kp if x['set'] == 'gsm8k'), next(x for x in kp if x['set'] == 'ifeval')]
+    p = dict(ns['PK'], slots=ns['PK']['slots'][::2], max_new_tokens=24)
+    runs = {}
+    with ns['Pool'](p['dtype']) as pool:
+        for mode in p['modes']: runs[mode], _ = ns['judge_known'](kp, mode, tmp_path, p, pool)
+    for mode in ('logprobs', 'text', 'no feedback'):
+        recs = runs[mode]['critiques'] + runs[mode]['rescores']
+        assert len(recs) == 2 * 2 * 2 and {r['score_mode'] for r in recs} == {mode}
+        assert all(r['feedback'] == '' for r in recs) == (mode == 'no feedback')
+        t = ns['label_table'](runs[mode], {'pool': ('all', 'mean')}, n_boot=50, baselines=False)
+        assert t.loc['pool', 'n'] <= 2 and 0 <= t.loc['pool', 'coverage'] <= 1
+    assert len(runs['pairwise']['comparisons']) == 2 * 2 * 2 and {c['first'] for c in runs['pairwise']['comparisons']} == {'a0', 'a1'}
+    with ns['Pool'](p['dtype']) as pool: again, _ = ns['judge_known'](kp, 'logprobs', tmp_path, p, pool)
+    assert again['critiques'] == runs['logprobs']['critiques']
+    assert len((tmp_path/'logprobs.jsonl').read_text().splitlines()) == 2 * 2 * 2   # read back, nothing judged again
+
+
 # ---- noise_robustness.ipynb (issue 23, item 2) ---------------------------------------------------------------------
 
 @pytest.fixture(scope='module')
@@ -144,10 +180,13 @@ def test_noise_robustness_flips_agreement_and_critic_labels(noise_robustness):
     pairs, ev = ns['make_data'](dict(n_train=20, n_eval=4))
     assert len(pairs) == 20 and len(ev) == 4 and all(p['chosen'] != p['rejected'] for p in pairs)
     assert set(ev[0]) == {'prompt', 'chosen', 'rejected'} and not {p['prompt'] for p in pairs} & {e['prompt'] for e in ev}
+    pairs = [dict(p, ref_chosen_logps=-1.0 - i, ref_rejected_logps=-50.0 - i) for i, p in enumerate(pairs)]
     f = ns['flip'](pairs, 0.25, random.Random(1))
     assert sum(x['flipped'] for x in f) == 5
-    for x, p in zip(f, pairs):
-        assert (x['chosen'], x['rejected']) == ((p['rejected'], p['chosen']) if x['flipped'] else (p['chosen'], p['rejected']))
+    for x, p in zip(f, pairs):   # a flip swaps the answers and their reference log-probs together
+        keys = ('chosen', 'rejected', 'ref_chosen_logps', 'ref_rejected_logps')
+        want = (p['rejected'], p['chosen'], p['ref_rejected_logps'], p['ref_chosen_logps']) if x['flipped'] else tuple(p[k] for k in keys)
+        assert tuple(x[k] for k in keys) == want
     nan = float('nan')   # [pair, critic, (correct, incorrect)]
     scores = np.array([[[7, 3], [6, 4], [2, 8]],        # two of three critics prefer the correct answer
                        [[5, 5], [nan, 4], [3, 9]],      # a tie, a missing score, one prefers the incorrect answer
@@ -175,21 +214,27 @@ def test_noise_robustness_flips_agreement_and_critic_labels(noise_robustness):
 
 
 @pytest.mark.slow
-def test_noise_robustness_small_grid_trains_every_cell(noise_robustness):
-    "The report's own critics and grid at toy size: real critic scores, one LoRA run per cell, held-out |v| > 0."
+def test_noise_robustness_small_grid_trains_every_cell(noise_robustness, tmp_path):
+    "The report's own critics, reference pass and grid at toy size: real critic scores, one LoRA run per cell, held-out |v| > 0, records read back."
     ns = noise_robustness
-    p = dict(ns['P'], n_train=16, n_eval=8, seeds=[0], flip_rates=[0.5], critic_labels=True,
+    p = dict(ns['P'], n_train=16, n_eval=8, seeds=[0], flip_rates=[0.5], critic_labels=True, records=tmp_path,
              methods={k: ns['P']['methods'][k] for k in ('dpo', 'savage × agreement')},
              train=dict(ns['P']['train'], batch_size=8), critics=[('hf:smollm2-135m-instruct', 'strict'), ('hf:smollm2-135m-instruct', 'teacher')])
     pairs, ev = ns['make_data'](p)
     scores = ns['critic_scores'](pairs, p['critics'], p['dtype'])
     assert scores.shape == (16, 2, 2) and (scores >= 1).all() and (scores <= 9).all()   # every score parsed, on the scale
     assert (scores[:, 0] != scores[:, 1]).any()                                          # the personas are different critics
-    res = ns['run_grid'](p, ns['conditions'](p, pairs, scores), ev)
+    pairs, ev = ns['add_reference'](p, pairs, ev)
+    assert all(x['ref_chosen_logps'] < 0 and x['ref_rejected_logps'] < 0 for x in pairs + ev)
+    conds = ns['conditions'](p, pairs, scores)
+    res = ns['run_grid'](p, conds, ev)
     assert len(res) == 4 and res.loc[res.condition == 'flips 50%', 'wrong_labels'].eq(8).all()
     assert ((res.heldout_acc >= 0) & (res.heldout_acc <= 1)).all()
     assert (res.heldout_abs_margin > 0).all() and (res.heldout_abs_margin >= res.heldout_margin.abs() - 1e-9).all()
     assert len(ns['summarize'](res)) == 4
+    assert sorted(f.name for f in tmp_path.glob('seed*.json')) == sorted(
+        ns['record_path'](tmp_path, 0, c, m).name for c in ('flips 50%', "critics' labels") for m in p['methods'])
+    assert ns['run_grid'](p, conds, ev).equals(res)   # a rerun reads the records (a retrained run has another wall time)
 
 
 # ---- pulse_rounds.ipynb (issue 23, item 4) -------------------------------------------------------------------------
