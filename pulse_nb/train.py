@@ -588,8 +588,6 @@ def make_trainer(pairs:Dataset, # training pairs from `prepare_pairs`
     if cfg.fused_kernels: apply_fused_kernels(policy)
     given = has_reference_logps(pairs)  # the pairs carry the reference log-probs: no reference pass, no reference model
     ref_model = None if cfg.lora or cfg.precompute_ref_logps or given else copy.deepcopy(policy).eval().requires_grad_(False)
-    if eval_pairs is not None and has_reference_logps(eval_pairs) != given:
-        raise ValueError(f"give reference log-probs ({', '.join(REF_COLUMNS)}) for the training and the held-out pairs, or for neither")
     if given: trl_overrides = dict(trl_overrides, precompute_ref_log_probs=False)
     adapter_dtype = None
     if cfg.lora: adapter_dtype = policy.dtype if cfg.adapter_dtype == 'auto' else getattr(torch, cfg.adapter_dtype)
