@@ -5,7 +5,7 @@
    engines: their own `generate`/`score`), with the prefix cache reset before each phase. Overhead = 1 - raw/PULSE.
 3. Naive: a per-prompt loop (`review` on one prompt at a time) on a subset, against the batched run on that subset.
 4. `--critique-ratio`: the critique stage (feedback and score: `generate_and_score`) against generating the same
-   feedback tokens alone (`generate`, same prompts, sampling and seed), in the order critique, alone, alone, critique;
+   feedback tokens alone (`generate`, same prompts, sampling and seed), in the order critique, alone, alone, critique, twice;
    also today's two calls (`generate` then `score`) and the persona-first prompt layout, for reference. Target: <= 1.15.
 5. `--layouts`: label agreement of the shared-prefix prompt layout against the persona-first one on the same answer
    pairs (a0, a1 of one review run, both re-scored by the critics under each layout), and of the same layout under
@@ -111,7 +111,7 @@ def critique_ratio(eng, prompts, critics, max_new_tokens, tmp) -> dict:
         return gens
     runs = {'critique': [], 'alone': [], 'two_calls': [], 'alone_old_layout': [], 'two_calls_old_layout': []}
     toks = {}
-    for name in ['critique', 'alone', 'alone', 'critique', 'two_calls', 'two_calls_old_layout', 'alone_old_layout',
+    for name in ['critique', 'alone', 'alone', 'critique'] * 2 + ['two_calls', 'two_calls_old_layout', 'alone_old_layout',
                  'alone_old_layout', 'two_calls_old_layout', 'two_calls']:
         fn = {'critique': lambda: fused(convs), 'alone': lambda: alone(convs), 'two_calls': lambda: two_calls(convs),
               'alone_old_layout': lambda: alone(old), 'two_calls_old_layout': lambda: two_calls(old)}[name]

@@ -14,14 +14,25 @@ def verdicts(results): return [ok for _, _, ok, _ in run_all.targets(results)]
 
 def test_targets_met_missed_and_unmeasured():
     r = {'peers-both': {'distilabel_over_pulse': 1.31},
-         'review-critique': {'critique_ratio': {'critique_over_alone': 1.2}},
-         'review-critique-hf': {'critique_ratio': {'critique_over_alone': 1.15}},
+         'review-critique': {'critique_ratio': {'runs_s': {'critique': [12.0, 12.2, 12.1], 'alone': [10.0, 10.1, 10.0]}}},  # 1.2
+         'review-critique-hf': {'critique_ratio': {'runs_s': {'critique': [10.3, 10.4, 10.2], 'alone': [10.0, 10.1, 10.0]}}},  # 1.03
          'loop': {'quick': {'wall_s': 110.8}, 'quick-fp32': {'wall_s': 180.5}},
          'train': {'ratio_pulse_over_stock': 0.99, 'loss_curve_max_abs_diff': 0.0},
          'gpu_train': {'toy': False, 'ratios': {'large/full': 1.49, 'small/full': 2.1}}}
     teq(verdicts(r), [True, False, True, True, False, True, False, True])
     teq(verdicts({}), [None] * 8)
     teq(verdicts({'gpu_train': {'toy': True, 'ratios': {'large/full': 3.0, 'small/full': 3.0}}})[-2:], [None, None])
+
+
+def test_a_paired_ratio_is_met_only_when_its_interval_is_under_the_target():
+    "ABBA pairs: the k-th critique run over the k-th alone run; 95 % t-interval over the pairs."
+    noisy = {'critique': [11.0, 12.4, 10.9, 12.2], 'alone': [10.0, 10.0, 10.0, 10.0]}   # ratios 1.10 .. 1.24
+    m, lo, hi = run_all.paired_ratio({'runs_s': noisy})
+    assert abs(m - 1.1625) < 1e-3 and lo < 1.15 < hi
+    teq(run_all.ratio_row('r', {'runs_s': noisy}, 1.15, 's')[2], 'undecided')
+    teq(run_all.ratio_row('r', {'runs_s': {'critique': [10.5], 'alone': [10.0]}}, 1.15, 's')[1:3], ('1.05x (one pair, no interval)', 'undecided'))
+    teq(run_all.ratio_row('r', {'runs_s': {'critique': [12.0, 12.1, 12.05], 'alone': [10.0, 10.0, 10.0]}}, 1.15, 's')[2], False)
+    assert '4 pairs' in run_all.ratio_row('r', {'runs_s': noisy}, 1.15, 's')[1]
 
 
 def test_the_shipped_results_have_a_targets_table():

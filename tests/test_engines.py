@@ -330,6 +330,27 @@ def test_vllm_fused_score_and_prefix_cache(vllm_engine, hf_engine):
 
 
 @pytest.mark.slow
+def test_vllm_fused_score_samples_and_cleans_up(vllm_engine):
+    "Sampling n=2: each completion gets its own read-out; a read-out with no room left after the completion fails the call with a one-line error and leaves nothing in the engine."
+    convs = _critics(2)
+    samp = SamplingConfig(temperature=1.0, max_new_tokens=16, n=2, seed=3, stop=P.FEEDBACK_STOP)
+    fused = vllm_engine.generate_and_score(convs, samp, DIGITS, P.score_after)
+    assert [len(s.readouts) for s in fused] == [2] * len(convs) and len({c.text for s in fused for c in s.generation.completions}) > len(convs)
+    _assert_same_readouts(fused, _two_pass(vllm_engine, convs, [s.generation for s in fused]))
+    n = 1500
+    while len(render_ids(vllm_engine.tok, [Q('word ' * n)])[0]) < 2046: n += 1   # 2 tokens of room: the completion fills them
+    long = Q('word ' * n)
+    assert len(render_ids(vllm_engine.tok, [long])[0]) == 2046
+    story = SamplingConfig(temperature=0, max_new_tokens=64)
+    before = vllm_engine.generate([Q('Tell me a long story.')], story)
+    assert before[0].completions[0].n_tokens > 8
+    with pytest.raises(ContextLengthError, match=r'conversation 1: the prompt has 20[4-9]\d tokens but the model context is 2048'):
+        vllm_engine.generate_and_score([Q('Tell me a long story.'), long], story, DIGITS, P.score_after)
+    assert not vllm_engine.llm.llm_engine.has_unfinished_requests()
+    teq(vllm_engine.generate([Q('Tell me a long story.')], story), before)   # the engine works on as before
+
+
+@pytest.mark.slow
 def test_openai_vllm_serve(vllm_server, hf_engine):
     e = OpenAIEngine(vllm_server, max_concurrency=4)
     teq(e.model, 'smollm2')

@@ -142,6 +142,12 @@ def test_label_quality_known_pairs_from_the_benchmark_records():
     items, _ = ns['decisive'](run)
     assert len(items) == len(kp) and [it['ok1'] for it in items] == [x['ok1'] for x in kp]
     assert len(ns['decisive'](run, 'ifeval')[0]) == sets.count('ifeval')
+    # a run of pairwise verdicts alone (no scores): critics that always favour the correct answer label every pair right
+    right_first = lambda x, f: x['ok0'] if f == 'a0' else x['ok1']
+    run['comparisons'] = [dict(round=1, prompt_id=x['id'], critic=f'{m}/strict', first=f, parsed=True, p_a=0.9 if right_first(x, f) else 0.1,
+                               p_b=0.1 if right_first(x, f) else 0.9) for x in kp[:6] for m in ('smollm2-135m', 'qwen2.5-coder') for f in ('a0', 'a1')]
+    t = ns['label_table'](run, {'pool': ('all', 'pairwise'), 'Qwen': ('model=qwen', 'pairwise')}, n_boot=50, baselines=False)
+    assert t.accuracy.tolist() == [1.0, 1.0] and t.n.tolist() == [6, 6]
 
 
 @pytest.mark.slow
@@ -153,7 +159,7 @@ def test_label_quality_known_pairs_judged_in_every_mode(tmp_path):
     p = dict(ns['PK'], slots=ns['PK']['slots'][::2], max_new_tokens=24)
     runs = {}
     with ns['Pool'](p['dtype']) as pool:
-        for mode in p['modes']: runs[mode], _ = ns['judge_known'](kp, mode, tmp_path, p, pool)
+        for mode in ('logprobs', 'text', 'no feedback', 'pairwise'): runs[mode], _ = ns['judge_known'](kp, mode, tmp_path, p, pool)
     for mode in ('logprobs', 'text', 'no feedback'):
         recs = runs[mode]['critiques'] + runs[mode]['rescores']
         assert len(recs) == 2 * 2 * 2 and {r['score_mode'] for r in recs} == {mode}
@@ -161,6 +167,8 @@ def test_label_quality_known_pairs_judged_in_every_mode(tmp_path):
         t = ns['label_table'](runs[mode], {'pool': ('all', 'mean')}, n_boot=50, baselines=False)
         assert t.loc['pool', 'n'] <= 2 and 0 <= t.loc['pool', 'coverage'] <= 1
     assert len(runs['pairwise']['comparisons']) == 2 * 2 * 2 and {c['first'] for c in runs['pairwise']['comparisons']} == {'a0', 'a1'}
+    t = ns['label_table'](runs['pairwise'], {'pool': ('all', 'pairwise'), 'SmolLM2': ('model=smollm2', 'pairwise')}, n_boot=50, baselines=False)
+    assert (t.coverage > 0).all() and (t.n >= 1).all()   # a run of verdicts alone (no scores) is labelled
     with ns['Pool'](p['dtype']) as pool: again, _ = ns['judge_known'](kp, 'logprobs', tmp_path, p, pool)
     assert again['critiques'] == runs['logprobs']['critiques']
     assert len((tmp_path/'logprobs.jsonl').read_text().splitlines()) == 2 * 2 * 2   # read back, nothing judged again

@@ -356,3 +356,19 @@ def test_progress_bar_shows_the_loss_instead_of_printing_metric_dicts(capfd):
     out, err = capfd.readouterr()
     assert f'loss={r.losses[-1]:.4f}' in err, err[-500:]
     assert "{'loss'" not in out + err and "'rewards/margins'" not in out + err, (out + err)[-800:]
+
+
+@pytest.mark.slow
+def test_the_compact_lm_head_leaves_training_bit_for_bit(tmp_path, monkeypatch):
+    "Runs recorded before `compact_lm_head` (e.g. pulse_rounds' policies, restored by sha256) retrain to the same bytes."
+    import contextlib
+    import pulse_nb.train as T
+    from pulse_nb.loop import weights_digest
+    pairs = Dataset.from_list([{'prompt': f'What is {a}+{a}?', 'chosen': f'The answer is {2*a}.', 'rejected': f'The answer is {2*a+1}.'}
+                               for a in range(8)])
+    def digest(name):
+        T.train(pairs, out_dir=tmp_path/name, max_steps=2, bf16=True, progress=False)
+        return weights_digest(tmp_path/name/'adapter')
+    compact = digest('compact')
+    monkeypatch.setattr(T, 'compact_lm_head', contextlib.nullcontext)   # every position through the LM head, as before
+    assert digest('full') == compact
