@@ -13,6 +13,7 @@ import argparse, datetime, json, os, platform, subprocess, sys, time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+POOL = 'hf:qwen2.5-coder-0.5b-instruct,hf:smollm2-135m-instruct,hf:qwen2.5-coder-0.5b-instruct'  # configs/cpu-pool.yaml: actor, then critics
 PROFILES = {
     'full': {'engines': ['--n', '256', '--max-new-tokens', '64', '--naive', '16'],
              'review': ['--engine', 'vllm', '--n', '128', '--subset', '16', '--max-new-tokens', '64'],
@@ -28,7 +29,7 @@ PROFILES = {
                                '--dtype', 'bfloat16', '--distilabel-path', os.environ.get('DISTILABEL_PATH', '/tmp/distilabel')],
              'review-critique-hf': ['--engine', 'hf', '--n', '64', '--critics', '2', '--max-new-tokens', '64', '--critique-ratio',
                                     '--skip-review', '--skip-naive'],
-             'review-pool': ['--pool', 'hf:qwen2.5-coder-0.5b-instruct;dtype=fast,hf:smollm2-135m-instruct;dtype=fast,hf:qwen2.5-coder-0.5b-instruct;dtype=fast', '--n', '32', '--critics', '2', '--max-new-tokens', '128'],
+             'review-pool': ['--pool', ';dtype=fast,'.join(POOL.split(',')) + ';dtype=fast', '--n', '32', '--critics', '2', '--max-new-tokens', '128'],
              'scaling': ['--engine', 'vllm', '--ns', '32,64,128,256', '--ks', '1,2,4', '--max-new-tokens', '32']},
     'quick': {'engines': ['--n', '256', '--max-new-tokens', '32', '--naive', '16'],
               'review': ['--engine', 'vllm', '--n', '128', '--subset', '8', '--max-new-tokens', '32'],
@@ -44,11 +45,16 @@ PROFILES = {
                                 '--dtype', 'bfloat16', '--distilabel-path', os.environ.get('DISTILABEL_PATH', '/tmp/distilabel')],
               'review-critique-hf': ['--engine', 'hf', '--n', '32', '--critics', '2', '--max-new-tokens', '64', '--critique-ratio',
                                      '--skip-review', '--skip-naive'],
-              'review-pool': ['--pool', 'hf:qwen2.5-coder-0.5b-instruct;dtype=fast,hf:smollm2-135m-instruct;dtype=fast,hf:qwen2.5-coder-0.5b-instruct;dtype=fast', '--n', '16', '--critics', '2', '--max-new-tokens', '64'],
+              'review-pool': ['--pool', ';dtype=fast,'.join(POOL.split(',')) + ';dtype=fast', '--n', '16', '--critics', '2', '--max-new-tokens', '64'],
               'scaling': ['--engine', 'auto', '--ns', '32,64', '--ks', '1,2,4', '--max-new-tokens', '16'],
               'scaling-n128': ['--engine', 'auto', '--ns', '128', '--ks', '1,2,4', '--max-new-tokens', '16'],
               'scaling-n256': ['--engine', 'auto', '--ns', '256', '--ks', '1,2,4', '--max-new-tokens', '16'],
-              'scaling-vllm': ['--engine', 'vllm', '--ns', '32,64,128', '--ks', '1,2,4', '--max-new-tokens', '16']},
+              'scaling-vllm': ['--engine', 'vllm', '--ns', '32,64,128', '--ks', '1,2,4', '--max-new-tokens', '16'],
+              # the two-family pool; N = 256 apart (it costs as much as the rest); both resume from one cells file
+              'scaling-pool': ['--pool', POOL, '--ns', '32,64,128', '--ks', '1,2,4', '--max-new-tokens', '16',
+                               '--cells', str(HERE/'cells'/'scaling-pool.jsonl')],
+              'scaling-pool-n256': ['--pool', POOL, '--ns', '256', '--ks', '1,2,4', '--max-new-tokens', '16',
+                                    '--cells', str(HERE/'cells'/'scaling-pool.jsonl')]},
 }
 def script(name: str) -> str:
     "The script behind a benchmark name: the part before the first dash (`peers-pulse` -> `peers.py`)."
@@ -140,7 +146,10 @@ def fmt(name, r) -> str:
                                                    if (n, k) in cell else '' for n in ns) + ' |' for k in ks)
         stages = '\n'.join(f'- N={x["n"]}, K={x["k"]}: ' + ', '.join(f'{s} {v} s' for s, v in x['stage_s'].items())
                            for x in r['rows'] if 'stage_s' in x)
-        return (f'engine `{r["engine"]}` (start {r.get("engine_start_s")} s), {r["max_new_tokens"]} new tokens, '
+        what = (f'the two-family pool {", ".join(f"`{x}`" for x in r["pool"])} (actor first; dtype `{r.get("dtype")}`)'
+                if r.get('pool') else f'engine `{r["engine"]}`')
+        return (f'{what} (start {r.get("engine_start_s")} s), {r["max_new_tokens"]} new tokens' +
+                (f', {r["cpu"]}' if r.get('cpu') else '') + ', '
                 f'wall time of review + pairs:\n\n{head}\n{body}' + (f'\n\nSeconds per stage:\n\n{stages}' if stages else ''))
     return '`' + json.dumps(r) + '`'
 

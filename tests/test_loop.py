@@ -86,8 +86,14 @@ def test_round_two_answers_differ_from_the_base_model(finished_run, tmp_path):
 
 @pytest.mark.slow
 def test_killed_in_round_two_then_resumed_equals_uninterrupted(tiny_config, finished_run, tmp_path):
-    "SIGKILL during round 2's review, then the same command: same records, same pairs; round 1 is not trained again."
+    """SIGKILL during round 2's review, then the same command: same records, same pairs; round 1 is not trained again.
+    The run starts from the finished run's round 1 (what a run killed as round 2 begins holds): round 1's own
+    determinism is the kill tests' of `pulse generate` and `pulse train` (tests/faults)."""
+    import shutil
     a = tmp_path/'a'
+    shutil.copytree(finished_run, a, ignore=lambda d, names: [n for n in names if Path(d) == finished_run and (
+        n.startswith('round-') and n != 'round-1' or n in ('summary.md', 'README.md', 'plots', '.lock'))])
+    assert sorted(x.name for x in a.glob('round-*')) == ['round-1']
     p = subprocess.Popen(PULSE + ['run', '--config', str(tiny_config), '--out', str(a)], env=ENV,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 3000

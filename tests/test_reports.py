@@ -110,12 +110,12 @@ def test_label_quality_configurations_combine_the_right_critics(label_quality):
 
 @pytest.mark.slow
 def test_label_quality_small_review_gives_a_full_table(label_quality, tmp_path):
-    "The report's own review (6 arithmetic prompts, 2 critic slots, pairwise on) and every configuration's row."
+    "The report's own review (4 arithmetic prompts, 2 critic slots, pairwise on) and every configuration's row."
     ns = label_quality
-    p = dict(ns['P'], n_critics=2, max_new_tokens=48)
-    d, secs = ns['review_set']('builtin:arithmetic', 6, tmp_path/'lq', p)
+    p = dict(ns['P'], n_critics=2, max_new_tokens=40)
+    d, secs = ns['review_set']('builtin:arithmetic', 4, tmp_path/'lq', p)
     facts = ns['review_facts'](d)
-    assert facts['items'] == 6 and facts['pairwise verdicts'] > 0 and secs > 0
+    assert facts['items'] == 4 and facts['pairwise verdicts'] > 0 and secs > 0
     assert 0 <= facts['pairwise: mean P(first position)'] <= 1
     t = ns['label_table'](d, n_boot=100)
     assert list(t.index) == [*ns['CONFIGS'], 'always the revision (no critic)', 'the longer answer (no critic)']
