@@ -1,6 +1,6 @@
 """bench/scaling.py with a pool (issue 21.5's grid runs on the two-family pool): at toy size on the embedded model, as
-two specs that make two engines, so the pool is built as `pulse run` builds it; each cell's generation count, and
-`--cells` resuming a grid without loading a model."""
+two specs that make two engines, so the pool is built as `pulse run` builds it; each cell's run (its stages, the
+actor's tokens, its pairs), and `--cells` resuming a grid without loading a model."""
 import json, os, subprocess, sys
 from pathlib import Path
 
