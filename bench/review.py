@@ -94,8 +94,8 @@ def critic_convs(eng, prompts, critics, max_new_tokens, out, templates=None):
             for p in prompts for who in personas]
 
 
-def critique_ratio(eng, prompts, critics, max_new_tokens, tmp) -> dict:
-    "Critique stage (fused) vs the same feedback generated alone, ABBA; plus today's two calls and the old layout."
+def critique_ratio(eng, prompts, critics, max_new_tokens, tmp, repeats: int=2) -> dict:
+    "Critique stage (fused) vs the same feedback generated alone, `repeats` ABBA blocks; plus today's two calls and the old layout."
     convs = critic_convs(eng, prompts, critics, max_new_tokens, f'{tmp}/ratio')
     old = critic_convs(eng, prompts, critics, max_new_tokens, f'{tmp}/ratio', P.PERSONA_FIRST)
     sc = SamplingConfig(temperature=0.7, max_new_tokens=max_new_tokens, seed=0, stop=P.FEEDBACK_STOP)
@@ -111,7 +111,7 @@ def critique_ratio(eng, prompts, critics, max_new_tokens, tmp) -> dict:
         return gens
     runs = {'critique': [], 'alone': [], 'two_calls': [], 'alone_old_layout': [], 'two_calls_old_layout': []}
     toks = {}
-    for name in ['critique', 'alone', 'alone', 'critique'] * 2 + ['two_calls', 'two_calls_old_layout', 'alone_old_layout',
+    for name in ['critique', 'alone', 'alone', 'critique'] * repeats + ['two_calls', 'two_calls_old_layout', 'alone_old_layout',
                  'alone_old_layout', 'two_calls_old_layout', 'two_calls']:
         fn = {'critique': lambda: fused(convs), 'alone': lambda: alone(convs), 'two_calls': lambda: two_calls(convs),
               'alone_old_layout': lambda: alone(old), 'two_calls_old_layout': lambda: two_calls(old)}[name]
@@ -204,6 +204,7 @@ def main():
     ap.add_argument('--score-mode', default='logprobs'); ap.add_argument('--skip-naive', action='store_true')
     ap.add_argument('--skip-review', action='store_true', help='skip parts 1-3 (the review vs raw and naive runs)')
     ap.add_argument('--critique-ratio', action='store_true'); ap.add_argument('--layouts', action='store_true')
+    ap.add_argument('--repeats', type=int, default=2, help='ABBA blocks of the critique ratio (2 paired runs each)')
     ap.add_argument('--pool', default=None, help='comma-separated engine specs, actor first (e.g. the two-family default '
                     'pool): the review against each model\'s raw generation of the same tokens; replaces parts 1-5')
     a = ap.parse_args()
@@ -220,7 +221,7 @@ def main():
     res = {'engine': a.engine, 'n_prompts': len(prompts), 'n_critics': a.critics, 'max_new_tokens': a.max_new_tokens,
            'engine_start_s': round(start, 1), 'cpu': cpu_line()}
     try:
-        if a.critique_ratio: res['critique_ratio'] = critique_ratio(eng, prompts, a.critics, a.max_new_tokens, tmp)
+        if a.critique_ratio: res['critique_ratio'] = critique_ratio(eng, prompts, a.critics, a.max_new_tokens, tmp, a.repeats)
         if a.layouts: res['layouts'] = layout_agreement(eng, prompts, a.critics, a.max_new_tokens, tmp)
         if a.skip_review:
             print(json.dumps(res, indent=1)); print('RESULT ' + json.dumps({'bench': 'review', **res})); return

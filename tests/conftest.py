@@ -5,7 +5,7 @@
 `vllm_engine` an in-process `VLLMEngine` on the embedded model, started once per session (about 2 minutes on CPU).
 `vllm_server` a real `vllm serve` (OpenAI-compatible) on 127.0.0.1 with a free port; yields its base URL.
 """
-import os, re, socket, subprocess, sys, tempfile, time
+import functools, os, re, socket, subprocess, sys, tempfile, time
 from pathlib import Path
 import pytest
 
@@ -18,6 +18,25 @@ SERVER_START_TIMEOUT = int(os.environ.get('PULSE_TEST_SERVER_TIMEOUT', '900'))
 
 def pytest_configure(config):
     config.addinivalue_line('markers', 'slow: heavy test (model loads, vLLM); still runs in CI')
+
+
+@functools.cache
+def names_a_vllm_fixture(path: Path) -> bool:
+    "Whether a test file names a vLLM session fixture (`vllm_engine`, `vllm_server`)."
+    return bool(re.search(r'\bvllm_(engine|server)\b', path.read_text()))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist (tools/test.sh runs `-n 2`) each test file is one unit of work, so its module fixtures are built
+    once; and the files that name a vLLM fixture form one unit, so the engine and `vllm serve` start once per session, not
+    once per worker. (A scheduler, because pytest 9.2 ignores the ids xdist's `xdist_group` marks make.)"""
+    from xdist.scheduler import LoadScopeScheduling
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            path = nodeid.split('::', 1)[0]
+            return 'vllm' if names_a_vllm_fixture(config.rootpath/path) else path
+    return FileScheduling(config, log)
 
 
 @pytest.hookimpl(wrapper=True)

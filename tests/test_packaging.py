@@ -80,3 +80,29 @@ def test_ci_fails_on_vllm_and_data_dependent_skips(tmp_path):
     sh = (ROOT/'tools'/'test.sh').read_text()
     assert re.search(r'^export PULSE_REQUIRE_VLLM=\$\{PULSE_REQUIRE_VLLM:-1\}$', sh, re.M)
     assert re.search(r"^export PULSE_ALLOWED_SKIPS=\$\{PULSE_ALLOWED_SKIPS-'Landlock\|unshare -n\|llama-cpp-python'\}$", sh, re.M)
+
+
+# --- the CI harness: two pytest-xdist workers, scheduled by file
+
+SPREAD = '''import os, pathlib
+{doc}
+def test_{i}(): pathlib.Path('worker-{name}-{i}').write_text(os.environ['PYTEST_XDIST_WORKER'])
+'''
+
+
+def test_xdist_keeps_a_file_on_one_worker_and_the_vllm_files_together(tmp_path):
+    "tools/test.sh runs `-n 2`: conftest's scheduler gives each file one worker, and the files naming a vLLM fixture one."
+    (tmp_path/'conftest.py').write_text((ROOT/'tests'/'conftest.py').read_text())
+    files = {'a_vllm': '"uses vllm_engine"', 'b_plain': '', 'c_vllm': '"uses vllm_server"', 'd_plain': '', 'e_plain': ''}
+    for name, doc in files.items():
+        (tmp_path/f'test_{name}.py').write_text('\n'.join(SPREAD.format(doc=doc, name=name, i=i) for i in range(4)))
+    r = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-n', '2', '.'], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ran = {}
+    for f in tmp_path.glob('worker-*'): ran.setdefault(f.name.rsplit('-', 1)[0][len('worker-'):], set()).add(f.read_text())
+    assert sorted(ran) == sorted(files) and all(len(w) == 1 for w in ran.values()), ran  # every file on one worker
+    assert ran['a_vllm'] == ran['c_vllm'], ran  # the vLLM files share one
+    assert len(set.union(*ran.values())) == 2, ran  # and both workers had work
+    sh = (ROOT/'tools'/'test.sh').read_text()
+    assert re.search(r'python -m pytest .*-n \$\{PYTEST_WORKERS:-2\}', sh), 'tools/test.sh no longer runs two workers'
