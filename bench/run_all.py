@@ -49,7 +49,8 @@ PROFILES = {
               'scaling': ['--engine', 'auto', '--ns', '32,64', '--ks', '1,2,4', '--max-new-tokens', '16'],
               'scaling-n128': ['--engine', 'auto', '--ns', '128', '--ks', '1,2,4', '--max-new-tokens', '16'],
               'scaling-n256': ['--engine', 'auto', '--ns', '256', '--ks', '1,2,4', '--max-new-tokens', '16'],
-              'scaling-vllm': ['--engine', 'vllm', '--ns', '32,64,128', '--ks', '1,2,4', '--max-new-tokens', '16'],
+              'scaling-vllm': ['--engine', 'vllm', '--ns', '32,64,128,256', '--ks', '1,2,4', '--max-new-tokens', '16',
+                               '--cells', str(HERE/'cells'/'scaling-vllm.jsonl')],
               # the two-family pool; N = 256 apart (it costs as much as the rest); both resume from one cells file
               'scaling-pool': ['--pool', POOL, '--ns', '32,64,128', '--ks', '1,2,4', '--max-new-tokens', '16',
                                '--cells', str(HERE/'cells'/'scaling-pool.jsonl')],
