@@ -34,7 +34,7 @@ def main():
     from pulse_nb.review import review, load_run, STAGES
     from pulse_nb.preferences import build_pairs
     from pulse_nb.loop import Pool
-    from review import cpu_line
+    from review import cpu_line, reset_cache
     ns, ks = [int(x) for x in a.ns.split(',')], [int(x) for x in a.ks.split(',')]
     prompts = load_prompts(a.prompts, limit=max(ns))
     if len(prompts) < max(ns):  # the built-in general set has 114: top up with arithmetic problems
@@ -65,9 +65,7 @@ def main():
             for n in ns:
                 if (n, k) in done:
                     rows.append(done[n, k]); print('done before:', rows[-1], flush=True); continue
-                for e in (engines if isinstance(engines, list) else [engines]):
-                    llm = getattr(getattr(e, '_engine', e), 'llm', None)
-                    if llm is not None: llm.reset_prefix_cache()
+                for e in (engines if isinstance(engines, list) else [engines]): reset_cache(getattr(e, '_engine', e))
                 t, t_wall = time.perf_counter(), time.time()
                 run = review(prompts[:n], engines, n_critics=k, out_dir=f'{tmp}/n{n}k{k}', max_new_tokens=a.max_new_tokens,
                              batch_size=None, progress=False, actor='fixed')

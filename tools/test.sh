@@ -43,7 +43,7 @@ step "pytest"
 export PULSE_REQUIRE_VLLM=${PULSE_REQUIRE_VLLM:-1}
 export PULSE_ALLOWED_SKIPS=${PULSE_ALLOWED_SKIPS-'Landlock|unshare -n|llama-cpp-python'}
 # Two pytest-xdist workers with one torch thread each: many tests wait on subprocesses, servers and model loads, and
-# two one-thread workers keep both cores busy (34.7 min against 46.8 min for one two-thread process, measured here).
+# two one-thread workers keep both cores busy (31.5 min against 46.8 min for one two-thread process, measured here).
 # tests/conftest.py schedules by file, with the files that use vLLM on one worker (one engine start per session).
 set +e
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} python -m pytest -rs -n ${PYTEST_WORKERS:-2} ${PYTEST_ARGS:-} tests
