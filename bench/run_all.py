@@ -24,7 +24,7 @@ PROFILES = {
              'peers-both': ['--system', 'both', '--n', '64', '--critics', '2', '--max-new-tokens', '64', '--pulse-engine', 'vllm',
                             '--distilabel-path', os.environ.get('DISTILABEL_PATH', '/tmp/distilabel')],
              'review-critique': ['--engine', 'vllm', '--n', '64', '--critics', '2', '--max-new-tokens', '64', '--critique-ratio',
-                                 '--repeats', '6', '--layouts', '--skip-review', '--skip-naive'],
+                                 '--repeats', '12', '--layouts', '--skip-review', '--skip-naive'],
              'peers-both-hf': ['--system', 'both', '--n', '64', '--critics', '2', '--max-new-tokens', '64', '--pulse-engine', 'hf',
                                '--dtype', 'bfloat16', '--distilabel-path', os.environ.get('DISTILABEL_PATH', '/tmp/distilabel')],
              'review-critique-hf': ['--engine', 'hf', '--n', '64', '--critics', '2', '--max-new-tokens', '64', '--critique-ratio',
@@ -40,7 +40,7 @@ PROFILES = {
               'peers-both': ['--system', 'both', '--n', '32', '--critics', '2', '--max-new-tokens', '32', '--pulse-engine', 'vllm',
                              '--distilabel-path', os.environ.get('DISTILABEL_PATH', '/tmp/distilabel')],
               'review-critique': ['--engine', 'vllm', '--n', '32', '--critics', '2', '--max-new-tokens', '64', '--critique-ratio',
-                                  '--repeats', '6', '--layouts', '--skip-review', '--skip-naive'],
+                                  '--repeats', '12', '--layouts', '--skip-review', '--skip-naive'],
               'peers-both-hf': ['--system', 'both', '--n', '32', '--critics', '2', '--max-new-tokens', '32', '--pulse-engine', 'hf',
                                 '--dtype', 'bfloat16', '--distilabel-path', os.environ.get('DISTILABEL_PATH', '/tmp/distilabel')],
               'review-critique-hf': ['--engine', 'hf', '--n', '32', '--critics', '2', '--max-new-tokens', '64', '--critique-ratio',
@@ -158,11 +158,13 @@ def fmt(name, r) -> str:
 def paired_ratio(c: dict) -> tuple:
     "A critique-ratio result's mean ratio of paired runs (the k-th critique run over the k-th alone run, ABBA) and its 95 % t-interval."
     import statistics
-    T975 = [12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281]  # Student t, 97.5 %, df 1..10
+    T975 = [12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,   # Student t, 97.5 %, df 1..30
+            2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
+            2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423]
     a, b = (c.get('runs_s') or {}).get('critique') or [], (c.get('runs_s') or {}).get('alone') or []
     r = [x / y for x, y in zip(a, b)]
     if len(r) < 2: return (round(r[0], 3) if r else None), None, None   # one pair: no interval
-    m, h = statistics.fmean(r), T975[min(len(r), 11) - 2] * statistics.stdev(r) / len(r) ** 0.5   # df > 10: df 10's (wider)
+    m, h = statistics.fmean(r), T975[min(len(r), 31) - 2] * statistics.stdev(r) / len(r) ** 0.5   # df > 30: df 30's (wider)
     return round(m, 3), round(m - h, 3), round(m + h, 3)
 
 

@@ -35,6 +35,16 @@ def test_a_paired_ratio_is_met_only_when_its_interval_is_under_the_target():
     assert '4 pairs' in run_all.ratio_row('r', {'runs_s': noisy}, 1.15, 's')[1]
 
 
+def test_the_interval_uses_student_t_for_n_minus_1_degrees_of_freedom():
+    "12 pairs: df 11 (t 2.2010), not a capped table's df 10 (2.2281); past df 30 the table's last value (wider)."
+    import statistics
+    for n, t in [(2, 12.7062), (12, 2.2010), (24, 2.0687), (31, 2.0423), (50, 2.0423)]:
+        r = [1.0 + (k % 5) for k in range(n)]   # spread wide enough that df 10 against df 11 shows past rounding
+        m, lo, hi = run_all.paired_ratio({'runs_s': {'critique': r, 'alone': [1.0] * n}})
+        half = t * statistics.stdev(r) / n ** 0.5
+        assert abs((hi - lo) / 2 - half) < 1e-3, (n, (hi - lo) / 2, half)
+
+
 def test_the_shipped_results_have_a_targets_table():
     "results.md is written from results.json: its first section is the targets table with a row per target."
     md = (ROOT/'bench'/'results.md').read_text()
