@@ -24,17 +24,20 @@ if [[ "${1:-}" == --fetch ]]; then
   exit 0
 fi
 
-# install only what the machine lacks, from the carried wheels (never over a package that is already there)
-for i in "${!MODULES[@]}"; do
-  if ! "$PY" -c "import ${MODULES[$i]}" 2>/dev/null; then
+# install only what the machine lacks, from the carried wheels (never over a package that is already there); the
+# toy run uses the environment as it is (it runs where the project is installed, CI included)
+[[ "${1:-}" == --toy ]] || {
+  missing=$("$PY" -c "import importlib.util as u, sys; print(*[m for m in sys.argv[1:] if u.find_spec(m) is None])" "${MODULES[@]}")
+  for i in "${!MODULES[@]}"; do
+    [[ " $missing " == *" ${MODULES[$i]} "* ]] || continue
     name=${WHEELS[$i]%%==*}; whl=$(ls .whl/"${name//-/_}"-*.whl 2>/dev/null | head -1 || true)
     if [[ -n "$whl" ]]; then "$PY" -m pip install --quiet --no-index --no-deps "$whl"
     elif [[ "${MODULES[$i]}" != liger_kernel ]]; then   # liger-kernel is optional: the trainer runs without it
       echo "gpu_device.sh: ${MODULES[$i]} is not installed and .whl/ has no ${name} wheel: run bash bench/gpu_device.sh --fetch here and carry .whl" >&2
       exit 2
     fi
-  fi
-done
+  done
+}
 
 OUT=${OUT:-}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
