@@ -5,6 +5,7 @@ memory from each round's `round.json`, plus the CPU flags that decide which engi
     python bench/loop.py                      # both budgets, and the quick run again in float32
     python bench/loop.py --only quick         # or: quick-fp32, default
     python bench/loop.py --set review.per_round=8  # extra `--set` overrides for both runs
+    python bench/loop.py --only quick-fp32 --avx2  # as on an AVX2-only CPU: kernels held to AVX2 (recorded in the result)
 
 Ends with a `RESULT {json}` line (read by bench/run_all.py).
 """
@@ -15,6 +16,11 @@ BUDGET_S = {'quick': 180, 'quick-fp32': 180, 'default': 900}  # the issue's targ
 KINDS = {'quick': ['--quick'], 'quick-fp32': ['--quick', '--set', 'pool.dtype=float32'], 'default': []}  # quick-fp32: what a CPU without bf16 runs
 
 
+# what an AVX2-only CPU runs, on a newer one: PyTorch's own kernels, oneDNN's and MKL's held to AVX2
+ISA_LIMITS = ('ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA', 'MKL_ENABLE_INSTRUCTIONS')
+AVX2_ONLY = {'ATEN_CPU_CAPABILITY': 'avx2', 'ONEDNN_MAX_CPU_ISA': 'AVX2', 'MKL_ENABLE_INSTRUCTIONS': 'AVX2'}
+
+
 def cpu_info() -> dict:
     flags = set()
     model = ''
@@ -22,7 +28,8 @@ def cpu_info() -> dict:
         if line.startswith('flags'): flags |= set(line.split(':', 1)[1].split())
         if line.startswith('model name'): model = line.split(':', 1)[1].strip()
     keep = sorted(f for f in flags if f.startswith(('avx', 'amx', 'fma', 'f16c')))
-    return {'model': model, 'cores': os.cpu_count(), 'flags': keep}
+    limits = {k: os.environ[k] for k in ISA_LIMITS if os.environ.get(k)}  # kernels held to an older instruction set
+    return {'model': model, 'cores': os.cpu_count(), 'flags': keep, **({'isa_limits': limits} if limits else {})}
 
 
 def one(kind: str, extra: list[str]) -> dict:
@@ -47,7 +54,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--only', choices=list(KINDS), default=None)
     ap.add_argument('--set', action='append', default=[])
+    ap.add_argument('--avx2', action='store_true', help='hold PyTorch, oneDNN and MKL kernels to AVX2, as on an AVX2-only CPU')
     a = ap.parse_args()
+    if a.avx2: os.environ.update(AVX2_ONLY)
     extra = [x for s in a.set for x in ('--set', s)]
     res = {'cpu': cpu_info()}
     for kind in ([a.only] if a.only else list(KINDS)):

@@ -3,11 +3,14 @@
     python bench/run_all.py                 # the full sizes of the issues (hours on a 2-core CPU without AVX-512 bf16)
     python bench/run_all.py --profile quick # smaller sizes, same measurements (about 4 hours on a 2-core CPU)
     python bench/run_all.py --only engines,train
+    python bench/run_all.py --profile quick --only review-critique --tag xeon-amx   # kept beside, as `review-critique@xeon-amx`
 
 Each benchmark runs in its own process (one engine start each) and ends with a `RESULT {json}` line; the JSON of every
 benchmark goes to `bench/results.json` and a readable summary to `bench/results.md`, rewritten after each benchmark, so
 an interrupted run keeps what finished. `bench/conditions.md` (hand-written: what else ran, what was
 stopped) is appended to `results.md`. Ratios are measured side by side inside one benchmark run, never across runs.
+`--tag MACHINE` stores a run as `name@MACHINE` next to the untagged one (a rerun on another kind of CPU does not replace
+the first), and the targets table gives each its own row.
 """
 import argparse, datetime, json, os, platform, subprocess, sys, time
 from pathlib import Path
@@ -58,8 +61,8 @@ PROFILES = {
                                     '--cells', str(HERE/'cells'/'scaling-pool.jsonl')]},
 }
 def script(name: str) -> str:
-    "The script behind a benchmark name: the part before the first dash (`peers-pulse` -> `peers.py`)."
-    return name.split('-')[0] + '.py'
+    "The script behind a benchmark name: the part before the first dash (`peers-pulse` -> `peers.py`, `loop@xeon` -> `loop.py`)."
+    return name.split('@')[0].split('-')[0] + '.py'
 
 
 def run_one(name, args, log):
@@ -75,6 +78,7 @@ def run_one(name, args, log):
 
 def fmt(name, r) -> str:
     "A few markdown lines per benchmark."
+    name = name.split('@')[0]  # a tagged rerun (`review-critique@xeon-amx`) reads like its section
     if 'error' in r: return f'**{name}**: did not finish: `{r["error"]}`'
     if name == 'engines':
         rows = '\n'.join(f'| {k} | {v["tok_per_s"]} | {v["tokens"]} | {v["gen_s"]} | {v["start_s"] or ""} |' for k, v in r['rows'].items())
@@ -137,7 +141,9 @@ def fmt(name, r) -> str:
         part = lambda k, x: (f'`pulse run{cmds[k]}`: ' + (f'did not finish: {x["error"]}' if 'error' in x else
                              f'**{x["wall_s"]} s** (budget {x["budget_s"]} s), peak RSS {x["peak_rss_gib"]} GiB; per round: ' +
                              '; '.join(f'round {y["round"]} {y["seconds"]} (peak GiB {y["peak_rss_gib"]})' for y in x['rounds'])))
-        return f'CPU {r["cpu"]["model"]}, {r["cpu"]["cores"]} cores, flags {" ".join(r["cpu"]["flags"])}\n\n' + \
+        held = ', '.join(f'{k}={v}' for k, v in (r['cpu'].get('isa_limits') or {}).items())
+        return (f'CPU {r["cpu"]["model"]}, {r["cpu"]["cores"]} cores, flags {" ".join(r["cpu"]["flags"])}' +
+                (f'; kernels held to an older instruction set: {held}' if held else '') + '\n\n') + \
                '\n\n'.join(part(k, r[k]) for k in cmds if r.get(k))
     if name.startswith('scaling'):
         ns, ks = sorted({x['n'] for x in r['rows']}), sorted({x['k'] for x in r['rows']})
@@ -177,11 +183,11 @@ def ratio_row(what, c, limit, section):
     return (what, f'{m}x [95% CI {lo}, {hi}; {len(c["runs_s"]["critique"])} pairs]', ok, section)
 
 
-def targets(results) -> list[tuple]:
-    "The speed issue's targets, each as (target, measured, met: True/False/None for not measured, section)."
+def target_rows(r) -> list[tuple]:
+    """The speed issue's targets, each as (target, measured, met: True/False/None for not measured, section), reading each
+    section's result with `r(name)`."""
     def row(what, value, ok, section, text='{}x'):
         return (what, 'not measured' if value is None else text.format(value), None if value is None else ok(value), section)
-    r = lambda name: results.get(name) or {}
     train, gpu = r('train'), r('gpu_train')
     gpu_ratios = {} if gpu.get('toy', True) else gpu.get('ratios') or {}  # a toy-size GPU run measures nothing
     return [
@@ -200,6 +206,17 @@ def targets(results) -> list[tuple]:
         *[row(f'GPU: >= {need}x stock TRL tokens/s at {params} full fine-tuning', gpu_ratios.get(f'{size}/full'),
               lambda v, need=need: v >= need, 'gpu_train')
           for size, params, need in (('large', '0.89B', 1.5), ('small', '0.37B', 2.0))]]
+
+
+def targets(results) -> list[tuple]:
+    "`target_rows` of `results`; a section's reruns on other machines (`section@machine`) follow its row, one row each (what they measured)."
+    out = []
+    for i, row in enumerate(target_rows(lambda name: results.get(name) or {})):
+        out.append(row)
+        for tagged in sorted(k for k in results if k.startswith(row[3] + '@')):
+            what, value, ok, _ = target_rows(lambda name: (results.get(tagged) or {}) if name == row[3] else {})[i]
+            if value != 'not measured': out.append((f'{what} [{tagged.split("@", 1)[1]}]', value, ok, tagged))
+    return out
 
 
 def targets_table(results) -> list[str]:
@@ -232,6 +249,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--profile', choices=list(PROFILES), default='full')
     ap.add_argument('--only', default=None, help='comma-separated subset of: ' + ', '.join(PROFILES['quick']))
+    ap.add_argument('--tag', default=None, help='store the results as `name@TAG` (a rerun on another machine, kept beside the first)')
     ap.add_argument('--gpu', action='store_true', help='also run the GPU training benchmark (bench/gpu_train.py, both sizes and modes)')
     a = ap.parse_args()
     todo = dict(PROFILES[a.profile])
@@ -242,8 +260,9 @@ def main():
     results = json.loads(jpath.read_text()) if jpath.exists() else {}
     for name, args in todo.items():
         print(f'[{time.strftime("%H:%M:%S")}] {name}: python bench/{script(name)} {" ".join(args)}', flush=True)
-        results[name] = run_one(name, args, HERE/'logs'/f'{name}.log')
-        print('   ', fmt(name, results[name]).splitlines()[-1], flush=True)
+        key = f'{name}@{a.tag}' if a.tag else name
+        results[key] = run_one(name, args, HERE/'logs'/f'{key}.log')
+        print('   ', fmt(key, results[key]).splitlines()[-1], flush=True)
         jpath.write_text(json.dumps(results, indent=1))
         write(results, HERE/'results.md', a.profile)
 

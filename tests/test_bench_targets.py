@@ -51,3 +51,30 @@ def test_the_shipped_results_have_a_targets_table():
     table = md.split('## Targets', 1)[1].split('\n## ', 1)[0]
     rows = [l for l in table.splitlines() if l.startswith('| ') and not l.startswith('| target')]
     teq(len(rows), len(run_all.targets(json.loads((ROOT/'bench'/'results.json').read_text()))))
+
+
+def test_a_rerun_on_another_machine_gets_its_own_row_after_its_section():
+    "`--tag xeon` stores `review-critique@xeon`: the untagged row stays, the tagged one follows it with its own verdict."
+    slow = {'critique_ratio': {'runs_s': {'critique': [12.0, 12.2, 12.1], 'alone': [10.0, 10.1, 10.0]}}}   # 1.2: not met
+    fast = {'critique_ratio': {'runs_s': {'critique': [10.3, 10.4, 10.2], 'alone': [10.0, 10.1, 10.0]}}}   # 1.03: met
+    rows = run_all.targets({'review-critique': slow, 'review-critique@xeon': fast, 'loop@xeon': {'quick': {'wall_s': 170.0}}})
+    teq(len(rows), 8 + 2)   # one tagged critique row, and the one `pulse run` row the tagged loop measured
+    teq([(ok, sec) for _, _, ok, sec in rows[1:3]], [(False, 'review-critique'), (True, 'review-critique@xeon')])
+    assert rows[2][0].endswith('[xeon]') and 'pairs' in rows[2][1]
+    teq([(w, v, ok) for w, v, ok, sec in rows if sec == 'loop@xeon'], [(rows[4][0] + ' [xeon]', '170.0 s', True)])
+    teq(run_all.script('review-critique@xeon'), 'review.py')
+    assert run_all.fmt('review-critique@xeon', {**fast, 'engine': 'vllm', 'max_new_tokens': 64, 'cpu': 'x'}).startswith('None critiques on `vllm`')
+
+
+def test_a_loop_run_with_kernels_held_to_avx2_says_so():
+    "`bench/loop.py --avx2` records the environment that holds the kernels to AVX2; its section names it."
+    spec = importlib.util.spec_from_file_location('loop_bench', ROOT/'bench'/'loop.py')
+    loop = importlib.util.module_from_spec(spec); spec.loader.exec_module(loop)
+    import os
+    from unittest.mock import patch
+    with patch.dict(os.environ, {k: '' for k in loop.ISA_LIMITS}): assert 'isa_limits' not in loop.cpu_info()
+    with patch.dict(os.environ, loop.AVX2_ONLY): cpu = loop.cpu_info()
+    teq(cpu['isa_limits']['ATEN_CPU_CAPABILITY'], 'avx2')
+    run = {'wall_s': 92.5, 'budget_s': 180, 'peak_rss_gib': 5.0, 'rounds': []}
+    assert 'held to an older instruction set: ATEN_CPU_CAPABILITY=avx2' in run_all.fmt('loop@x', {'cpu': cpu, 'quick-fp32': run})
+    assert 'held' not in run_all.fmt('loop', {'cpu': {**cpu, 'isa_limits': {}}, 'quick-fp32': run})
