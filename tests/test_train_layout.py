@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest, torch
 from transformers import TrainerCallback
 from test_train import tiny_llama, tiny_tokenizer, word_pairs, tiny_train
+from pulse_nb.scaleout import free_port
 
 WEIGHTS = [0.2, 3.0, 1.0, 0.5, 2.0, 0.0, 1.5, 1.0]
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +94,7 @@ def test_ddp_two_processes_equal_one(tmp_path):
     script.write_text(DDP_SCRIPT.format(tests=str(ROOT/'tests'), weights=WEIGHTS))
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'TOKENIZERS_PARALLELISM': 'false', 'CUDA_VISIBLE_DEVICES': ''}
     cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--config_file', str(ROOT/'configs'/'accelerate_ddp_cpu.yaml'),
-           str(script), str(tmp_path/'ddp.json')]
+           '--main_process_port', str(free_port()), str(script), str(tmp_path/'ddp.json')]  # not 29500: another run may hold it
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-4000:]
     ddp = json.loads((tmp_path/'ddp.json').read_text())
@@ -105,4 +106,6 @@ def test_ddp_two_processes_equal_one(tmp_path):
         print(f'{loss}: 1 process {r.losses}, 2 processes {ddp[loss]["losses"]}')
         assert all(abs(a - b) <= 1e-5 for a, b in zip(r.losses, ddp[loss]['losses'])) and len(r.losses) == 2
         assert sorted(one) == sorted(ddp[loss]['adapter'])
-        assert max((one[n] - torch.tensor(v)).abs().max().item() for n, v in ddp[loss]['adapter'].items()) <= 1e-5
+        # float32 sums in another order (2 ranks x 2 micro-batches against one batch of 8) moved the trained adapter by
+        # 1.3e-5 on an AVX-512/AMX CPU (0 with the kernels held to AVX2); weights normalised per rank move it by 3e-2
+        assert max((one[n] - torch.tensor(v)).abs().max().item() for n, v in ddp[loss]['adapter'].items()) <= 1e-4
