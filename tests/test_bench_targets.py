@@ -56,14 +56,14 @@ def test_the_shipped_results_have_a_targets_table():
 def test_a_rerun_on_another_machine_gets_its_own_row_after_its_section():
     "`--tag xeon` stores `review-critique@xeon`: the untagged row stays, the tagged one follows it with its own verdict."
     slow = {'critique_ratio': {'runs_s': {'critique': [12.0, 12.2, 12.1], 'alone': [10.0, 10.1, 10.0]}}}   # 1.2: not met
-    fast = {'critique_ratio': {'runs_s': {'critique': [10.3, 10.4, 10.2], 'alone': [10.0, 10.1, 10.0]}}}   # 1.03: met
+    fast = {'critique_ratio': {'n_convs': 64, 'runs_s': {'critique': [10.3, 10.4, 10.2], 'alone': [10.0, 10.1, 10.0]}}}   # 1.03: met
     rows = run_all.targets({'review-critique': slow, 'review-critique@xeon': fast, 'loop@xeon': {'quick': {'wall_s': 170.0}}})
     teq(len(rows), 8 + 2)   # one tagged critique row, and the one `pulse run` row the tagged loop measured
     teq([(ok, sec) for _, _, ok, sec in rows[1:3]], [(False, 'review-critique'), (True, 'review-critique@xeon')])
     assert rows[2][0].endswith('[xeon]') and 'pairs' in rows[2][1]
     teq([(w, v, ok) for w, v, ok, sec in rows if sec == 'loop@xeon'], [(rows[4][0] + ' [xeon]', '170.0 s', True)])
     teq(run_all.script('review-critique@xeon'), 'review.py')
-    assert run_all.fmt('review-critique@xeon', {**fast, 'engine': 'vllm', 'max_new_tokens': 64, 'cpu': 'x'}).startswith('None critiques on `vllm`')
+    assert run_all.fmt('review-critique@xeon', {**fast, 'engine': 'vllm', 'max_new_tokens': 64, 'cpu': 'x'}).startswith('64 critiques on `vllm`')
 
 
 def test_a_loop_run_with_kernels_held_to_avx2_says_so():
