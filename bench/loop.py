@@ -3,7 +3,7 @@ directory, as a user runs them. Reports the wall time of each command, and per r
 memory from each round's `round.json`, plus the CPU flags that decide which engine is fast here.
 
     python bench/loop.py                      # both budgets, and the quick run again in float32
-    python bench/loop.py --only quick         # or: quick-fp32, default
+    python bench/loop.py --only quick         # or: quick-fp32, default, or several: quick,default
     python bench/loop.py --set review.per_round=8  # extra `--set` overrides for both runs
     python bench/loop.py --only quick-fp32 --avx2  # as on an AVX2-only CPU: kernels held to AVX2 (recorded in the result)
 
@@ -52,14 +52,16 @@ def one(kind: str, extra: list[str]) -> dict:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument('--only', choices=list(KINDS), default=None)
+    ap.add_argument('--only', default=None, help='comma-separated subset of: ' + ', '.join(KINDS))
     ap.add_argument('--set', action='append', default=[])
     ap.add_argument('--avx2', action='store_true', help='hold PyTorch, oneDNN and MKL kernels to AVX2, as on an AVX2-only CPU')
     a = ap.parse_args()
+    kinds = a.only.split(',') if a.only else list(KINDS)
+    if bad := [k for k in kinds if k not in KINDS]: ap.error(f'unknown run kind {bad[0]!r}; choose from {", ".join(KINDS)}')
     if a.avx2: os.environ.update(AVX2_ONLY)
     extra = [x for s in a.set for x in ('--set', s)]
     res = {'cpu': cpu_info()}
-    for kind in ([a.only] if a.only else list(KINDS)):
+    for kind in kinds:
         res[kind] = one(kind, extra)
         print(kind, json.dumps(res[kind])[:2000], flush=True)
     print('RESULT ' + json.dumps(res))

@@ -250,11 +250,15 @@ def main():
     ap.add_argument('--profile', choices=list(PROFILES), default='full')
     ap.add_argument('--only', default=None, help='comma-separated subset of: ' + ', '.join(PROFILES['quick']))
     ap.add_argument('--tag', default=None, help='store the results as `name@TAG` (a rerun on another machine, kept beside the first)')
+    ap.add_argument('--args', default=None, help="the script's arguments instead of the profile's (one section with --only)")
     ap.add_argument('--gpu', action='store_true', help='also run the GPU training benchmark (bench/gpu_train.py, both sizes and modes)')
     a = ap.parse_args()
     todo = dict(PROFILES[a.profile])
     if a.gpu: todo['gpu_train'] = ['--steps', '40', '--warmup', '5']
     if a.only: todo = {k: v for k, v in todo.items() if k in a.only.split(',')}
+    if a.args is not None:
+        if len(todo) != 1: ap.error('--args needs exactly one section (--only NAME)')
+        todo = {k: a.args.split() for k in todo}
     (HERE/'logs').mkdir(exist_ok=True)
     jpath = HERE/'results.json'
     results = json.loads(jpath.read_text()) if jpath.exists() else {}

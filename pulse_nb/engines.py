@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_engines.ipynb #602b81a4
 from __future__ import annotations
-import asyncio, functools, inspect, json, logging, math, os, random, threading
+import asyncio, functools, inspect, json, logging, math, os, random, threading, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from .models import DEFAULT_MODEL, resolve_model, load_model, load_tokenizer, release_memory
@@ -12,13 +12,14 @@ from .models import DEFAULT_MODEL, resolve_model, load_model, load_tokenizer, re
 log = logging.getLogger('pulse_nb')
 
 # %% auto #0
-__all__ = ['log', 'ROLES', 'CPU_GQA', 'CPU_BLOCK_SIZE', 'VLLM_INSTALL', 'MAX_SERVER_STOP', 'SamplingConfig', 'Completion',
-           'Generation', 'ScoreReadout', 'Scored', 'EngineError', 'RequestError', 'NoLogprobsError',
+__all__ = ['log', 'ROLES', 'CPU_GQA', 'WEIGHT_MAJOR_ROWS', 'CPU_BLOCK_SIZE', 'VLLM_INSTALL', 'MAX_SERVER_STOP', 'SamplingConfig',
+           'Completion', 'Generation', 'ScoreReadout', 'Scored', 'EngineError', 'RequestError', 'NoLogprobsError',
            'ContextLengthError', 'check_convs', 'check_candidates', 'special_texts', 'keep_prefix_end', 'render_ids',
            'fit_context', 'context_length', 'first_token_ids', 'readout', 'match_token', 'Engine', 'common_prefix_len',
-           'prefix_groups', 'pack_groups', 'cpu_gqa_attention', 'use_cpu_gqa', 'prefill_prefixes', 'suffix_layout',
-           'score_from_cache', 'BucketedGeneration', 'HFEngine', 'import_vllm', 'VLLMEngine', 'run_sync', 'post_json',
-           'post_all', 'raise_first', 'check_server', 'probe_server', 'merge_caps', 'chat_payload', 'parse_chat',
+           'prefix_groups', 'pack_groups', 'cpu_gqa_attention', 'use_cpu_gqa', 'weight_major_linear',
+           'weight_major_gain', 'use_weight_major', 'prefill_prefixes', 'suffix_layout', 'score_from_cache',
+           'BucketedGeneration', 'HFEngine', 'import_vllm', 'VLLMEngine', 'run_sync', 'post_json', 'post_all',
+           'raise_first', 'check_server', 'probe_server', 'merge_caps', 'chat_payload', 'parse_chat',
            'parse_chat_probs', 'parse_completion_probs', 'ServerFleet', 'OpenAIEngine', 'cpu_flags', 'choose_backend',
            'fast_dtype', 'parse_spec', 'engine_options', 'check_options', 'make_engine']
 
@@ -366,6 +367,58 @@ def use_cpu_gqa(model) -> bool:
         return False
     return True
 
+# %% ../nbs/02_engines.ipynb #wm1d2e3f
+WEIGHT_MAJOR_ROWS = 256  # the most rows (sequences x new tokens) `weight_major_linear` computes weight-major
+_WEIGHT_MAJOR_GAIN = {}  # measured stock/weight-major time of one decode step's products, per model layout
+
+def weight_major_linear(self, x):
+    "`nn.Linear.forward` as `(W @ x.T).T` for at most `WEIGHT_MAJOR_ROWS` float32 CPU rows without gradients; else the stock one."
+    import torch
+    w, b = self.weight, self.bias
+    rows = x.numel() // max(x.shape[-1], 1)
+    if (rows > WEIGHT_MAJOR_ROWS or x.dtype != torch.float32 or w.dtype != torch.float32 or x.device.type != 'cpu'
+        or torch.is_grad_enabled()): return torch.nn.functional.linear(x, w, b)
+    xt = x.reshape(rows, x.shape[-1]).t()
+    y = torch.mm(w, xt) if b is None else torch.addmm(b[:, None], w, xt)
+    return y.t().reshape(*x.shape[:-1], w.shape[0])
+
+def _best_seconds(f, reps: int=3) -> float:
+    "The fastest of `reps` timed calls of `f` (after one untimed call)."
+    f()
+    best = math.inf
+    for _ in range(reps):
+        t = time.perf_counter(); f(); best = min(best, time.perf_counter() - t)
+    return best
+
+def weight_major_gain(model, rows: int=4, reps: int=3) -> float:
+    "Stock over weight-major seconds of one decode step's `nn.Linear` products of `model` with `rows` rows (each weight shape timed once)."
+    import torch
+    shapes = {}
+    for m in model.modules():
+        if type(m) is torch.nn.Linear: shapes.setdefault((tuple(m.weight.shape), m.bias is not None), [m, 0])[1] += 1
+    key = (tuple(sorted((k, n) for k, (_, n) in shapes.items())), rows, torch.get_num_threads())
+    if key not in _WEIGHT_MAJOR_GAIN:
+        stock = fast = 0.0
+        with torch.no_grad():
+            for m, n in shapes.values():
+                x = torch.randn(rows, m.in_features)
+                stock += n * _best_seconds(lambda: torch.nn.functional.linear(x, m.weight, m.bias), reps)
+                fast += n * _best_seconds(lambda: weight_major_linear(m, x), reps)
+        _WEIGHT_MAJOR_GAIN[key] = stock / fast if fast else 1.0
+    return _WEIGHT_MAJOR_GAIN[key]
+
+def use_weight_major(model,                # a loaded transformers model
+                     min_gain: float=1.2,  # switch only where the weight-major products are at least this much faster
+                     measure: bool=True    # False: switch a float32 CPU model without timing
+                    ) -> bool:
+    "Route a float32 CPU `model`'s `nn.Linear` layers through `weight_major_linear` where that is faster here; whether it did."
+    import torch, types
+    lins = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    if not lins or lins[0].weight.device.type != 'cpu' or any(m.weight.dtype != torch.float32 for m in lins): return False
+    if measure and weight_major_gain(model) < min_gain: return False
+    for m in lins: m.forward = types.MethodType(weight_major_linear, m)
+    return True
+
 # %% ../nbs/02_engines.ipynb #e78d9cc6
 def _positions(mask):
     "Position ids that count only the real (unmasked) tokens of each row."
@@ -498,13 +551,15 @@ class HFEngine(BucketedGeneration, Engine):
                  batch_size: int=32,       # sequences per forward pass
                  max_len: int|None=None,   # context to allow (prompt + answer); None = the model's
                  cpu_gqa: bool=True,       # on CPU, `cpu_gqa_attention` (same outputs, faster padded batches)
+                 weight_major: bool|None=None, # float32 on CPU: decode products as `(W @ x.T).T` (`use_weight_major`); None = where faster
                  share_prefixes: bool=True, # read a prefix that several prompts of a call share once (`prefix_groups`)
                  min_shared: int=32):      # shortest shared prefix, in tokens, worth a group
         self.model, self.batch_size = model or DEFAULT_MODEL, batch_size
         self.share_prefixes, self.min_shared = share_prefixes, min_shared
-        self.tok = load_tokenizer(self.model)
+        self.tok = load_tokenizer(self.model, shared=True)
         self.lm = load_model(self.model, dtype=fast_dtype() if dtype == 'fast' else dtype, device=device)
         if cpu_gqa: use_cpu_gqa(self.lm)
+        self.weight_major = weight_major is not False and use_weight_major(self.lm, measure=weight_major is None)
         self._last_only = {'logits_to_keep': 1} if 'logits_to_keep' in inspect.signature(self.lm.forward).parameters else {}
         self.max_len = max_len or context_length(self.lm.config, self.tok)
         gc_eos = self.lm.generation_config.eos_token_id
@@ -512,7 +567,8 @@ class HFEngine(BucketedGeneration, Engine):
         self.eos_ids.discard(None)
 
     @property
-    def capabilities(self) -> dict: return {**super().capabilities, 'shared_prefixes': self.share_prefixes}
+    def capabilities(self) -> dict:
+        return {**super().capabilities, 'shared_prefixes': self.share_prefixes, 'weight_major': self.weight_major}
 
     def close(self):
         "Drop the model and free its memory."
@@ -860,7 +916,7 @@ class ServerFleet:
 
     def _local_tokenizer(self):
         "The tokenizer that renders `/completions` prompts (None without `tokenizer=`)."
-        if self._tok is None and self.tokenizer: self._tok = load_tokenizer(self.tokenizer)
+        if self._tok is None and self.tokenizer: self._tok = load_tokenizer(self.tokenizer, shared=True)
         return self._tok
 
     async def _acapabilities(self) -> dict:

@@ -249,6 +249,7 @@ def summarise_judgements(records: list[dict], # from `judge_pairs`
 # %% ../nbs/08_evaluate.ipynb #5504fa93
 def engine_family(x) -> str|None:
     "The model family (`config.model_type`, e.g. 'llama', 'qwen2') of an engine, an engine spec or a model reference; None if unknown."
+    if isinstance(getattr(type(x), 'family', None), property): return x.family  # an engine that knows it (a lazy one: without loading)
     for get in (lambda: x.lm.config, lambda: x.llm.llm_engine.model_config.hf_config):
         try: return get().model_type
         except AttributeError: pass

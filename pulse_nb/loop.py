@@ -335,6 +335,12 @@ class LazyEngine(Engine):
     @property
     def supports_logprobs(self) -> bool: return self.engine.supports_logprobs
     @property
+    def family(self) -> str|None:
+        "The model family (`engine_family`), read from the spec while the model is not loaded: knowing it loads nothing."
+        from pulse_nb.evaluate import engine_family
+        if self.loaded or self.kind not in ('hf', 'vllm', 'auto'): return engine_family(self.engine)
+        return engine_family(f'{self.kind}:{self.model}')
+    @property
     def capabilities(self) -> dict: return self.engine.capabilities
     def generate(self, *args, **kw): return self.engine.generate(*args, **kw)
     def score(self, *args, **kw): return self.engine.score(*args, **kw)

@@ -224,14 +224,29 @@ def resolve_model(ref: str|os.PathLike|None = None) -> str:
                      f'folder, and not a hub id of the form "org/name".')
 
 # %% ../nbs/01_models.ipynb #4dc09fad
-def load_tokenizer(ref=None, trust_remote_code=False, **kw):
+_SHARED_TOKENIZERS = {}  # `load_tokenizer(shared=True)`'s instances, by folder, file stamps and options
+
+def _stamp(src: str) -> tuple|None:
+    "Name, size and modification time of a model folder's tokenizer files (None for a hub id)."
+    p = Path(src)
+    if not p.is_dir(): return None
+    return tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in p.iterdir()
+                        if f.is_file() and f.suffix in ('.json', '.txt', '.model', '.jinja')))
+
+def load_tokenizer(ref=None,                # model reference or LoRA adapter folder; None = the default model
+                   trust_remote_code=False, # allow a hub tokenizer's own code
+                   shared: bool=False,      # one instance per process for the same files and options (for callers that never change it)
+                   **kw):
     "The tokenizer of model `ref`, left-padded for batched generation (a LoRA adapter folder: its own tokenizer, else its base's)."
     from transformers import AutoTokenizer
     if ref is not None and is_adapter(ref) and not (Path(ref).expanduser()/'tokenizer_config.json').is_file():
-        return load_tokenizer(adapter_base(ref), trust_remote_code=trust_remote_code, **kw)
+        return load_tokenizer(adapter_base(ref), trust_remote_code=trust_remote_code, shared=shared, **kw)
     src = str(Path(ref).expanduser().resolve()) if ref is not None and is_adapter(ref) else resolve_model(ref)
+    key = (src, trust_remote_code, repr(sorted(kw.items())), _stamp(src))
+    if shared and key in _SHARED_TOKENIZERS: return _SHARED_TOKENIZERS[key]
     tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code, padding_side='left', **kw)
     if tok.pad_token is None: tok.pad_token = tok.eos_token
+    if shared: _SHARED_TOKENIZERS[key] = tok
     return tok
 
 def load_model(ref=None, dtype='auto', device=None, trust_remote_code=False, **kw):

@@ -103,7 +103,7 @@ class RayDataEngine(Engine):
         ray = import_ray()
         self.model = model or DEFAULT_MODEL
         self.path = resolve_model(self.model)
-        self.tok = load_tokenizer(self.path)
+        self.tok = load_tokenizer(self.path, shared=True)
         self.ended_by = set(self.tok.all_special_ids)
         self.max_len, self.replicas, self.prefix_caching = max_model_len, replicas, enable_prefix_caching
         self._started = not ray.is_initialized()
