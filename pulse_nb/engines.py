@@ -551,7 +551,7 @@ class HFEngine(BucketedGeneration, Engine):
                  batch_size: int=32,       # sequences per forward pass
                  max_len: int|None=None,   # context to allow (prompt + answer); None = the model's
                  cpu_gqa: bool=True,       # on CPU, `cpu_gqa_attention` (same outputs, faster padded batches)
-                 weight_major: bool|None=None, # float32 on CPU: decode products as `(W @ x.T).T` (`use_weight_major`); None = where faster
+                 weight_major: bool|None=False, # float32 on CPU: decode products as `(W @ x.T).T` (`use_weight_major`); None = where faster
                  share_prefixes: bool=True, # read a prefix that several prompts of a call share once (`prefix_groups`)
                  min_shared: int=32):      # shortest shared prefix, in tokens, worth a group
         self.model, self.batch_size = model or DEFAULT_MODEL, batch_size
