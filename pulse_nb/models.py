@@ -242,8 +242,8 @@ def load_tokenizer(ref=None,                # model reference or LoRA adapter fo
     if ref is not None and is_adapter(ref) and not (Path(ref).expanduser()/'tokenizer_config.json').is_file():
         return load_tokenizer(adapter_base(ref), trust_remote_code=trust_remote_code, shared=shared, **kw)
     src = str(Path(ref).expanduser().resolve()) if ref is not None and is_adapter(ref) else resolve_model(ref)
-    key = (src, trust_remote_code, repr(sorted(kw.items())), _stamp(src))
-    if shared and key in _SHARED_TOKENIZERS: return _SHARED_TOKENIZERS[key]
+    key = (src, trust_remote_code, repr(sorted(kw.items())), _stamp(src)) if shared else None
+    if key in _SHARED_TOKENIZERS: return _SHARED_TOKENIZERS[key]
     tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code, padding_side='left', **kw)
     if tok.pad_token is None: tok.pad_token = tok.eos_token
     if shared: _SHARED_TOKENIZERS[key] = tok
