@@ -7,21 +7,21 @@ from __future__ import annotations
 import asyncio, functools, inspect, json, logging, math, os, random, threading, time
 from dataclasses import dataclass, field
 from pathlib import Path
-from .models import DEFAULT_MODEL, resolve_model, load_model, load_tokenizer, release_memory
+from .models import DEFAULT_MODEL, cache_dir, resolve_model, load_model, load_tokenizer, release_memory
 
 log = logging.getLogger('pulse_nb')
 
 # %% auto #0
-__all__ = ['log', 'ROLES', 'CPU_GQA', 'WEIGHT_MAJOR_ROWS', 'CPU_BLOCK_SIZE', 'VLLM_INSTALL', 'MAX_SERVER_STOP', 'SamplingConfig',
-           'Completion', 'Generation', 'ScoreReadout', 'Scored', 'EngineError', 'RequestError', 'NoLogprobsError',
-           'ContextLengthError', 'check_convs', 'check_candidates', 'special_texts', 'keep_prefix_end', 'render_ids',
-           'fit_context', 'context_length', 'first_token_ids', 'readout', 'match_token', 'Engine', 'common_prefix_len',
-           'prefix_groups', 'pack_groups', 'cpu_gqa_attention', 'use_cpu_gqa', 'weight_major_linear',
-           'weight_major_gain', 'use_weight_major', 'prefill_prefixes', 'suffix_layout', 'score_from_cache',
-           'BucketedGeneration', 'HFEngine', 'import_vllm', 'VLLMEngine', 'run_sync', 'post_json', 'post_all',
-           'raise_first', 'check_server', 'probe_server', 'merge_caps', 'chat_payload', 'parse_chat',
-           'parse_chat_probs', 'parse_completion_probs', 'ServerFleet', 'OpenAIEngine', 'cpu_flags', 'choose_backend',
-           'fast_dtype', 'parse_spec', 'engine_options', 'check_options', 'make_engine']
+__all__ = ['log', 'ROLES', 'CPU_GQA', 'WEIGHT_MAJOR_COLS', 'WEIGHT_MAJOR_ROWS', 'CPU_BLOCK_SIZE', 'VLLM_INSTALL',
+           'MAX_SERVER_STOP', 'SamplingConfig', 'Completion', 'Generation', 'ScoreReadout', 'Scored', 'EngineError',
+           'RequestError', 'NoLogprobsError', 'ContextLengthError', 'check_convs', 'check_candidates', 'special_texts',
+           'keep_prefix_end', 'render_ids', 'fit_context', 'context_length', 'first_token_ids', 'readout',
+           'match_token', 'Engine', 'common_prefix_len', 'prefix_groups', 'pack_groups', 'cpu_gqa_attention',
+           'use_cpu_gqa', 'weight_major_linear', 'weight_major_gain', 'use_weight_major', 'prefill_prefixes',
+           'suffix_layout', 'score_from_cache', 'BucketedGeneration', 'HFEngine', 'import_vllm', 'VLLMEngine',
+           'run_sync', 'post_json', 'post_all', 'raise_first', 'check_server', 'probe_server', 'merge_caps',
+           'chat_payload', 'parse_chat', 'parse_chat_probs', 'parse_completion_probs', 'ServerFleet', 'OpenAIEngine',
+           'cpu_flags', 'choose_backend', 'fast_dtype', 'parse_spec', 'engine_options', 'check_options', 'make_engine']
 
 # %% ../nbs/02_engines.ipynb #15be476c
 @dataclass
@@ -368,19 +368,30 @@ def use_cpu_gqa(model) -> bool:
     return True
 
 # %% ../nbs/02_engines.ipynb #wm1d2e3f
-WEIGHT_MAJOR_ROWS = 256  # the most rows (sequences x new tokens) `weight_major_linear` computes weight-major
-_WEIGHT_MAJOR_GAIN = {}  # measured stock/weight-major time of one decode step's products, per model layout
+WEIGHT_MAJOR_COLS = 4  # rows per weight-major product; fixed, so a row's rounding never depends on its batch
+WEIGHT_MAJOR_ROWS = 8  # the most rows (sequences of a decode step) a call may have to take the weight-major products
+
+def _one_token_rows(x) -> bool:
+    "Whether `x` holds one new token per sequence (a decode step's shape: `(rows, features)` or `(..., 1, features)`)."
+    return x.dim() <= 2 or x.shape[-2] == 1
 
 def weight_major_linear(self, x):
-    "`nn.Linear.forward` as `(W @ x.T).T` for at most `WEIGHT_MAJOR_ROWS` float32 CPU rows without gradients; else the stock one."
+    """`nn.Linear.forward` as `(W @ x.T).T`, `WEIGHT_MAJOR_COLS` rows per product, for up to `WEIGHT_MAJOR_ROWS` rows of
+    one new token per sequence in float32 on the CPU without gradients; else the stock product."""
     import torch
     w, b = self.weight, self.bias
-    rows = x.numel() // max(x.shape[-1], 1)
-    if (rows > WEIGHT_MAJOR_ROWS or x.dtype != torch.float32 or w.dtype != torch.float32 or x.device.type != 'cpu'
-        or torch.is_grad_enabled()): return torch.nn.functional.linear(x, w, b)
-    xt = x.reshape(rows, x.shape[-1]).t()
-    y = torch.mm(w, xt) if b is None else torch.addmm(b[:, None], w, xt)
-    return y.t().reshape(*x.shape[:-1], w.shape[0])
+    rows, C = x.numel() // max(x.shape[-1], 1), WEIGHT_MAJOR_COLS
+    if (rows > WEIGHT_MAJOR_ROWS or not _one_token_rows(x) or x.dtype != torch.float32 or w.dtype != torch.float32
+        or x.device.type != 'cpu' or torch.is_grad_enabled()): return torch.nn.functional.linear(x, w, b)
+    groups = -(-rows // C)
+    xs = x.new_zeros(groups * C, x.shape[-1])
+    xs[:rows] = x.reshape(rows, x.shape[-1])
+    y = x.new_empty(groups, w.shape[0], C)
+    for g in range(groups):
+        xt = xs[g*C:(g+1)*C].t()
+        if b is None: torch.mm(w, xt, out=y[g])
+        else: torch.addmm(b[:, None], w, xt, out=y[g])
+    return y.transpose(1, 2).reshape(groups * C, w.shape[0])[:rows].reshape(*x.shape[:-1], w.shape[0])
 
 def _best_seconds(f, reps: int=3) -> float:
     "The fastest of `reps` timed calls of `f` (after one untimed call)."
@@ -390,22 +401,42 @@ def _best_seconds(f, reps: int=3) -> float:
         t = time.perf_counter(); f(); best = min(best, time.perf_counter() - t)
     return best
 
-def weight_major_gain(model, rows: int=4, reps: int=3) -> float:
-    "Stock over weight-major seconds of one decode step's `nn.Linear` products of `model` with `rows` rows (each weight shape timed once)."
-    import torch
+def _this_machine() -> str:
+    "What a measured speed holds for: the CPU's model name, torch's version and its thread count."
+    import platform, torch
+    try: cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '')
+    except OSError: cpu = ''
+    return f'{cpu or platform.processor() or platform.machine()} | torch {torch.__version__} | {torch.get_num_threads()} threads'
+
+def weight_major_gain(model,                # a loaded transformers model
+                      rows: int=4,          # rows of the decode step timed
+                      reps: int=3,          # timed calls per weight shape (the fastest counts)
+                      cache: Path|None=None # where gains are kept; None = `cache_dir()/'weight-major.json'`
+                     ) -> float:
+    """Stock over weight-major seconds of one decode step's `nn.Linear` products of `model` with `rows` rows (each weight
+    shape timed once), measured once per machine and model layout and kept in `cache`."""
+    import hashlib, torch
+    from filelock import FileLock
     shapes = {}
     for m in model.modules():
         if type(m) is torch.nn.Linear: shapes.setdefault((tuple(m.weight.shape), m.bias is not None), [m, 0])[1] += 1
-    key = (tuple(sorted((k, n) for k, (_, n) in shapes.items())), rows, torch.get_num_threads())
-    if key not in _WEIGHT_MAJOR_GAIN:
-        stock = fast = 0.0
-        with torch.no_grad():
-            for m, n in shapes.values():
-                x = torch.randn(rows, m.in_features)
-                stock += n * _best_seconds(lambda: torch.nn.functional.linear(x, m.weight, m.bias), reps)
-                fast += n * _best_seconds(lambda: weight_major_linear(m, x), reps)
-        _WEIGHT_MAJOR_GAIN[key] = stock / fast if fast else 1.0
-    return _WEIGHT_MAJOR_GAIN[key]
+    layout = hashlib.sha256(repr(sorted((k, n) for k, (_, n) in shapes.items())).encode()).hexdigest()[:16]
+    key, cache = f'{_this_machine()} | {rows} rows | layout {layout}', Path(cache or cache_dir()/'weight-major.json')
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache) + '.lock'):
+        try: known = json.loads(cache.read_text())
+        except (OSError, ValueError): known = {}  # none yet, or unreadable: measure again
+        if not isinstance(known, dict) or not isinstance(known.get(key), (int, float)):
+            stock = fast = 0.0
+            with torch.no_grad():
+                for m, n in shapes.values():
+                    x = torch.randn(rows, m.in_features)
+                    stock += n * _best_seconds(lambda: torch.nn.functional.linear(x, m.weight, m.bias), reps)
+                    fast += n * _best_seconds(lambda: weight_major_linear(m, x), reps)
+            known = {**(known if isinstance(known, dict) else {}), key: round(stock / fast, 4) if fast else 1.0}
+            tmp = cache.with_name(cache.name + '.tmp')
+            tmp.write_text(json.dumps(known, indent=1)); os.replace(tmp, cache)
+    return known[key]
 
 def use_weight_major(model,                # a loaded transformers model
                      min_gain: float=1.2,  # switch only where the weight-major products are at least this much faster
@@ -551,7 +582,7 @@ class HFEngine(BucketedGeneration, Engine):
                  batch_size: int=32,       # sequences per forward pass
                  max_len: int|None=None,   # context to allow (prompt + answer); None = the model's
                  cpu_gqa: bool=True,       # on CPU, `cpu_gqa_attention` (same outputs, faster padded batches)
-                 weight_major: bool|None=False, # float32 on CPU: decode products as `(W @ x.T).T` (`use_weight_major`); None = where faster
+                 weight_major: bool|None=None, # float32 on CPU: decode products as `(W @ x.T).T` (`use_weight_major`); None = where faster
                  share_prefixes: bool=True, # read a prefix that several prompts of a call share once (`prefix_groups`)
                  min_shared: int=32):      # shortest shared prefix, in tokens, worth a group
         self.model, self.batch_size = model or DEFAULT_MODEL, batch_size
