@@ -76,6 +76,15 @@ def run_one(name, args, log):
             'ran_at': started}
 
 
+def peers_yields(r) -> str:
+    "What each side of a `peers-both` run produced: generated tokens and judgements that carry a score, per run."
+    p, d = r['runs'].get('pulse') or [], r['runs'].get('distilabel') or []
+    if not p or not d or 'scores_parsed' not in p[0]: return ''
+    one = lambda runs, tok, got, of: ', '.join(f'{x[tok]} tokens, {x[got]}/{x[of]} scored' for x in runs)
+    return (f'; per run, pulse-nb ({r.get("score_mode", "text")} scores): {one(p, "gen_tokens", "scores_parsed", "critiques")}; '
+            f'distilabel (ratings from its text): {one(d, "gen_tokens", "ratings_parsed", "judgements")}')
+
+
 def fmt(name, r) -> str:
     "A few markdown lines per benchmark."
     name = name.split('@')[0]  # a tagged rerun (`review-critique@xeon-amx`) reads like its section
@@ -103,7 +112,8 @@ def fmt(name, r) -> str:
                f'pulse-nb on `{r["pulse_engine"]}`, distilabel on its own vLLM engine in the same process')
         return (f'{r["n_prompts"]} prompts, an answer and {r["n_critics"]} judgements each, {r["max_new_tokens"]} new tokens, '
                 f'{how}, dtype {r.get("dtype", "engine default")}, runs in the order pulse, distilabel, distilabel, pulse ({r["cpu"]}): '
-                f'pulse-nb {m["pulse"]} s, distilabel {m["distilabel"]} s: distilabel / pulse-nb wall **{r["distilabel_over_pulse"]}**')
+                f'pulse-nb {m["pulse"]} s, distilabel {m["distilabel"]} s: distilabel / pulse-nb wall **{r["distilabel_over_pulse"]}**'
+                + peers_yields(r))
     if name == 'review-pool':
         per = '; '.join(f'`{k}`: {v["gen_tokens"]} tokens, {v["raw_generation_s"]} s raw generation + {v["raw_score_readouts_s"]} s '
                         f'read-outs' for k, v in r['per_model'].items())

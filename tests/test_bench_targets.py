@@ -78,3 +78,18 @@ def test_a_loop_run_with_kernels_held_to_avx2_says_so():
     run = {'wall_s': 92.5, 'budget_s': 180, 'peak_rss_gib': 5.0, 'rounds': []}
     assert 'held to an older instruction set: ATEN_CPU_CAPABILITY=avx2' in run_all.fmt('loop@x', {'cpu': cpu, 'quick-fp32': run})
     assert 'held' not in run_all.fmt('loop', {'cpu': {**cpu, 'isa_limits': {}}, 'quick-fp32': run})
+
+
+def test_a_peers_section_says_how_many_judgements_carry_a_score():
+    "Wall time alone hides what each side produced: the section gives each run's tokens and scored judgements."
+    run = lambda who, s, tok, got: {'wall_s': s, 'gen_tokens': tok, 'judgements' if who == 'd' else 'critiques': 64,
+                                    'ratings_parsed' if who == 'd' else 'scores_parsed': got}
+    r = {'n_prompts': 32, 'n_critics': 2, 'max_new_tokens': 256, 'pulse_engine': 'vllm', 'cpu': 'x', 'score_mode': 'logprobs',
+         'runs': {'pulse': [run('p', 54.8, 15375, 64), run('p', 51.4, 15375, 63)],
+                  'distilabel': [run('d', 62.5, 19817, 1), run('d', 57.6, 18016, 2)]},
+         'mean_wall_s': {'pulse': 53.1, 'distilabel': 60.06}, 'distilabel_over_pulse': 1.131}
+    line = run_all.fmt('peers-both@x', r)
+    assert 'pulse-nb (logprobs scores): 15375 tokens, 64/64 scored, 15375 tokens, 63/64 scored' in line, line
+    assert 'distilabel (ratings from its text): 19817 tokens, 1/64 scored, 18016 tokens, 2/64 scored' in line, line
+    old = {**r, 'runs': {'pulse': [{'wall_s': 4.3}], 'distilabel': [{'wall_s': 3.8}]}}   # results from before the counts were kept
+    assert run_all.fmt('peers-both', old).endswith('**1.131**')
