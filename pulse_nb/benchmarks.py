@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 import numpy as np
 from .data import last_number
+from .core import UserError
 
 # %% auto #0
 __all__ = ['SOURCES', 'GSM8K_TEMPLATE', 'MATH_TEMPLATE', 'HUMANEVAL_TEMPLATE', 'MBPP_TEMPLATE', 'ARENA_BASELINES',
@@ -70,7 +71,7 @@ SOURCES = {
 "Every file this module reads, by key."
 
 # %% ../nbs/08a_benchmarks.ipynb #bcbd7019
-class BenchDataError(ValueError):
+class BenchDataError(UserError):
     "A benchmark file that is missing or not the pinned release; the message says what to install."
 
 @lru_cache(None)
@@ -189,7 +190,7 @@ def _all_items(name: str) -> tuple:
     return tuple(items)
 
 def _check_name(name: str) -> str:
-    if name not in BENCHMARKS: raise ValueError(f"unknown benchmark {name!r}; choose one of: {', '.join(BENCHMARKS)}")
+    if name not in BENCHMARKS: raise UserError(f"unknown benchmark {name!r}; choose one of: {', '.join(BENCHMARKS)}")
     return name
 
 def load_bench(name: str, # one of `BENCHMARKS`
@@ -222,9 +223,9 @@ def bench_prompts(name: str,          # a benchmark name, or a spec 'bench:NAME[
     "The items of one part of a benchmark: trainable (default), held out, or all."
     parts = str(name).removeprefix('bench:').split(':')
     if len(parts) > 2 or (len(parts) == 2 and split is not None and split != parts[1]):
-        raise ValueError(f'{name!r}: expected bench:NAME or bench:NAME:SPLIT with SPLIT one of {", ".join(SPLITS)}')
+        raise UserError(f'{name!r}: expected bench:NAME or bench:NAME:SPLIT with SPLIT one of {", ".join(SPLITS)}')
     name, split = parts[0], split or (parts[1] if len(parts) == 2 else 'train')
-    if split not in SPLITS: raise ValueError(f'{split!r} is not a split; choose one of: {", ".join(SPLITS)}')
+    if split not in SPLITS: raise UserError(f'{split!r} is not a split; choose one of: {", ".join(SPLITS)}')
     items = load_bench(name)
     if split != 'all':
         keyed = sorted((split_unit(name, it['meta']['question']), i) for i, it in enumerate(items))
@@ -385,7 +386,7 @@ def count_sentences(text: str) -> int:
 def _cmp(n: int, relation: str, k: int) -> bool:
     if relation == 'less than': return n < k
     if relation == 'at least': return n >= k
-    raise ValueError(f"relation must be 'less than' or 'at least', got {relation!r}")
+    raise UserError(f"relation must be 'less than' or 'at least', got {relation!r}")
 
 # %% ../nbs/08a_benchmarks.ipynb #a93f869c
 IFEVAL_SCRIPTS = {'ko': [(0xAC00, 0xD7AF), (0x1100, 0x11FF), (0x3130, 0x318F)], 'th': [(0x0E00, 0x0E7F)],
@@ -781,7 +782,7 @@ def evaluate_bench(engine,                      # the model under test (an `Engi
     from pulse_nb.evaluate import engine_family
     names, judges = _names(names), list(judges or [])
     if (need := [k for k in names if k in JUDGED]) and not judges:
-        raise ValueError(f'{", ".join(need)} need peer judges: pass judges=[engine, ...] (the critic pool or a named judge)')
+        raise UserError(f'{", ".join(need)} need peer judges: pass judges=[engine, ...] (the critic pool or a named judge)')
     family, t0 = engine_family(engine), time.time()
     res = {'model': str(getattr(engine, 'model', engine)), 'family': family, 'split': split, 'seed': seed,
            'judges': [str(getattr(j, 'model', j)) for j in judges], 'judge_families': [engine_family(j) for j in judges], 'sets': {}}
@@ -905,9 +906,9 @@ def cross_self_preference(res_a: dict, res_b: dict, # `evaluate_bench` results o
     "How much more each family's judges favour their own family's model over the other, than the other family's judges do."
     fa, fb, fams = res_a['family'], res_b['family'], res_a['judge_families']
     if res_b['judge_families'] != fams or fa is None or fb is None or fa == fb:
-        raise ValueError('cross_self_preference needs two models of two known families judged by the same judges')
+        raise UserError('cross_self_preference needs two models of two known families judged by the same judges')
     a, b = res_a['sets'][name], res_b['sets'][name]
-    if a['per_item']['ids'] != b['per_item']['ids']: raise ValueError(f'{name}: the two results are on different items')
+    if a['per_item']['ids'] != b['per_item']['ids']: raise UserError(f'{name}: the two results are on different items')
     d = judge_scores(a, len(fams)) - judge_scores(b, len(fams))     # each judge: A's score minus B's, per item
     ja, jb = [j for j, f in enumerate(fams) if f == fa], [j for j, f in enumerate(fams) if f == fb]
     if not ja or not jb: return {'gap': None, 'note': f'needs judges of both families {fa} and {fb}'}

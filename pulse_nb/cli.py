@@ -6,6 +6,7 @@
 from __future__ import annotations
 import argparse, json, logging, sys
 from pathlib import Path
+from .core import UserError
 
 # %% auto #0
 __all__ = ['FLAG_KEYS', 'run_config', 'build_parser', 'cmd_run', 'cmd_generate', 'cmd_train', 'cmd_evaluate',
@@ -124,7 +125,7 @@ def cmd_run(a) -> Path|dict:
 
 # %% ../nbs/10_cli.ipynb #b0faa7b5
 def _positive(name, v):
-    if v is not None and v < 1: raise ValueError(f'{name} must be >= 1, got {v}')
+    if v is not None and v < 1: raise UserError(f'{name} must be >= 1, got {v}')
 
 def cmd_generate(a) -> Path:
     "`pulse generate`: one round of review, then pairs + diagnostics in the run directory."

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv, hashlib, json, random, re, warnings
 from pathlib import Path
 from typing import TypedDict, NotRequired
+from .core import UserError
 
 # %% auto #0
 __all__ = ['GENERAL_INSTRUCTIONS', 'BUILTIN', 'Prompt', 'Answer', 'Critique', 'Pair', 'text_id', 'last_number', 'check_answer',
@@ -251,7 +252,7 @@ def _builtin(name: str, limit: int|None, seed: int) -> list[dict]:
         sets = [BUILTIN[k](n, seed) for k in BUILTIN]
         return [s[i] for i in range(n) for s in sets][:n]
     if name in ('general', 'instructions'): return make_general(limit)
-    raise ValueError(f"Unknown built-in prompt set {name!r}; choose one of: {', '.join([*BUILTIN, 'verifiable', 'general'])}")
+    raise UserError(f"Unknown built-in prompt set {name!r}; choose one of: {', '.join([*BUILTIN, 'verifiable', 'general'])}")
 
 _TEXT_COLS, _CHAT_COLS = ('prompt', 'instruction', 'question'), ('messages', 'conversation', 'chosen')
 
@@ -263,7 +264,7 @@ def _user_text(msgs, where: str):
         msgs = parsed  # a chat stored as JSON text (CSV cells are always text)
     msgs = [] if msgs is None else list(msgs)  # Parquet gives numpy arrays
     users = [m.get('content') for m in msgs if isinstance(m, dict) and m.get('role') == 'user']
-    if not users: raise ValueError(f'{where}: the chat has no user turn')
+    if not users: raise UserError(f'{where}: the chat has no user turn')
     return users[-1]
 
 _SURROGATE = re.compile('[\ud800-\udfff]')
@@ -272,16 +273,16 @@ def rows_to_prompts(rows, source: str, columns: list[str]) -> list[dict]:
     "Turn table rows (dicts) from `source` into prompt records, finding the prompt column among known names."
     col = next((c for c in (*_TEXT_COLS, *_CHAT_COLS) if c in columns), None)
     if col is None:
-        raise ValueError(f'{source}: no prompt column. Found columns {list(columns)}; expected one of '
+        raise UserError(f'{source}: no prompt column. Found columns {list(columns)}; expected one of '
                          f'{list(_TEXT_COLS)} (text) or {list(_CHAT_COLS)} (chat messages).')
     out, seen, dups = [], set(), 0
     for i, r in enumerate(rows):
         where = f'{source}, row {i}, column {col!r}'
         text = _user_text(r[col], where) if col in _CHAT_COLS else r[col]
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f'{where}: expected non-empty text, got {text!r}')
+            raise UserError(f'{where}: expected non-empty text, got {text!r}')
         if m := _SURROGATE.search(text):
-            raise ValueError(f'{where}: character {m.start()} is a lone surrogate ({ascii(m.group())}), not valid Unicode; '
+            raise UserError(f'{where}: character {m.start()} is a lone surrogate ({ascii(m.group())}), not valid Unicode; '
                              f'fix the encoding of the source')
         pid = str(r['id']) if r.get('id') not in (None, '') else text_id(text)
         if pid in seen: dups += 1; continue
@@ -301,9 +302,9 @@ def _read_table(path: Path) -> tuple[list[dict], list[str]]:
             if not raw.strip(): continue
             try: line = raw.decode('utf-8')
             except UnicodeDecodeError as e:
-                raise ValueError(f'{path}, line {i+1}: not valid UTF-8 (byte {raw[e.start:e.start+1]!r} at offset {e.start})') from None
+                raise UserError(f'{path}, line {i+1}: not valid UTF-8 (byte {raw[e.start:e.start+1]!r} at offset {e.start})') from None
             try: rows.append(json.loads(line))
-            except json.JSONDecodeError as e: raise ValueError(f'{path}, line {i+1}: invalid JSON ({e.msg})') from None
+            except json.JSONDecodeError as e: raise UserError(f'{path}, line {i+1}: invalid JSON ({e.msg})') from None
     elif suf == '.json':
         rows = json.loads(path.read_text(encoding='utf-8'))
         if isinstance(rows, dict): rows = next((v for v in rows.values() if isinstance(v, list)), [rows])
@@ -312,7 +313,7 @@ def _read_table(path: Path) -> tuple[list[dict], list[str]]:
     elif suf == '.parquet':
         import pandas as pd
         rows = pd.read_parquet(path).to_dict('records')
-    else: raise ValueError(f'{path}: unsupported file type {suf!r}; use .jsonl, .json, .csv or .parquet')
+    else: raise UserError(f'{path}: unsupported file type {suf!r}; use .jsonl, .json, .csv or .parquet')
     cols = list(dict.fromkeys(k for r in rows for k in r)) if rows else []
     return rows, cols
 
@@ -331,7 +332,7 @@ def load_prompts(spec: str|list, # `builtin:NAME`, `bench:NAME[:SPLIT]`, a file 
     elif str(spec).startswith('hf:'):
         from datasets import load_dataset
         parts = str(spec)[3:].split(':')
-        if len(parts) not in (2, 3): raise ValueError(f'{spec!r}: expected hf:NAME:SPLIT or hf:NAME:CONFIG:SPLIT')
+        if len(parts) not in (2, 3): raise UserError(f'{spec!r}: expected hf:NAME:SPLIT or hf:NAME:CONFIG:SPLIT')
         ds = load_dataset(parts[0], *parts[1:-1], split=parts[-1])
         if limit: ds = ds.select(range(min(limit, len(ds))))
         out = rows_to_prompts(ds, spec, ds.column_names)
@@ -361,5 +362,5 @@ def check_disjoint(train: list, # prompts that are reviewed or trained on
                   ) -> None:
     "Raise `ValueError` if any prompt is in both lists."
     if shared := shared_prompts(train, evaluation):
-        raise ValueError(f'{len(shared)} prompt(s) are in both the {what}: {", ".join(map(str, shared[:5]))}'
+        raise UserError(f'{len(shared)} prompt(s) are in both the {what}: {", ".join(map(str, shared[:5]))}'
                          f'{" ..." if len(shared) > 5 else ""}. Use disjoint sets (e.g. bench:NAME to train, bench:NAME:heldout to evaluate).')

@@ -8,6 +8,7 @@ import asyncio, functools, inspect, json, logging, math, os, random, threading, 
 from dataclasses import dataclass, field
 from pathlib import Path
 from .models import DEFAULT_MODEL, cache_dir, resolve_model, load_model, load_tokenizer, release_memory
+from .core import UserError
 
 log = logging.getLogger('pulse_nb')
 
@@ -34,10 +35,10 @@ class SamplingConfig:
     seed: int|None = 0            # seed of the call (None = not reproducible)
     stop: list[str]|None = None   # strings that end a completion (trimmed from its text)
     def __post_init__(self):
-        if self.temperature < 0: raise ValueError(f'temperature must be >= 0, got {self.temperature}')
-        if not 0 < self.top_p <= 1: raise ValueError(f'top_p must be in (0, 1], got {self.top_p}')
-        if self.max_new_tokens < 1: raise ValueError(f'max_new_tokens must be >= 1, got {self.max_new_tokens}')
-        if self.n < 1: raise ValueError(f'n must be >= 1, got {self.n}')
+        if self.temperature < 0: raise UserError(f'temperature must be >= 0, got {self.temperature}')
+        if not 0 < self.top_p <= 1: raise UserError(f'top_p must be in (0, 1], got {self.top_p}')
+        if self.max_new_tokens < 1: raise UserError(f'max_new_tokens must be >= 1, got {self.max_new_tokens}')
+        if self.n < 1: raise UserError(f'n must be >= 1, got {self.n}')
         if isinstance(self.stop, str): self.stop = [self.stop]
 
 @dataclass
@@ -92,7 +93,7 @@ class RequestError(EngineError):
 class NoLogprobsError(EngineError):
     "The engine or server returns no log-probs: fall back to parsing the score from text."
 
-class ContextLengthError(ValueError):
+class ContextLengthError(UserError):
     "A prompt does not fit in the model's context."
 
 # %% ../nbs/02_engines.ipynb #831fd086
@@ -103,27 +104,27 @@ def check_convs(convs, prefix: bool=False) -> list[list[dict]]:
     if not isinstance(convs, (list, tuple)): raise TypeError(f'convs must be a list of conversations, got {type(convs).__name__}')
     for i, c in enumerate(convs):
         if not isinstance(c, (list, tuple)) or not c:
-            raise ValueError(f'conversation {i}: must be a non-empty list of messages, got {c!r:.80}')
+            raise UserError(f'conversation {i}: must be a non-empty list of messages, got {c!r:.80}')
         for j, m in enumerate(c):
             if not isinstance(m, dict) or 'role' not in m or not isinstance(m.get('content'), str):
-                raise ValueError(f'conversation {i}, message {j}: must be a dict with "role" and a string "content", got {m!r:.80}')
+                raise UserError(f'conversation {i}, message {j}: must be a dict with "role" and a string "content", got {m!r:.80}')
             if m['role'] not in ROLES:
-                raise ValueError(f'conversation {i}, message {j}: unknown role {m["role"]!r} (expected one of {ROLES})')
-        if not any(m['role'] == 'user' for m in c): raise ValueError(f'conversation {i}: has no user turn')
+                raise UserError(f'conversation {i}, message {j}: unknown role {m["role"]!r} (expected one of {ROLES})')
+        if not any(m['role'] == 'user' for m in c): raise UserError(f'conversation {i}: has no user turn')
         last = c[-1]['role']
         if prefix and last != 'assistant':
-            raise ValueError(f'conversation {i}: score() needs a final assistant message to continue (e.g. "Score: "), it ends with {last!r}')
+            raise UserError(f'conversation {i}: score() needs a final assistant message to continue (e.g. "Score: "), it ends with {last!r}')
         if not prefix and last == 'assistant':
-            raise ValueError(f'conversation {i}: ends with an assistant message; generate() answers a user turn')
+            raise UserError(f'conversation {i}: ends with an assistant message; generate() answers a user turn')
     return list(convs)
 
 # %% ../nbs/02_engines.ipynb #16ddee0c
 def check_candidates(candidates) -> list[str]:
     "Validate score candidates: a non-empty list of distinct non-empty strings."
-    if isinstance(candidates, str) or not candidates: raise ValueError(f'candidates must be a non-empty list of strings, got {candidates!r}')
+    if isinstance(candidates, str) or not candidates: raise UserError(f'candidates must be a non-empty list of strings, got {candidates!r}')
     for i, c in enumerate(candidates):
-        if not isinstance(c, str) or not c: raise ValueError(f'candidate {i}: must be a non-empty string, got {c!r}')
-    if len(set(candidates)) != len(candidates): raise ValueError(f'candidates must be distinct, got {candidates!r}')
+        if not isinstance(c, str) or not c: raise UserError(f'candidate {i}: must be a non-empty string, got {c!r}')
+    if len(set(candidates)) != len(candidates): raise UserError(f'candidates must be distinct, got {candidates!r}')
     return list(candidates)
 
 # %% ../nbs/02_engines.ipynb #5a7cdbe4
@@ -137,7 +138,7 @@ def keep_prefix_end(text: str, prefix: str, i: int=0) -> str:
     if text.endswith(prefix): return text
     body = prefix.rstrip()
     if body != prefix and text.endswith(body): return text + prefix[len(body):]  # e.g. `| trim` dropped the space of "Score: "
-    raise ValueError(f'conversation {i}: the chat template does not end the rendered prompt with the final assistant '
+    raise UserError(f'conversation {i}: the chat template does not end the rendered prompt with the final assistant '
                      f'message {prefix[-40:]!r}, so the next token would not continue it; use a template that keeps it')
 
 def _template(tok, conv, prefix, i=0):
@@ -157,13 +158,13 @@ def _render_neutral(tok, conv, prefix, i):
     pieces = []
     for m, k in zip(conv, marks):
         at = text.find(k, pos)
-        if at < 0: raise ValueError(f'conversation {i}: the chat template drops or rewrites a message that contains a '
+        if at < 0: raise UserError(f'conversation {i}: the chat template drops or rewrites a message that contains a '
                                     f'special token; cannot tokenize it safely')
         pieces += [(text[pos:at], False), (str(m['content']), True)]
         pos = at + len(k)
     pieces.append((text[pos:], False))
     if ''.join(p for p, _ in pieces) != real:
-        raise ValueError(f'conversation {i}: the chat template rewrites message contents (e.g. trims them), so control '
+        raise UserError(f'conversation {i}: the chat template rewrites message contents (e.g. trims them), so control '
                          f'tokens inside them cannot be neutralised; remove {special_texts(tok)[0]!r}-like strings first')
     for piece, content in pieces:
         if piece: ids += tok(piece, add_special_tokens=False, split_special_tokens=content)['input_ids']
@@ -201,7 +202,7 @@ def first_token_ids(tok, candidates) -> list[int]:
     "Each candidate's first token id when tokenized on its own (how multi-token candidates are scored)."
     ids = [tok(c, add_special_tokens=False)['input_ids'] for c in candidates]
     for c, x in zip(candidates, ids):
-        if not x: raise ValueError(f'candidate {c!r} tokenizes to nothing')
+        if not x: raise UserError(f'candidate {c!r} tokenizes to nothing')
     return [x[0] for x in ids]
 
 def readout(candidates, cand_ids, prob_of) -> ScoreReadout:
@@ -741,7 +742,7 @@ def _norm_url(u: str) -> str:
     "Strip a base URL's trailing slash; add `/v1` when it has no path."
     from urllib.parse import urlparse
     u = u.strip().rstrip('/')
-    if not urlparse(u).scheme: raise ValueError(f'base URL {u!r} needs a scheme, e.g. http://127.0.0.1:8000/v1')
+    if not urlparse(u).scheme: raise UserError(f'base URL {u!r} needs a scheme, e.g. http://127.0.0.1:8000/v1')
     return u if urlparse(u).path not in ('', '/') else u + '/v1'
 
 def run_sync(make_coro):
@@ -990,7 +991,7 @@ class OpenAIEngine(ServerFleet, Engine):
                  tokenizer: str|None=None):        # model reference whose chat template renders `/completions` prompts
         if isinstance(base_urls, str): base_urls = base_urls.split(',')
         self.base_urls = [_norm_url(u) for u in base_urls if u.strip()]
-        if not self.base_urls: raise ValueError('OpenAIEngine needs at least one base URL')
+        if not self.base_urls: raise UserError('OpenAIEngine needs at least one base URL')
         self.max_concurrency, self.timeout, self.retries, self.backoff = max_concurrency, timeout, retries, backoff
         self.api_key, self.max_len, self.tokenizer = api_key or os.environ.get('OPENAI_API_KEY'), max_len, tokenizer
         self._model, self._ready, self._caps, self._tok = model, False, None, None
@@ -1028,7 +1029,7 @@ class OpenAIEngine(ServerFleet, Engine):
         if not truncate: return {}
         caps = await self._acapabilities()
         if not caps['continue_final_message']:
-            raise ValueError(f'truncate=True needs a vLLM server (truncate_prompt_tokens); {self.base_urls} did not take '
+            raise UserError(f'truncate=True needs a vLLM server (truncate_prompt_tokens); {self.base_urls} did not take '
                              f"vLLM's parameters: shorten the prompts instead")
         return {'truncate_prompt_tokens': (self.max_len - reserve) if self.max_len else -1}
 
@@ -1057,7 +1058,7 @@ class OpenAIEngine(ServerFleet, Engine):
                                   f'{ {k: caps[k] for k in ("chat_logprobs", "continue_final_message", "completions_logprobs")} }'
                                   f'{"" if self.tokenizer else "; tokenizer= would allow /completions"}): score from text instead')
         extra = await self._truncation(truncate, 1) if caps['score_via'] == 'chat-continue' else {}
-        if truncate and not extra: raise ValueError('truncate=True needs a vLLM server (truncate_prompt_tokens)')
+        if truncate and not extra: raise UserError('truncate=True needs a vLLM server (truncate_prompt_tokens)')
         async with self._client() as client:
             res = await post_all(client, self.base_urls, [self._score_job(i, c, caps, extra) for i, c in enumerate(convs)],
                                  self.max_concurrency, self.retries, self.backoff)
@@ -1087,7 +1088,7 @@ def choose_backend(flags: set[str]|None=None, cuda: bool|None=None, has_vllm: bo
     "Pick 'vllm' or 'hf' for this machine; returns (kind, reason)."
     env = os.environ.get('PULSE_ENGINE', '').strip().lower()
     if env:
-        if env not in ('hf', 'vllm'): raise ValueError(f'PULSE_ENGINE must be "hf" or "vllm", got {env!r}')
+        if env not in ('hf', 'vllm'): raise UserError(f'PULSE_ENGINE must be "hf" or "vllm", got {env!r}')
         return env, f'PULSE_ENGINE={env}'
     if has_vllm is None: has_vllm = _has_vllm()
     if not has_vllm: return 'hf', 'vllm is not installed'
@@ -1114,7 +1115,7 @@ def parse_spec(spec) -> tuple[str, dict]:
     "Split an engine spec (string or dict) into (kind, constructor kwargs)."
     if isinstance(spec, dict):
         kw = dict(spec)
-        if 'kind' not in kw: raise ValueError(f'an engine spec dict needs a "kind" key, got {spec!r}')
+        if 'kind' not in kw: raise UserError(f'an engine spec dict needs a "kind" key, got {spec!r}')
         kind = kw.pop('kind')
     elif isinstance(spec, str):
         head, *opts = spec.strip().split(';')
@@ -1124,13 +1125,13 @@ def parse_spec(spec) -> tuple[str, dict]:
         for o in filter(str.strip, opts):
             k, eq, v = o.partition('=')
             if not eq or not k.strip().isidentifier():
-                raise ValueError(f'engine spec option {o.strip()!r} in {spec!r} is not NAME=VALUE')
+                raise UserError(f'engine spec option {o.strip()!r} in {spec!r} is not NAME=VALUE')
             try: kw[k.strip()] = json.loads(v.strip())
             except ValueError: kw[k.strip()] = v.strip()
     else: raise TypeError(f'engine spec must be a str, dict or Engine, got {type(spec).__name__}')
     kind = kind.lower()
     if kind not in ('hf', 'vllm', 'openai', 'auto'):
-        raise ValueError(f'unknown engine kind {kind!r} in {spec!r}: use hf, vllm, openai or auto')
+        raise UserError(f'unknown engine kind {kind!r} in {spec!r}: use hf, vllm, openai or auto')
     return kind, kw
 
 def engine_options(kind: str) -> list[str]:
@@ -1152,7 +1153,7 @@ def check_options(kind: str, kw: dict, spec=None):
     if bad:
         shown = ok if kind != 'vllm' else ok[:12] + ['... (any vllm.LLM engine argument)']
         where = f' in {spec!r}' if isinstance(spec, str) and f';{bad[0]}=' in spec.replace(' ', '') else ''
-        raise ValueError(f'unknown option {bad[0]!r} for the {kind} engine{where}'
+        raise UserError(f'unknown option {bad[0]!r} for the {kind} engine{where}'
                          + f'; it takes: {", ".join(shown)}')
 
 def make_engine(spec: str|dict|Engine='auto', **kw) -> Engine:
@@ -1166,5 +1167,5 @@ def make_engine(spec: str|dict|Engine='auto', **kw) -> Engine:
     check_options(kind, kw, spec)
     if kind == 'hf': return HFEngine(**kw)
     if kind == 'vllm': return VLLMEngine(**kw)
-    if 'base_urls' not in kw: raise ValueError(f'an openai engine needs base URLs, e.g. "openai:http://127.0.0.1:8000/v1"; got {spec!r}')
+    if 'base_urls' not in kw: raise UserError(f'an openai engine needs base URLs, e.g. "openai:http://127.0.0.1:8000/v1"; got {spec!r}')
     return OpenAIEngine(**kw)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from .engines import Engine, SamplingConfig, NoLogprobsError, make_engine
 from .data import make_arithmetic, make_general, check_answer
+from .core import UserError
 
 # %% auto #0
 __all__ = ['JUDGE_TEMPLATE', 'CHOICES', 'CHOICES_TIE', 'JUDGE_PREFIX', 'OUTCOME_SCORE', 'EVAL_SAMPLING', 'ANSWER_SUFFIX',
@@ -109,7 +110,7 @@ def judge_orders(judge: Engine, prompts: list[str], first: list[str], second: li
                  min_mass=0.2, max_new_tokens=64) -> tuple[list, str]:
     "One batched judge call: (letter, P(A better)) for each (prompt, A=first, B=second); returns (results, mode used)."
     choices = ['A', 'B', 'C'] if tie else ['A', 'B']
-    if mode not in ('auto', 'logprobs', 'text'): raise ValueError(f"mode must be 'auto', 'logprobs' or 'text', got {mode!r}")
+    if mode not in ('auto', 'logprobs', 'text'): raise UserError(f"mode must be 'auto', 'logprobs' or 'text', got {mode!r}")
     if mode == 'auto': mode = 'logprobs' if getattr(judge, 'supports_logprobs', False) else 'text'
     if mode == 'logprobs':
         try: return _letters_logprobs(judge, [judge_conv(p, a, b, tie) for p, a, b in zip(prompts, first, second)],
@@ -130,9 +131,9 @@ def judge_pairs(judges: Engine|list[Engine], # one judge or a list of peer judge
                ) -> list[dict]:
     "Judge every (candidate, baseline) pair in both orders with every judge; one record per pair and judge."
     judges = judges if isinstance(judges, (list, tuple)) else [judges]
-    if not judges: raise ValueError('judge_pairs needs at least one judge engine')
+    if not judges: raise UserError('judge_pairs needs at least one judge engine')
     if not (len(prompts) == len(cand) == len(base)):
-        raise ValueError(f'prompts, cand and base must have the same length, got {len(prompts)}, {len(cand)}, {len(base)}')
+        raise UserError(f'prompts, cand and base must have the same length, got {len(prompts)}, {len(cand)}, {len(base)}')
     recs = []
     for j, judge in enumerate(judges):
         kw = dict(tie=tie, mode=mode, min_mass=min_mass, max_new_tokens=max_new_tokens)
@@ -303,7 +304,7 @@ def prompt_texts(prompts) -> list[str]:
     out = []
     for i, p in enumerate(prompts):
         t = p.get('prompt') if isinstance(p, dict) else p
-        if not isinstance(t, str) or not t.strip(): raise ValueError(f'prompt {i}: expected non-empty text, got {p!r:.80}')
+        if not isinstance(t, str) or not t.strip(): raise UserError(f'prompt {i}: expected non-empty text, got {p!r:.80}')
         out.append(t)
     return out
 
@@ -361,7 +362,7 @@ def answer_accuracy(engine: Engine,   # the model under test
     items = make_arithmetic(n, seed) if items is None else list(items)
     for i, it in enumerate(items):
         if not isinstance(it, dict) or it.get('answer') in (None, ''):
-            raise ValueError(f'item {i}: needs a dict with a non-empty "answer", got {it!r:.80}')
+            raise UserError(f'item {i}: needs a dict with a non-empty "answer", got {it!r:.80}')
     outs = answers(engine, [it['prompt'] + suffix for it in items], sampling)
     ok = [check_answer(o.text, str(it['answer'])) for o, it in zip(outs, items)]
     res = {'model': str(engine.model), 'n': len(items), 'correct': int(sum(ok)), 'accuracy': float(np.mean(ok)) if ok else None,
@@ -383,7 +384,7 @@ def merge_adapter(adapter_dir,              # folder saved by PEFT (adapter_conf
     out = Path(out_dir) if out_dir else adapter_dir/'merged'
     if (out/'config.json').exists() and any(out.glob('*.safetensors')): return str(out)
     base = base or adapter_base(adapter_dir)
-    if not base: raise ValueError(f'{adapter_dir}/adapter_config.json names no base model; pass base=')
+    if not base: raise UserError(f'{adapter_dir}/adapter_config.json names no base model; pass base=')
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix='.tmp-merged-', dir=out.parent))
     try: _merge_into(adapter_dir, base, tmp)
@@ -621,7 +622,7 @@ def evaluate(candidate: Engine,          # the model under test
             ) -> dict:
     "Win rate of `candidate` over `baseline` (peer-judged) plus exact-answer accuracy (and code pass rate) of both."
     if judges is None or (isinstance(judges, (list, tuple)) and not judges):
-        raise ValueError('evaluate needs peer judges: pass judges=[engine, ...] (the critic pool or a named judge; '
+        raise UserError('evaluate needs peer judges: pass judges=[engine, ...] (the critic pool or a named judge; '
                          'run_evaluation uses DEFAULT_JUDGES)')
     prompts = heldout_prompts(16) if prompts is None else prompts
     t0 = time.time()

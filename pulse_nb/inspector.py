@@ -8,6 +8,7 @@ import difflib, html, json, math, re, statistics as st
 from pathlib import Path
 from .review import load_run
 from .preferences import collect, label, critic_stats, kendall_tau
+from .core import UserError
 
 # %% auto #0
 __all__ = ['CSS', 'DIRECTIONS', 'TRAIN_METRICS', 'critique_records', 'word_diff', 'score_html', 'label_html', 'record_html',
@@ -66,7 +67,7 @@ def _run_record(it: dict, lab: dict) -> dict:
 def _pair_record(i: int, row: dict) -> dict:
     "An inspector record from row `i` of a preference dataset."
     for k in ('prompt', 'chosen', 'rejected'):
-        if k not in row: raise ValueError(f'dataset row {i} has no {k!r} column (columns: {sorted(row)})')
+        if k not in row: raise UserError(f'dataset row {i} has no {k!r} column (columns: {sorted(row)})')
     rev = row.get('chosen_is_revision')
     ch, rj = _text(row['chosen']), _text(row['rejected'])
     if rev is None: a0, a1, names, lab = rj, ch, ('rejected', 'chosen'), 'chosen'
@@ -109,7 +110,7 @@ def _load_rows(source) -> list[dict]:
     from datasets import Dataset
     if p.suffix == '.parquet': return Dataset.from_parquet(str(p)).to_list()
     if p.suffix in ('.jsonl', '.json'): return Dataset.from_json(str(p)).to_list()
-    raise ValueError(f'unsupported file {p.name!r}: give a run directory, a .parquet, .jsonl or .json file, or a Dataset')
+    raise UserError(f'unsupported file {p.name!r}: give a run directory, a .parquet, .jsonl or .json file, or a Dataset')
 
 def critique_records(source, # a run directory, `load_run`'s dict, a `datasets.Dataset`, a pairs file, or a list of rows
                      **label_kw, # `agg`, `min_margin`, `min_critics`, `max_disagreement`, `tau`, `trim` for `label`
@@ -215,7 +216,7 @@ class CritiqueInspector:
                 ):
         self.records = critique_records(source, **label_kw)
         self.by_id = {r['id']: r for r in self.records}
-        if len(self.by_id) != len(self.records): raise ValueError('records with duplicate ids in the source')
+        if len(self.by_id) != len(self.records): raise UserError('records with duplicate ids in the source')
         self._busy = False
         self.min_margin = W.BoundedFloatText(value=min_margin, min=0, max=1e9, step=0.1, description='min margin')
         self.disagree = W.Checkbox(value=disagreement, description='critics disagree', indent=False)
@@ -232,7 +233,7 @@ class CritiqueInspector:
 
     @staticmethod
     def _check_dir(d):
-        if d not in DIRECTIONS: raise ValueError(f'direction must be one of {DIRECTIONS}, got {d!r}')
+        if d not in DIRECTIONS: raise UserError(f'direction must be one of {DIRECTIONS}, got {d!r}')
         return d
 
 # %% ../nbs/09_inspector.ipynb #e1499efa
@@ -358,7 +359,7 @@ def to_html(self: CritiqueInspector,
     return CSS + '<div class="pulse-insp">' + ''.join(parts) + '</div>'
 
 # %% ../nbs/09_inspector.ipynb #aafb45b4
-class NoData(ValueError):
+class NoData(UserError):
     "Raised by a plot function whose source holds nothing to plot."
 
 def critique_frame(run, # a run directory or `load_run`'s dict
@@ -511,7 +512,7 @@ def plot_noise_robustness(results, # DataFrame (or rows / CSV / JSON path) with 
         results = pd.read_csv(p) if p.suffix == '.csv' else pd.read_json(p, lines=p.suffix == '.jsonl')
     df = pd.DataFrame(results)
     missing = [c for c in ('loss', 'flip_rate', 'seed', y) if c not in df]
-    if missing: raise ValueError(f'noise-robustness results lack columns {missing} (have {list(df.columns)})')
+    if missing: raise UserError(f'noise-robustness results lack columns {missing} (have {list(df.columns)})')
     if df.empty: raise NoData('no noise-robustness results')
     fig, (ax,) = _fig(w=5.5, h=3.8)
     sns.lineplot(df, x='flip_rate', y=y, hue='loss', style='loss', markers=True, dashes=False, errorbar='sd', ax=ax)
@@ -528,7 +529,7 @@ def save_plots(run_dir, # a review run directory (None: only the training / robu
               ) -> list[Path]:
     "Write the PNG of every plot whose data the run has; returns their paths."
     if out_dir is None:
-        if run_dir is None: raise ValueError('give out_dir when run_dir is None')
+        if run_dir is None: raise UserError('give out_dir when run_dir is None')
         out_dir = Path(run_dir)/'plots'
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     jobs = []

@@ -13,6 +13,7 @@ from .models import DEFAULT_MODEL, QWEN_05B, model_family, release_memory, sha25
 from .engines import Engine, EngineError, make_engine, parse_spec, check_options, choose_backend, fast_dtype, log
 from .review import review, RunError, write_atomic, config_diff
 from .train import ConfigError, TrainConfig
+from .core import UserError
 
 # %% auto #0
 __all__ = ['PRESETS', 'PoolConfig', 'ReviewConfig', 'LabelConfig', 'EvalConfig', 'check_train', 'RunConfig', 'config_dict',
@@ -697,7 +698,7 @@ def plot_rounds(run_dir):
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt, seaborn as sns, pandas as pd
     rows = round_table(run_dir)
-    if not rows: raise ValueError(f'{run_dir} has no finished round to plot')
+    if not rows: raise UserError(f'{run_dir} has no finished round to plot')
     df = pd.DataFrame(rows)
     panels = [('review', ['revision_win_rate', 'label_accuracy', 'critic_agreement_tau']),
               ('evaluation', ['win_rate', 'accuracy_policy', 'accuracy_base', *[c for c in df if c.endswith(('_policy', '_base'))

@@ -8,6 +8,7 @@ import difflib, functools, inspect, math
 from typing import Callable
 import torch
 import torch.nn.functional as F
+from .core import UserError
 
 # %% auto #0
 __all__ = ['WEIGHTINGS', 'PHI', 'LOSSES', 'TRL_NAMES', 'implicit_margin', 'check_epsilon', 'check_weights', 'normalize_weights',
@@ -29,7 +30,7 @@ def check_epsilon(epsilon:float, # assumed label-flip rate
                  ) -> float:
     "Return `epsilon` if it lies in [0, 0.5), else raise `ValueError` naming it."
     e = float(epsilon)
-    if not (0.0 <= e < 0.5): raise ValueError(f'epsilon (the assumed label-flip rate) must be in [0, 0.5), got {epsilon!r}')
+    if not (0.0 <= e < 0.5): raise UserError(f'epsilon (the assumed label-flip rate) must be in [0, 0.5), got {epsilon!r}')
     return e
 
 # %% ../nbs/06_losses.ipynb #a95d2571
@@ -37,9 +38,9 @@ def check_weights(weights, # per-pair weights, shape [B]
                  ) -> torch.Tensor:
     "`weights` as a tensor; `ValueError` naming the first pair whose weight is NaN, infinite or negative."
     w = torch.as_tensor(weights)
-    if w.ndim != 1: raise ValueError(f'weights must be a 1-d tensor with one value per pair, got shape {tuple(w.shape)}')
+    if w.ndim != 1: raise UserError(f'weights must be a 1-d tensor with one value per pair, got shape {tuple(w.shape)}')
     bad = ((~torch.isfinite(w)) | (w < 0)).nonzero().flatten()
-    if len(bad): raise ValueError(f'weights must be finite and >= 0; pair {bad[0].item()} has weight {w[bad[0]].item()}')
+    if len(bad): raise UserError(f'weights must be finite and >= 0; pair {bad[0].item()} has weight {w[bad[0]].item()}')
     return w
 
 def normalize_weights(weights, # per-pair weights over the set they are normalised on (the trainer: the dataset)
@@ -49,7 +50,7 @@ def normalize_weights(weights, # per-pair weights over the set they are normalis
     w = check_weights(weights)
     s = w.sum()
     if s <= 0 and allow_zero: return torch.zeros_like(w)
-    if s <= 0: raise ValueError('weights are all zero: no pair would contribute to the loss')
+    if s <= 0: raise UserError('weights are all zero: no pair would contribute to the loss')
     return w * (len(w) / s)
 
 # %% ../nbs/06_losses.ipynb #4b2dce76
@@ -62,17 +63,17 @@ def pair_weights(margin=None, # |Δ aggregated critic score| per pair, >= 0
                  floor:float=0.05, # smallest weight a pair can get
                 ) -> torch.Tensor:
     "Per-pair confidence weights in [floor, 1] from critic `margin` and/or `agreement`."
-    if kind not in WEIGHTINGS: raise ValueError(f'unknown weighting {kind!r}; choose one of {WEIGHTINGS}')
+    if kind not in WEIGHTINGS: raise UserError(f'unknown weighting {kind!r}; choose one of {WEIGHTINGS}')
     ws = []
     if 'margin' in kind:
-        if margin is None: raise ValueError(f'weighting {kind!r} needs the pair margins (column `margin`)')
+        if margin is None: raise UserError(f'weighting {kind!r} needs the pair margins (column `margin`)')
         m = torch.as_tensor(margin, dtype=torch.float64)
-        if torch.isnan(m).any() or (m < 0).any(): raise ValueError(f'margin must be >= 0 and not NaN, got {m.tolist()}')
+        if torch.isnan(m).any() or (m < 0).any(): raise UserError(f'margin must be >= 0 and not NaN, got {m.tolist()}')
         ws.append(1 - torch.exp(-m / scale))
     if 'agreement' in kind:
-        if agreement is None: raise ValueError(f'weighting {kind!r} needs the critic agreement (column `agreement`)')
+        if agreement is None: raise UserError(f'weighting {kind!r} needs the critic agreement (column `agreement`)')
         a = torch.as_tensor(agreement, dtype=torch.float64)
-        if torch.isnan(a).any() or (a < 0).any() or (a > 1).any(): raise ValueError(f'agreement must be in [0, 1], got {a.tolist()}')
+        if torch.isnan(a).any() or (a < 0).any() or (a > 1).any(): raise UserError(f'agreement must be in [0, 1], got {a.tolist()}')
         ws.append(((a - 0.5) / 0.5).clamp(0, 1))
     w = ws[0] if len(ws) == 1 else ws[0] * ws[1]
     return w.clamp(min=floor)
@@ -83,7 +84,7 @@ def soft_labels_from_scores(score_chosen, # aggregated critic score of the chose
                             tau:float=1.0, # temperature in score units
                            ) -> torch.Tensor:
     "η_i = σ((score_chosen − score_rejected) / τ): the probability that the label is right."
-    if tau <= 0: raise ValueError(f'tau must be > 0, got {tau}')
+    if tau <= 0: raise UserError(f'tau must be > 0, got {tau}')
     return torch.sigmoid((torch.as_tensor(score_chosen, dtype=torch.float64) - torch.as_tensor(score_rejected, dtype=torch.float64)) / tau)
 
 # %% ../nbs/06_losses.ipynb #9714c03e
@@ -117,7 +118,7 @@ def strict_keywords(loss:Callable, # a loss taking the four log-prob tensors, th
 def _check_soft(soft_labels, validate=True):
     s = torch.as_tensor(soft_labels)
     if validate and (torch.isnan(s).any() or (s < 0).any() or (s > 1).any()):
-        raise ValueError(f'soft labels must lie in [0, 1], got {s.tolist()}')
+        raise UserError(f'soft labels must lie in [0, 1], got {s.tolist()}')
     return s
 
 def _reduce(per_pair, weights=None, validate=True):
@@ -174,7 +175,7 @@ def savage_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, re
 def soft_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
               beta=0.1, weights=None, soft_labels=None, validate=True):
     "DPO with soft labels: mean of −η log σ(βh) − (1−η) log σ(−βh); `soft_labels` (η) are required."
-    if soft_labels is None: raise ValueError("loss 'soft' needs soft labels (a `soft_label` column, or `score_chosen`/`score_rejected`)")
+    if soft_labels is None: raise UserError("loss 'soft' needs soft labels (a `soft_label` column, or `score_chosen`/`score_rejected`)")
     return dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
                     beta=beta, weights=weights, soft_labels=soft_labels, validate=validate)
 
@@ -202,7 +203,7 @@ def drdpo_log_terms(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps
                     validate:bool=True, # check weights and soft labels
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     "Per pair, log wᵢ − ℓᵢ/β′ (−∞ where wᵢ = 0) and ℓᵢ, the (soft-label) DPO loss: Dr. DPO's log-sum-exp terms."
-    if not drdpo_beta > 0: raise ValueError(f'drdpo_beta must be > 0, got {drdpo_beta}')
+    if not drdpo_beta > 0: raise UserError(f'drdpo_beta must be > 0, got {drdpo_beta}')
     logps = policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
     per = _per_pair(phi_dpo, logps, beta, soft_labels, validate)
     if weights is None: return -per / drdpo_beta, per
@@ -243,7 +244,7 @@ def get_loss(name:str, # one of `LOSSES` (or TRL's alias `sigmoid` / `robust`)
     "The loss function registered under `name`; unknown names raise `ValueError` listing the known ones."
     alias = {v: k for k, v in TRL_NAMES.items()}
     key = alias.get(name, name)
-    if key not in LOSSES: raise ValueError(f'unknown loss {name!r}; choose one of {sorted(LOSSES)}')
+    if key not in LOSSES: raise UserError(f'unknown loss {name!r}; choose one of {sorted(LOSSES)}')
     return LOSSES[key]
 
 def loss_keywords(name:str, # a name `get_loss` knows

@@ -8,6 +8,7 @@ import ctypes, gc, hashlib, importlib.metadata as md, json, os, re, shutil, temp
 from dataclasses import dataclass
 from pathlib import Path
 from filelock import FileLock, Timeout
+from .core import UserError
 
 # %% auto #0
 __all__ = ['EMBEDDED', 'DEFAULT_MODEL', 'QWEN_05B', 'QWEN_15B', 'MANIFEST', 'cache_dir', 'EmbeddedModel', 'register_embedded',
@@ -37,7 +38,7 @@ class EmbeddedModel:
     def parts(self) -> list[tuple[str, str]]:
         "(distribution, file) of each part, in concatenation order."
         ds, fs = ((self.dist,), (self.file,)) if isinstance(self.dist, str) else (tuple(self.dist), tuple(self.file))
-        if len(ds) != len(fs): raise ValueError(f'{self.name}: {len(ds)} distributions but {len(fs)} part files')
+        if len(ds) != len(fs): raise UserError(f'{self.name}: {len(ds)} distributions but {len(fs)} part files')
         return list(zip(ds, fs))
 
     def install_cmd(self, dists=None) -> str:
@@ -72,7 +73,7 @@ register_embedded(EmbeddedModel(
     upstream='Qwen/Qwen2.5-Coder-1.5B-Instruct'))
 
 # %% ../nbs/01_models.ipynb #0311d49d
-class ModelError(ValueError):
+class ModelError(UserError):
     "A model reference that cannot be resolved; the message says what to do."
 
 def _locate(dist: str, file: str) -> Path|None:

@@ -10,6 +10,7 @@ from itertools import combinations
 from pathlib import Path
 from .data import check_answer
 from .review import load_run
+from .core import UserError
 
 # %% auto #0
 __all__ = ['PAIR_COLUMNS', 'aggregate', 'critic_stats', 'pairwise_prefs', 'collect', 'label', 'label_pairwise', 'label_all',
@@ -18,14 +19,14 @@ __all__ = ['PAIR_COLUMNS', 'aggregate', 'critic_stats', 'pairwise_prefs', 'colle
 # %% ../nbs/05_preferences.ipynb #2cd8de41
 def aggregate(scores: list[float], how: str='mean', trim: float=0.2) -> float:
     "Combine critics' scores: 'mean', 'median' or 'trimmed' (drop `trim` of each end); 'zmean' expects z-scores."
-    if not scores: raise ValueError('no scores to aggregate')
+    if not scores: raise UserError('no scores to aggregate')
     if how in ('mean', 'zmean'): return sum(scores) / len(scores)
     if how == 'median': return float(st.median(scores))
     if how == 'trimmed':
         s, k = sorted(scores), int(len(scores) * trim)
         s = s[k:len(s) - k] or s
         return sum(s) / len(s)
-    raise ValueError(f"unknown aggregation {how!r}: use 'mean', 'median', 'trimmed' or 'zmean'")
+    raise UserError(f"unknown aggregation {how!r}: use 'mean', 'median', 'trimmed' or 'zmean'")
 
 # %% ../nbs/05_preferences.ipynb #c7c7c2d4
 def critic_stats(critiques: list[dict]) -> dict:
@@ -82,7 +83,7 @@ def label(item: dict, agg: str='mean', stats: dict|None=None, min_margin: float=
           max_disagreement: float|None=None, tau: float=1.0, trim: float=0.2, source: str='scores') -> dict:
     "Label one collected item: a pair dict, or `{'drop': reason}`."
     if source == 'pairwise': return label_pairwise(item, min_margin, min_critics, max_disagreement)
-    if source != 'scores': raise ValueError(f"source must be 'scores' or 'pairwise', got {source!r}")
+    if source != 'scores': raise UserError(f"source must be 'scores' or 'pairwise', got {source!r}")
     ks = [k for k in item['c0'] if k in item['c1'] and item['c0'][k]['parsed'] and item['c1'][k]['parsed']]
     if len(ks) < max(1, min_critics): return {'drop': 'too_few_critics'}
     if item['a0'].strip() == item['a1'].strip(): return {'drop': 'identical'}
@@ -152,7 +153,7 @@ def label_all(run, agg='mean', min_margin=0.0, min_critics=1, max_disagreement=N
     "Label every item of `run`: (pairs, Counter of drop reasons)."
     run = load_run(run) if isinstance(run, (str, Path)) else run
     if source == 'pairwise' and not run.get('comparisons'):
-        raise ValueError("source='pairwise' needs a run made with review(..., pairwise=True): comparisons.jsonl is empty")
+        raise UserError("source='pairwise' needs a run made with review(..., pairwise=True): comparisons.jsonl is empty")
     stats = critic_stats(run['critiques'] + run['rescores']) if agg == 'zmean' else None
     pairs, drops = [], Counter()
     for it in collect(run):
@@ -187,7 +188,7 @@ def save_pairs(ds, out_dir, name: str='pairs') -> dict:
 # %% ../nbs/05_preferences.ipynb #46bf4d39
 def kendall_tau(x: list[float], y: list[float]) -> float|None:
     "Kendall's τ-b of two paired score lists (`None` if undefined)."
-    if len(x) != len(y): raise ValueError(f'kendall_tau: lengths differ ({len(x)} vs {len(y)})')
+    if len(x) != len(y): raise UserError(f'kendall_tau: lengths differ ({len(x)} vs {len(y)})')
     c = d = tx = ty = 0
     for i, j in combinations(range(len(x)), 2):
         a, b = _sign(x[i] - x[j]), _sign(y[i] - y[j])

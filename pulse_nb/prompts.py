@@ -6,6 +6,7 @@
 from __future__ import annotations
 import math, re
 from dataclasses import dataclass
+from .core import UserError
 
 # %% auto #0
 __all__ = ['ACTOR_TEMPLATE', 'REVISION_TEMPLATE', 'PERSONAS', 'SCALE', 'CRITIC_SYSTEM', 'CRITIC_TEMPLATE', 'RESCORE_TEMPLATE',
@@ -288,7 +289,7 @@ def scale_tokens(scale=SCALE) -> list[str]:
     "The candidate tokens of `scale`: its numbers as strings, which must each be one character."
     toks = [str(s) for s in range(scale[0], scale[1] + 1)]
     bad = [t for t in toks if len(t) != 1]
-    if bad: raise ValueError(f'scale {scale}: {bad} are not single digits, so they are not single tokens; '
+    if bad: raise UserError(f'scale {scale}: {bad} are not single digits, so they are not single tokens; '
                              f'use a scale within 0..9 for score_mode="logprobs"')
     return toks
 

@@ -13,6 +13,7 @@ from filelock import FileLock, Timeout
 from .data import load_prompts
 from .engines import Engine, SamplingConfig, ContextLengthError, make_engine
 from . import prompts as P
+from .core import UserError
 
 log = logging.getLogger('pulse_nb')
 
@@ -23,7 +24,7 @@ __all__ = ['log', 'STAGES', 'RunError', 'repair_jsonl', 'read_jsonl', 'append_js
            'record_engines', 'load_run', 'unparsed_rate', 'score_answers']
 
 # %% ../nbs/04_review.ipynb #6ae9f521
-class RunError(ValueError):
+class RunError(UserError):
     "A run directory that cannot be used as asked (corrupt file, different config)."
 
 def repair_jsonl(path) -> int:
@@ -136,15 +137,15 @@ class Slot:
 def assign(n_prompts: int, pool: list, n_critics: int=2, actor='rotate', personas=None) -> list[tuple]:
     "For each prompt, (actor engine, [critic Slot, ...]) from the pool."
     personas = list(personas or P.PERSONAS)
-    if n_critics > len(personas): raise ValueError(f'n_critics={n_critics} but only {len(personas)} personas; pass more personas')
-    if not pool: raise ValueError('the peer pool is empty')
+    if n_critics > len(personas): raise UserError(f'n_critics={n_critics} but only {len(personas)} personas; pass more personas')
+    if not pool: raise UserError('the peer pool is empty')
     out = []
     for i in range(n_prompts):
         if isinstance(actor, Engine) or hasattr(actor, 'generate'): a = actor
         elif actor == 'rotate': a = pool[i % len(pool)]
         elif actor == 'fixed': a = pool[0]
         elif isinstance(actor, int): a = pool[actor]
-        else: raise ValueError(f"actor must be 'rotate', 'fixed', a pool index or an Engine, got {actor!r}")
+        else: raise UserError(f"actor must be 'rotate', 'fixed', a pool index or an Engine, got {actor!r}")
         others = [e for e in pool if e is not a] or [a]
         picks = [others[(i + k) % len(others)] for k in range(n_critics)]
         if len(others) >= n_critics:  # distinct models: each keeps one persona, so its critic id is stable
@@ -164,7 +165,7 @@ def run_stage(path, items: list, work, batch_size: int|None=32, seed: int=0, des
     repair_jsonl(path)
     have = {r['key']: r for r in read_jsonl(path)}
     keys = [it['key'] for it in items]
-    if len(set(keys)) != len(keys): raise ValueError(f'{desc}: duplicate keys in the work list')
+    if len(set(keys)) != len(keys): raise UserError(f'{desc}: duplicate keys in the work list')
     bs = batch_size or max(1, len(items))
     chunks = [(ci, items[k:k+bs]) for ci, k in enumerate(range(0, len(items), bs))]
     todo = [(ci, ch) for ci, ch in chunks if any(it['key'] not in have for it in ch)]
@@ -301,15 +302,15 @@ def review(prompts, # prompt records, strings, or a spec for `load_prompts` (`bu
            progress: bool=True, # tqdm bar per stage
           ) -> Path:
     "Run the peer-review protocol over `prompts` with the peer `pool`; returns the run directory."
-    if score_mode not in ('logprobs', 'text'): raise ValueError(f"score_mode must be 'logprobs' or 'text', got {score_mode!r}")
-    if stop_after not in (None, *STAGES): raise ValueError(f'stop_after must be one of {STAGES} or None, got {stop_after!r}')
+    if score_mode not in ('logprobs', 'text'): raise UserError(f"score_mode must be 'logprobs' or 'text', got {score_mode!r}")
+    if stop_after not in (None, *STAGES): raise UserError(f'stop_after must be one of {STAGES} or None, got {stop_after!r}')
     scale = tuple(scale or P.SCALE)
     if score_mode == 'logprobs': P.scale_tokens(scale)
     T = {'actor': P.ACTOR_TEMPLATE, 'critic': P.CRITIC_TEMPLATE, 'rescore': P.RESCORE_TEMPLATE,
          'revision': P.REVISION_TEMPLATE, 'critic_system': P.CRITIC_SYSTEM, **({'pairwise': P.PAIRWISE_TEMPLATE} if pairwise else {}),
          **(templates or {})}
     recs = load_prompts(prompts, limit=limit)  # built-in sets use their default seed: `seed` is for sampling only
-    if not recs: raise ValueError('no prompts to review')
+    if not recs: raise UserError('no prompts to review')
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     engines, made = _as_pool(pool)
     if isinstance(actor, str) and not actor in ('rotate', 'fixed'): actor = make_engine(actor); made.append(actor)
@@ -428,6 +429,6 @@ def score_answers(engine, # a critic engine that gives log-probs (`Engine.score`
     "Each answer's score read from `engine` right after `Score: `, with no written feedback: one prefill per item, in order."
     for i, it in enumerate(items):
         missing = {'prompt', 'answer', 'persona'} - set(it)
-        if missing: raise ValueError(f'score_answers: item {i} has no {", ".join(sorted(missing))}')
+        if missing: raise UserError(f'score_answers: item {i} has no {", ".join(sorted(missing))}')
     convs = [P.score_conv(P.critic_conv(it['prompt'], it['answer'], it['persona'], scale, template, system), '') for it in items]
     return [P.score_from_probs(ro.probs, ro.mass, min_mass) for ro in engine.score(convs, P.scale_tokens(scale))] if convs else []

@@ -10,6 +10,7 @@ from pathlib import Path
 from .models import DEFAULT_MODEL, resolve_model, load_tokenizer
 from .engines import (Engine, Generation, Completion, EngineError, OpenAIEngine, SamplingConfig, render_ids,
                               fit_context, log, CPU_BLOCK_SIZE)
+from .core import UserError
 
 # %% auto #0
 __all__ = ['RAY_INSTALL', 'import_ray', 'replica_placement', 'sample_rows', 'score_rows', 'ray_output', 'finish_reason',
@@ -35,9 +36,9 @@ def replica_placement(cluster_gpus: float,           # GPUs the Ray cluster has 
     "Ray's `placement_group_config` for one vLLM replica: None (Ray's default, a GPU per worker) on a cluster with GPUs, else one CPU bundle."
     if cluster_gpus > 0: return None
     if tensor_parallel_size * pipeline_parallel_size != 1:
-        raise ValueError(f'the Ray cluster has no GPU: a CPU replica runs in one process, so tensor_parallel_size and '
+        raise UserError(f'the Ray cluster has no GPU: a CPU replica runs in one process, so tensor_parallel_size and '
                          f'pipeline_parallel_size must be 1 (got {tensor_parallel_size} and {pipeline_parallel_size})')
-    if cpus < 1: raise ValueError(f'cpus must be >= 1, got {cpus}')
+    if cpus < 1: raise UserError(f'cpus must be >= 1, got {cpus}')
     return {'bundles': [{'CPU': cpus}]}
 
 # %% ../nbs/02a_scaleout.ipynb #22642df8
@@ -258,7 +259,7 @@ def start_replicas(n: int=2,                  # how many replicas
                    log_dir=None               # where the server logs go; None = a new temporary folder
                   ) -> Replicas:
     "Start `n` `vllm serve` replicas of `model` on this machine, all at once, and wait until each answers."
-    if n < 1: raise ValueError(f'n must be >= 1, got {n}')
+    if n < 1: raise UserError(f'n must be >= 1, got {n}')
     path = resolve_model(model or DEFAULT_MODEL)
     ports = [port + r for r in range(n)] if port else [free_port(host) for _ in range(n)]
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix='pulse-replicas-'))

@@ -15,6 +15,7 @@ from transformers.trainer_callback import ProgressCallback
 from trl import DPOConfig, DPOTrainer
 from .losses import (get_loss, loss_keywords, check_epsilon, pair_weights, soft_labels_from_scores,
                              normalize_weights, drdpo_log_terms, WEIGHTINGS, LOSSES)
+from .core import UserError
 
 # %% auto #0
 __all__ = ['LOSS_COLUMNS', 'REF_COLUMNS', 'BETA_SCHEDULES', 'DTYPES', 'REPORTERS', 'SCHEDULE_OPTIONS', 'TRL_FIELDS', 'MANAGED',
@@ -56,8 +57,8 @@ class BetaSchedule:
     m0: Any = None              # beta_dpo: running threshold (state, a 0-d tensor)
 
     def __post_init__(self):
-        if self.kind not in BETA_SCHEDULES: raise ValueError(f'unknown beta_schedule {self.kind!r}; choose one of {BETA_SCHEDULES}')
-        if not (self.beta > 0): raise ValueError(f'beta must be > 0, got {self.beta}')
+        if self.kind not in BETA_SCHEDULES: raise UserError(f'unknown beta_schedule {self.kind!r}; choose one of {BETA_SCHEDULES}')
+        if not (self.beta > 0): raise UserError(f'beta must be > 0, got {self.beta}')
 
     def __call__(self, step:int, total:int, margins=None, update:bool=True):
         "β for `step` of `total` (a float; a 0-d tensor for `beta_dpo`, whose `margins` βh per pair drive it)."
@@ -76,7 +77,7 @@ class BetaSchedule:
         return beta
 
 # %% ../nbs/07_train.ipynb #3a85278c
-class ConfigError(ValueError, TypeError):
+class ConfigError(UserError, TypeError):
     "A training option that is unknown, of the wrong type or out of range; the message names it."
 
 DTYPES = ('auto', 'float32', 'bfloat16')
@@ -369,7 +370,7 @@ def load_adapter_weights(model, # a PEFT model with a fresh `default` LoRA adapt
     res = set_peft_model_state_dict(model, load_peft_weights(str(path)), adapter_name='default')
     missing = [k for k in res.missing_keys if 'lora_' in k]
     if res.unexpected_keys or missing:
-        raise ValueError(f'{path}: the adapter does not fit the model ({len(res.unexpected_keys)} unexpected and {len(missing)} '
+        raise UserError(f'{path}: the adapter does not fit the model ({len(res.unexpected_keys)} unexpected and {len(missing)} '
                          f'missing LoRA weights, e.g. {(res.unexpected_keys or missing)[0]})')
 
 def cast_trainable(model, dtype:torch.dtype) -> None:
@@ -392,7 +393,7 @@ class PulseDPOTrainer(_PulseLoss, _PulseMetrics, DPOTrainer):
                  **kwargs): # `trl.DPOTrainer` arguments
         self.loss_name, self.epsilon, self.loss_kwargs = loss, check_epsilon(epsilon), dict(loss_kwargs or {})
         if bad := [k for k in self.loss_kwargs if k not in loss_keywords(loss)]:
-            raise ValueError(f'loss {loss!r} takes no option {bad[0]!r}; it takes {loss_keywords(loss)}')
+            raise UserError(f'loss {loss!r} takes no option {bad[0]!r}; it takes {loss_keywords(loss)}')
         self.use_weights, self.use_soft_labels = use_weights, use_soft_labels or loss == 'soft'
         super().__init__(*args, **kwargs)
         check_trl_options(self)
@@ -431,7 +432,7 @@ def load_pairs(data, # a `datasets.Dataset`, a .parquet / .jsonl / .json file, o
     if not p.exists(): raise FileNotFoundError(f'no such dataset file or folder: {p}')
     if p.suffix == '.parquet': return Dataset.from_parquet(str(p))
     if p.suffix in ('.jsonl', '.json'): return Dataset.from_json(str(p))
-    raise ValueError(f'unsupported dataset file {p.name!r}: use .parquet, .jsonl or .json')
+    raise UserError(f'unsupported dataset file {p.name!r}: use .parquet, .jsonl or .json')
 
 # %% ../nbs/07_train.ipynb #2ac1e588
 def _is_empty(x) -> bool:
@@ -448,39 +449,39 @@ def validate_pairs(ds:Dataset, # the pairs
                    soft_labels:bool=False, # whether soft labels are needed
                   ) -> None:
     "Raise `ValueError` naming the column or row when `ds` cannot be trained on."
-    if len(ds) == 0: raise ValueError('the preference dataset is empty')
+    if len(ds) == 0: raise UserError('the preference dataset is empty')
     cols = set(ds.column_names)
     need = {'chosen', 'rejected'} | ({'prompt'} if 'chosen' in cols and isinstance(ds[0]['chosen'], str) else set())
     if missing := sorted(need - cols):
-        raise ValueError(f'the preference dataset is missing column(s) {missing}; it needs prompt/chosen/rejected '
+        raise UserError(f'the preference dataset is missing column(s) {missing}; it needs prompt/chosen/rejected '
                          f'(strings or message lists), and has {sorted(cols)}')
     for c in ('prompt', 'chosen', 'rejected'):
         if c not in cols: continue
         for i, x in enumerate(ds[c]):
-            if _is_empty(x): raise ValueError(f'row {i}: column {c!r} is empty')
+            if _is_empty(x): raise UserError(f'row {i}: column {c!r} is empty')
     if weighting is not None:
         if weighting != 'weight' and weighting not in WEIGHTINGS:
-            raise ValueError(f"unknown weighting {weighting!r}; choose None, 'weight' or one of {WEIGHTINGS}")
+            raise UserError(f"unknown weighting {weighting!r}; choose None, 'weight' or one of {WEIGHTINGS}")
         wc = ['weight'] if weighting == 'weight' else [c for c in ('margin', 'agreement') if c in weighting]
         if missing := [c for c in wc if c not in cols]:
-            raise ValueError(f'weighting {weighting!r} needs column(s) {missing}, which the dataset lacks (has {sorted(cols)})')
+            raise UserError(f'weighting {weighting!r} needs column(s) {missing}, which the dataset lacks (has {sorted(cols)})')
         for c in wc:
             for i, x in enumerate(ds[c]):
                 if x is None or not math.isfinite(float(x)) or float(x) < 0:
-                    raise ValueError(f'row {i}: column {c!r} has value {x!r}; weights must be finite and >= 0')
+                    raise UserError(f'row {i}: column {c!r} has value {x!r}; weights must be finite and >= 0')
         if weighting == 'weight' and not any(float(x) > 0 for x in ds['weight']):
-            raise ValueError("column 'weight' is zero for every pair: nothing would be trained")
+            raise UserError("column 'weight' is zero for every pair: nothing would be trained")
     if soft_labels and 'soft_label' not in cols and not {'score_chosen', 'score_rejected'} <= cols:
-        raise ValueError('soft labels need a `soft_label` column (η in [0, 1]) or `score_chosen` and `score_rejected`')
+        raise UserError('soft labels need a `soft_label` column (η in [0, 1]) or `score_chosen` and `score_rejected`')
     if soft_labels and 'soft_label' in cols:
         for i, x in enumerate(ds['soft_label']):
-            if x is None or not (0.0 <= float(x) <= 1.0): raise ValueError(f"row {i}: column 'soft_label' has value {x!r}; it must be in [0, 1]")
+            if x is None or not (0.0 <= float(x) <= 1.0): raise UserError(f"row {i}: column 'soft_label' has value {x!r}; it must be in [0, 1]")
     if (given := [c for c in REF_COLUMNS if c in cols]) and len(given) < 2:
-        raise ValueError(f'column {given[0]!r} needs its partner: give both {list(REF_COLUMNS)} or neither')
+        raise UserError(f'column {given[0]!r} needs its partner: give both {list(REF_COLUMNS)} or neither')
     for c in given:
         for i, x in enumerate(ds[c]):
             if x is None or not math.isfinite(float(x)) or float(x) > 0:
-                raise ValueError(f'row {i}: column {c!r} has value {x!r}; a summed log-prob must be finite and <= 0')
+                raise UserError(f'row {i}: column {c!r} has value {x!r}; a summed log-prob must be finite and <= 0')
 
 # %% ../nbs/07_train.ipynb #b39acacc
 def add_pair_columns(ds:Dataset, # validated pairs
@@ -516,7 +517,7 @@ def prepare_pairs(dataset, # anything `load_pairs` reads
     if eval_dataset is None: return ds, None
     ev = load_pairs(eval_dataset); validate_pairs(ev)
     if has_reference_logps(ds) != has_reference_logps(ev):
-        raise ValueError(f"the {'training' if has_reference_logps(ds) else 'held-out'} pairs carry reference log-probs "
+        raise UserError(f"the {'training' if has_reference_logps(ds) else 'held-out'} pairs carry reference log-probs "
                          f"({', '.join(REF_COLUMNS)}) and the others do not: give them for both or neither")
     return ds, add_pair_columns(ev, None, soft and {'score_chosen', 'score_rejected'} <= set(ev.column_names), soft_label_tau=cfg.soft_label_tau)
 
@@ -630,7 +631,7 @@ def check_environment(cfg:TrainConfig) -> None:
                                     f'adapter_model.safetensors); a train run keeps its adapter in out_dir/adapter')
     for r in ([cfg.report_to] if isinstance(cfg.report_to, str) else cfg.report_to):
         if r != 'none' and importlib.util.find_spec(r) is None:
-            raise ValueError(f'report_to={r!r} needs the {r} package: pip install {r}')
+            raise UserError(f'report_to={r!r} needs the {r} package: pip install {r}')
 
 def load_policy(model, # a model reference (None: the embedded default), or a loaded transformers model
                 cfg:TrainConfig, # the run's config (`dtype`)
@@ -705,7 +706,7 @@ def with_reference_logps(dataset, # anything `load_pairs` reads
     policy, tok, _ = load_policy(model, cfg, tokenizer)
     with tempfile.TemporaryDirectory() as tmp: got = make_trainer(pairs, policy, tok, cfg, tmp, progress=progress).train_dataset
     if len(got) != len(ds):
-        raise ValueError(f'{len(ds) - len(got)} of {len(ds)} pairs have prompts longer than max_length={cfg.max_length}; '
+        raise UserError(f'{len(ds) - len(got)} of {len(ds)} pairs have prompts longer than max_length={cfg.max_length}; '
                          f'training would drop them: raise max_length or remove them first')
     return ds.add_column(REF_COLUMNS[0], got[REF_COLUMNS[0]]).add_column(REF_COLUMNS[1], got[REF_COLUMNS[1]])
 
@@ -732,7 +733,7 @@ def train_many(jobs: list[dict], # `train` keyword arguments per run; datasets a
     from tqdm.auto import tqdm
     if not jobs: return []
     for i, j in enumerate(jobs):
-        if 'dataset' not in j: raise ValueError(f'job {i} has no dataset')
+        if 'dataset' not in j: raise UserError(f'job {i} has no dataset')
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     out = [None] * len(jobs)
     from pulse_nb.train import _train_job as work  # by module path, so workers can import it (also from a notebook)
