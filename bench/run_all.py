@@ -12,7 +12,9 @@ stopped) is appended to `results.md`. Ratios are measured side by side inside on
 `--tag MACHINE` stores a run as `name@MACHINE` next to the untagged one (a rerun on another kind of CPU does not replace
 the first), and the targets table gives each its own row.
 """
-import argparse, datetime, json, os, platform, subprocess, sys, time
+import argparse, datetime, json, os, platform, subprocess, sys, tempfile, time
+
+DISTILABEL = os.environ.get('DISTILABEL_PATH') or os.path.join(tempfile.gettempdir(), 'distilabel')  # its checkout
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -25,11 +27,11 @@ PROFILES = {
              'train': ['--steps', '8', '--rounds', '2'],
              'loop': [],
              'peers-both': ['--system', 'both', '--n', '64', '--critics', '2', '--max-new-tokens', '64', '--pulse-engine', 'vllm',
-                            '--distilabel-path', os.environ.get('DISTILABEL_PATH', '/tmp/distilabel')],
+                            '--distilabel-path', DISTILABEL],
              'review-critique': ['--engine', 'vllm', '--n', '64', '--critics', '2', '--max-new-tokens', '64', '--critique-ratio',
                                  '--repeats', '12', '--layouts', '--skip-review', '--skip-naive'],
              'peers-both-hf': ['--system', 'both', '--n', '64', '--critics', '2', '--max-new-tokens', '64', '--pulse-engine', 'hf',
-                               '--dtype', 'bfloat16', '--distilabel-path', os.environ.get('DISTILABEL_PATH', '/tmp/distilabel')],
+                               '--dtype', 'bfloat16', '--distilabel-path', DISTILABEL],
              'review-critique-hf': ['--engine', 'hf', '--n', '64', '--critics', '2', '--max-new-tokens', '64', '--critique-ratio',
                                     '--skip-review', '--skip-naive'],
              'review-pool': ['--pool', ';dtype=fast,'.join(POOL.split(',')) + ';dtype=fast', '--n', '32', '--critics', '2', '--max-new-tokens', '128'],
@@ -41,11 +43,11 @@ PROFILES = {
               'train': ['--steps', '6', '--rounds', '2'],
               'loop': [],
               'peers-both': ['--system', 'both', '--n', '32', '--critics', '2', '--max-new-tokens', '32', '--pulse-engine', 'vllm',
-                             '--distilabel-path', os.environ.get('DISTILABEL_PATH', '/tmp/distilabel')],
+                             '--distilabel-path', DISTILABEL],
               'review-critique': ['--engine', 'vllm', '--n', '32', '--critics', '2', '--max-new-tokens', '64', '--critique-ratio',
                                   '--repeats', '12', '--layouts', '--skip-review', '--skip-naive'],
               'peers-both-hf': ['--system', 'both', '--n', '32', '--critics', '2', '--max-new-tokens', '32', '--pulse-engine', 'hf',
-                                '--dtype', 'bfloat16', '--distilabel-path', os.environ.get('DISTILABEL_PATH', '/tmp/distilabel')],
+                                '--dtype', 'bfloat16', '--distilabel-path', DISTILABEL],
               'review-critique-hf': ['--engine', 'hf', '--n', '32', '--critics', '2', '--max-new-tokens', '64', '--critique-ratio',
                                      '--skip-review', '--skip-naive'],
               'review-pool': ['--pool', ';dtype=fast,'.join(POOL.split(',')) + ';dtype=fast', '--n', '16', '--critics', '2', '--max-new-tokens', '64'],

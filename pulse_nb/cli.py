@@ -4,13 +4,13 @@
 
 # %% ../nbs/10_cli.ipynb #8e585b9d
 from __future__ import annotations
-import argparse, json, logging, sys
+import argparse, json, logging, sys, traceback
 from pathlib import Path
 from .core import UserError
 
 # %% auto #0
-__all__ = ['FLAG_KEYS', 'run_config', 'build_parser', 'cmd_run', 'cmd_generate', 'cmd_train', 'cmd_evaluate',
-           'evaluate_benchmarks', 'cmd_push', 'main']
+__all__ = ['FLAG_KEYS', 'REPORT', 'RESUME', 'run_config', 'critic_count', 'build_parser', 'cmd_run', 'cmd_generate', 'cmd_train',
+           'cmd_evaluate', 'evaluate_benchmarks', 'cmd_push', 'main']
 
 # %% ../nbs/10_cli.ipynb #c9f0d7d4
 FLAG_KEYS = {'prompts': 'review.prompts', 'limit': 'review.per_round', 'actor': 'pool.actor', 'critic_models': 'pool.critics',
@@ -29,6 +29,14 @@ def run_config(a):
     return load_config(a.config, preset='quick' if a.quick else 'default', overrides=over)
 
 # %% ../nbs/10_cli.ipynb #4e7b2132
+def critic_count(text: str) -> int:
+    "A `--critics` value: the number K of critics per answer (critic models are named with `--critic-models`)."
+    try: k = int(text)
+    except ValueError: raise argparse.ArgumentTypeError(f'takes a number K of critics per answer, got {text!r}; '
+                                                        'name critic models with --critic-models') from None
+    if k < 1: raise argparse.ArgumentTypeError(f'must be >= 1, got {k}')
+    return k
+
 def _run_parser(sub):
     r = sub.add_parser('run', help='rounds of review -> pairs -> train -> evaluate, each round\'s policy acting in the next')
     r.add_argument('--config', default=None, help='a YAML run config (see configs/); flags override it')
@@ -41,7 +49,7 @@ def _run_parser(sub):
     r.add_argument('--limit', type=int, default=None, help='prompts reviewed per round')
     r.add_argument('--actor', default=None, help='engine spec of the actor, e.g. hf:qwen2.5-coder-0.5b-instruct')
     r.add_argument('--critic-models', dest='critic_models', default=None, help='comma-separated engine specs of the critics')
-    r.add_argument('--critics', dest='n_critics', type=int, default=None, help='critics per answer (K)')
+    r.add_argument('--critics', dest='n_critics', type=critic_count, default=None, help='critics per answer (K)')
     r.add_argument('--score-mode', dest='score_mode', choices=['logprobs', 'text'], default=None)
     r.add_argument('--max-new-tokens', dest='max_new_tokens', type=int, default=None)
     r.add_argument('--loss', default=None); r.add_argument('--seed', type=int, default=None)
@@ -54,7 +62,10 @@ def _generate_parser(sub):
     g.add_argument('--prompts', default='builtin:general', help='prompt spec: builtin:NAME, bench:NAME, a file, hf:NAME:SPLIT')
     g.add_argument('--limit', type=int, default=None, help='number of prompts (default: all)')
     g.add_argument('--actor', '--engine', dest='actor', default='auto', help='engine spec of the actor (default auto: the embedded default model)')
-    g.add_argument('--critics', default='2', help='number of critics K (personas of the actor), or comma-separated critic engine specs')
+    g.add_argument('--critic-models', dest='critic_models', default=None,
+                   help="comma-separated engine specs of the critics (default: persona critics on the actor's model)")
+    g.add_argument('--critics', dest='n_critics', type=critic_count, default=None,
+                   help='critics per answer (K; default 2, or one per critic model)')
     g.add_argument('--rotate', action='store_true', help='every model of the pool acts on a share of the prompts')
     g.add_argument('--score-mode', dest='score_mode', choices=['logprobs', 'text'], default='logprobs')
     g.add_argument('--max-new-tokens', dest='max_new_tokens', type=int, default=128)
@@ -70,10 +81,13 @@ def _generate_parser(sub):
 def _train_parser(sub):
     t = sub.add_parser('train', help='robust DPO on a preference dataset or a review run directory')
     t.add_argument('--data', required=True, help='run directory (with pairs.parquet), or a .parquet/.jsonl dataset')
-    t.add_argument('--model', default=None, help='model reference: embedded name, folder, hub id or adapter (default: the embedded model)')
-    t.add_argument('--loss', default='savage'); t.add_argument('--beta', type=float, default=0.1)
+    t.add_argument('--model', default=None, help='the model to train: embedded name, folder, hub id or adapter (default: the actor '
+                   "that made the pairs, from the review's manifest)")
+    t.add_argument('--loss', default='savage', help="the loss (default savage, as pulse run's)")
+    t.add_argument('--beta', type=float, default=0.1, help="β (default 0.1, as pulse run's)")
     t.add_argument('--epsilon', type=float, default=0.1)
-    t.add_argument('--weighting', default=None, help="None, 'weight', 'margin', 'agreement' or 'margin*agreement'")
+    t.add_argument('--weighting', default='margin*agreement', help="per-pair weights: 'margin', 'agreement', 'margin*agreement' "
+                   "(the default, as pulse run's: it needs the critics' margin and agreement columns), 'weight' (the dataset's column) or 'none'")
     t.add_argument('--beta-schedule', dest='beta_schedule', default='constant')
     t.add_argument('--full', action='store_true', help='full fine-tuning instead of LoRA')
     t.add_argument('--epochs', type=float, default=1); t.add_argument('--max-steps', dest='max_steps', type=int, default=-1)
@@ -131,19 +145,27 @@ def cmd_generate(a) -> Path:
     "`pulse generate`: one round of review, then pairs + diagnostics in the run directory."
     from pulse_nb.loop import generate
     _positive('--limit', a.limit); _positive('--max-new-tokens', a.max_new_tokens); _positive('--batch-size', a.batch_size)
-    res = generate(a.prompts, a.out, actor=a.actor, critics=a.critics, limit=a.limit, seed=a.seed, score_mode=a.score_mode,
+    critics = a.critic_models or (a.n_critics or 2)
+    res = generate(a.prompts, a.out, actor=a.actor, critics=critics, n_critics=a.n_critics if a.critic_models else None, limit=a.limit, seed=a.seed, score_mode=a.score_mode,
                    max_new_tokens=a.max_new_tokens, temperature=a.temperature, rounds=a.rounds, rotate=a.rotate,
                    pairwise=a.pairwise or a.label_source == 'pairwise', label_source=a.label_source, batch_size=a.batch_size)
     print(f'{res["n_pairs"]} preference pairs in {res["parquet"]} (diagnostics: {res["diagnostics"]})')
     return Path(a.out)
 
 def cmd_train(a) -> Path:
-    "`pulse train`: robust DPO on `--data`, written atomically to `--out` (a complete `--out` is not retrained)."
-    from pulse_nb.loop import train_atomic
+    "`pulse train`: robust DPO on `--data` for the model that made the pairs, written atomically to `--out` (a complete `--out` is not retrained)."
+    from pulse_nb.loop import train_atomic, pairs_actor, pair_prompts, check_not_heldout
+    from pulse_nb.train import TrainConfig
     kw = dict(loss=a.loss, beta=a.beta, epsilon=a.epsilon, lora=not a.full, epochs=a.epochs, max_steps=a.max_steps,
-              batch_size=a.batch_size, seed=a.seed, weighting=a.weighting, beta_schedule=a.beta_schedule)
+              batch_size=a.batch_size, seed=a.seed, weighting=None if a.weighting in (None, 'none') else a.weighting,
+              beta_schedule=a.beta_schedule)
     if a.report_to: kw['report_to'] = a.report_to
-    train_atomic(a.data, a.out, model=a.model, **kw)
+    TrainConfig.from_dict(kw)                  # a bad flag fails before anything is read
+    prompts = pair_prompts(a.data)             # a missing or unreadable dataset fails here
+    model = a.model or pairs_actor(a.data)
+    if model is None: raise UserError(f'{a.data}: no review manifest says which model made these pairs; name the model to train with --model')
+    check_not_heldout(prompts, f'prompts of the pairs in {a.data}')
+    train_atomic(a.data, a.out, model=model, **kw)
     print(f'trained ({a.loss}); adapter/model and metrics in {a.out}')
     return Path(a.out)
 
@@ -200,22 +222,28 @@ def cmd_push(a) -> str:
     return url
 
 # %% ../nbs/10_cli.ipynb #919d0ab5
+REPORT = 'This is a bug in pulse-nb, not a mistake of yours: please report it with the traceback above (rerun with -v to see the log too).'
+RESUME = 'Everything completed before this is on disk; rerun the same command to resume.'
+
 def main(argv=None):
     "Entry point of the `pulse` command."
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format='%(name)s: %(message)s')
     cmds = {'run': cmd_run, 'generate': cmd_generate, 'train': cmd_train, 'evaluate': cmd_evaluate, 'push': cmd_push}
     from pulse_nb.engines import EngineError
-    resume = 'Everything completed before this is on disk; rerun the same command to resume.'
-    def fail(msg):
-        print(f'pulse {a.cmd}: error: {msg}', file=sys.stderr); sys.exit(1)
+    def fail(msg, resume=False):
+        if a.verbose: traceback.print_exc()
+        first = str(msg).strip().splitlines()[0] if str(msg).strip() else type(msg).__name__
+        print(f'pulse {a.cmd}: error: {first}' + (f'\n{RESUME}' if resume else ''), file=sys.stderr); sys.exit(1)
     try: cmds[a.cmd](a)
-    except EngineError as e: fail(f'{e}\n{resume}')  # a server gave up on a request: the checkpoints before it are on disk
-    except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError) as e: fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
-    except OSError as e: fail(f'{e}\n{resume}')  # disk full, permissions: what is on disk is whole, so a rerun resumes
-    except RuntimeError as e: fail(str(e))
+    except UserError as e: fail(e)                 # bad input the user can fix: one line
+    except EngineError as e: fail(e, resume=True)  # a server gave up on a request: the checkpoints before it are on disk
+    except FileNotFoundError as e: fail(e)         # a file named on the command line is not there
+    except OSError as e: fail(e, resume=True)      # a full disk, permissions: what is on disk is whole, so a rerun resumes
     except KeyboardInterrupt:
         print(f'\npulse {a.cmd}: interrupted; rerun the same command to resume.', file=sys.stderr); sys.exit(130)
+    except Exception:                               # anything else is a bug: the traceback, and where to report it
+        traceback.print_exc(); print(f'pulse {a.cmd}: {REPORT}', file=sys.stderr); sys.exit(2)
 
 # %% ../nbs/10_cli.ipynb #9e67bd15
 if __name__ == '__main__' and getattr(globals().get('__spec__'), 'name', None) == 'pulse_nb.cli': main()

@@ -10,9 +10,9 @@ from typing import TypedDict, NotRequired
 from .core import UserError
 
 # %% auto #0
-__all__ = ['GENERAL_INSTRUCTIONS', 'BUILTIN', 'Prompt', 'Answer', 'Critique', 'Pair', 'text_id', 'last_number', 'check_answer',
-           'make_arithmetic', 'make_conversions', 'make_letter_counts', 'make_general', 'rows_to_prompts',
-           'load_prompts', 'shared_prompts', 'check_disjoint']
+__all__ = ['GENERAL_INSTRUCTIONS', 'GENERAL_HELDOUT', 'BUILTIN', 'Prompt', 'Answer', 'Critique', 'Pair', 'text_id', 'last_number',
+           'check_answer', 'make_arithmetic', 'make_conversions', 'make_letter_counts', 'make_general',
+           'rows_to_prompts', 'load_prompts', 'shared_prompts', 'check_disjoint']
 
 # %% ../nbs/00_data.ipynb #297ac1b9
 class Prompt(TypedDict):
@@ -55,13 +55,11 @@ def last_number(text: str) -> float|None:
 def check_answer(response: str, # the model's answer
                  answer: str,   # the expected answer: a number, or a LaTeX expression (MATH-500)
                 ) -> bool:
-    "True if the last number in `response` equals the number `answer`; for a non-numeric answer, `pulse_nb.benchmarks.grade_math`."
-    try: want = float(str(answer).replace(',', ''))
-    except ValueError:
-        from pulse_nb.benchmarks import grade_math
-        return grade_math(response, str(answer))
-    got = last_number(response)
-    return got is not None and abs(got - want) < 1e-9
+    "True if `response`'s final answer equals `answer`: the benchmark graders `grade_number` (a number) or `grade_math` (LaTeX)."
+    from pulse_nb.benchmarks import grade_number, grade_math  # one grader for labels and benchmarks; imported here, no cycle
+    try: float(str(answer).replace(',', ''))
+    except ValueError: return grade_math(response, str(answer))
+    return grade_number(response, str(answer))
 
 # %% ../nbs/00_data.ipynb #1f7ebadc
 _NAMES = ['Ana', 'Ben', 'Chloe', 'Dev', 'Ema', 'Farid', 'Gina', 'Hugo', 'Iris', 'Jon', 'Kemi', 'Luis', 'Mei', 'Nils']
@@ -82,11 +80,16 @@ def _arith(rng: random.Random) -> tuple[str, int]:
                 f'How many {it} does {who} have now?', a + b * c - min(a, 5))
     return f'What is {a} times {c}, plus {b}?', a * c + b
 
-def _make(gen, n: int, seed: int, task: str) -> list[dict]:
-    rng, out, seen = random.Random(f'{task}-{seed}'), [], set()
+def _make(gen, n: int, seed: int, task: str, give_up: int=20_000) -> list[dict]:
+    "`n` distinct questions drawn from `gen`; a set that yields nothing new in `give_up` draws in a row is exhausted."
+    rng, out, seen, misses = random.Random(f'{task}-{seed}'), [], set(), 0
     while len(out) < n:
         q, ans = gen(rng)
-        if q in seen: continue
+        if q in seen:
+            misses += 1
+            if misses >= give_up: raise UserError(f'builtin:{task} holds {len(out)} distinct questions, but {n} were asked for')
+            continue
+        misses = 0
         seen.add(q)
         out.append({'id': text_id(q), 'prompt': q, 'answer': str(ans), 'task': task})
     return out
@@ -238,9 +241,17 @@ Explain the difference between mean, median and mode with one small data set.
 Write a message to a team announcing a new code review policy.
 Why is biodiversity important?""".split('\n')
 
-def make_general(n: int|None=None) -> list[dict]:
-    "The built-in general instructions (`task`='general'), the first `n` of them (all if `None`)."
-    return [{'id': text_id(t), 'prompt': t, 'answer': None, 'task': 'general'} for t in GENERAL_INSTRUCTIONS[:n]]
+GENERAL_HELDOUT = 16
+"The last this many general instructions are the held-out split: the win rate's prompts, never reviewed or trained on."
+
+def make_general(n: int|None=None, # the first `n` of the split (all if `None`)
+                 split: str='train', # 'train' (all but the last `GENERAL_HELDOUT`), 'heldout' (those) or 'all'
+                ) -> list[dict]:
+    "The built-in general instructions (`task`='general') of `split`."
+    parts = {'train': GENERAL_INSTRUCTIONS[:-GENERAL_HELDOUT], 'heldout': GENERAL_INSTRUCTIONS[-GENERAL_HELDOUT:],
+             'all': GENERAL_INSTRUCTIONS}
+    if split not in parts: raise UserError(f'builtin:general has the splits train, heldout and all, not {split!r}')
+    return [{'id': text_id(t), 'prompt': t, 'answer': None, 'task': 'general'} for t in parts[split][:n]]
 
 # %% ../nbs/00_data.ipynb #9d92f013
 BUILTIN = {'arithmetic': make_arithmetic, 'conversion': make_conversions, 'letters': make_letter_counts}
@@ -248,10 +259,11 @@ BUILTIN = {'arithmetic': make_arithmetic, 'conversion': make_conversions, 'lette
 def _builtin(name: str, limit: int|None, seed: int) -> list[dict]:
     n = limit or 64
     if name in BUILTIN: return BUILTIN[name](n, seed)
-    if name == 'verifiable':
-        sets = [BUILTIN[k](n, seed) for k in BUILTIN]
-        return [s[i] for i in range(n) for s in sets][:n]
-    if name in ('general', 'instructions'): return make_general(limit)
+    if name == 'verifiable':  # the three sets in turn: each gives a third (a set's first k are those of any larger draw)
+        sets = [BUILTIN[k](-(-n // len(BUILTIN)), seed) for k in BUILTIN]
+        return [s[i] for i in range(len(sets[0])) for s in sets][:n]
+    base, _, split = name.partition(':')
+    if base in ('general', 'instructions'): return make_general(limit, split or 'train')
     raise UserError(f"Unknown built-in prompt set {name!r}; choose one of: {', '.join([*BUILTIN, 'verifiable', 'general'])}")
 
 _TEXT_COLS, _CHAT_COLS = ('prompt', 'instruction', 'question'), ('messages', 'conversation', 'chosen')

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 import numpy as np
 from .engines import Engine, SamplingConfig, NoLogprobsError, make_engine
-from .data import make_arithmetic, make_general, check_answer
+from .data import make_arithmetic, make_general, check_answer, GENERAL_HELDOUT
 from .core import UserError
 
 # %% auto #0
@@ -314,9 +314,11 @@ def answers(engine: Engine, prompts, sampling: SamplingConfig|None=None, progres
                            progress=progress)
     return [g.completions[0] for g in gens]
 
-def heldout_prompts(n: int=16) -> list[dict]:
-    "The last `n` built-in general instructions: prompts that `pulse run` keeps out of peer review and training."
-    return make_general()[-n:]
+def heldout_prompts(n: int=GENERAL_HELDOUT) -> list[dict]:
+    "The last `n` instructions of the held-out split of `builtin:general` (`builtin:general:heldout`): the win rate's prompts."
+    if not 0 < n <= GENERAL_HELDOUT:
+        raise UserError(f'the win rate has {GENERAL_HELDOUT} held-out instructions (builtin:general:heldout); {n} were asked for')
+    return make_general(split='heldout')[-n:]
 
 # %% ../nbs/08_evaluate.ipynb #cce0a565
 def win_rate(candidate: Engine,        # the model under test
@@ -373,7 +375,7 @@ def answer_accuracy(engine: Engine,   # the model under test
     return res
 
 # %% ../nbs/08_evaluate.ipynb #228445a4
-from .models import is_adapter, _merge_into
+from .models import is_adapter, _merge_into, adapter_base as models_adapter_base
 
 def merge_adapter(adapter_dir,              # folder saved by PEFT (adapter_config.json + weights)
                   out_dir=None,             # where to write the merged model; None = `adapter_dir`/merged
@@ -397,7 +399,7 @@ def adapter_base(spec) -> str|None:
     "The base model recorded in an adapter folder's config (`spec` a path or 'KIND:path'), else None."
     if not isinstance(spec, (str, os.PathLike)): return None
     for p in (str(spec), str(spec).partition(':')[2]):
-        if p and is_adapter(p): return json.loads((Path(p).expanduser()/'adapter_config.json').read_text()).get('base_model_name_or_path')
+        if p and is_adapter(p): return models_adapter_base(p)
     return None
 
 def eval_engine(spec, **kw) -> Engine:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import difflib, html, json, math, re, statistics as st
 from pathlib import Path
 from .review import load_run
-from .preferences import collect, label, critic_stats, kendall_tau
+from .preferences import collect, label, critic_stats, kendall_tau, sign as _sign, load_pairs
 from .core import UserError
 
 # %% auto #0
@@ -29,8 +29,6 @@ def _text(x) -> str:
     if isinstance(x, str): return x
     if isinstance(x, dict): return str(x.get('content', ''))
     return '\n\n'.join(_text(m) for m in x)
-
-def _sign(x: float) -> int: return (x > 0) - (x < 0)
 
 def _fmean(v): return st.fmean(v) if v else None
 
@@ -100,17 +98,7 @@ def _is_run(source) -> bool:
 def _load_rows(source) -> list[dict]:
     "Rows of a preference dataset given as a Dataset, a list of dicts, or a .parquet/.jsonl/.json file."
     if isinstance(source, (list, tuple)): return [dict(r) for r in source]
-    if hasattr(source, 'to_list'): return source.to_list()
-    p = Path(source)
-    if p.is_dir():
-        hits = [p/n for n in ('pairs.parquet', 'pairs.jsonl') if (p/n).exists()]
-        if not hits: raise FileNotFoundError(f'{p} is neither a review run (no manifest.json) nor holds pairs.parquet/pairs.jsonl')
-        p = hits[0]
-    if not p.exists(): raise FileNotFoundError(f'{p} does not exist')
-    from datasets import Dataset
-    if p.suffix == '.parquet': return Dataset.from_parquet(str(p)).to_list()
-    if p.suffix in ('.jsonl', '.json'): return Dataset.from_json(str(p)).to_list()
-    raise UserError(f'unsupported file {p.name!r}: give a run directory, a .parquet, .jsonl or .json file, or a Dataset')
+    return load_pairs(source).to_list()  # a Dataset, a pairs file, or a folder with pairs.parquet
 
 def critique_records(source, # a run directory, `load_run`'s dict, a `datasets.Dataset`, a pairs file, or a list of rows
                      **label_kw, # `agg`, `min_margin`, `min_critics`, `max_disagreement`, `tau`, `trim` for `label`

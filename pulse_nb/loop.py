@@ -13,16 +13,19 @@ from .models import DEFAULT_MODEL, QWEN_05B, model_family, release_memory, sha25
 from .engines import Engine, EngineError, make_engine, parse_spec, check_options, choose_backend, fast_dtype, log
 from .review import review, RunError, write_atomic, config_diff
 from .train import ConfigError, TrainConfig
+from .losses import WEIGHTINGS
 from .core import UserError
 
 # %% auto #0
-__all__ = ['PRESETS', 'PoolConfig', 'ReviewConfig', 'LabelConfig', 'EvalConfig', 'check_train', 'RunConfig', 'config_dict',
-           'with_overrides', 'load_config', 'save_config', 'actor_model', 'round_prompts', 'plan', 'eval_prompts',
-           'bench_heldout', 'check_heldout', 'LazyEngine', 'Pool', 'round_dir', 'policy_of', 'policy_spec',
-           'actor_spec', 'stage_review', 'weights_digest', 'policy_record', 'train_atomic', 'train_autocast',
-           'stage_train', 'restore_policies', 'stage_evaluate', 'stage_bench', 'bench_section', 'peak_rss_gib',
-           'run_round', 'check_run_config', 'run', 'round_table', 'markdown_table', 'plot_rounds', 'dataset_card',
-           'hub_files', 'push_to_hub', 'write_report', 'generate']
+__all__ = ['PRESETS', 'STAGE_OF', 'PoolConfig', 'ReviewConfig', 'LabelConfig', 'EvalConfig', 'check_train', 'RunConfig',
+           'check_fields_agree', 'config_dict', 'yaml_load', 'with_overrides', 'load_config', 'save_config',
+           'actor_model', 'round_prompts', 'memory_plan', 'plan', 'eval_prompts', 'bench_heldout', 'all_heldout',
+           'check_not_heldout', 'check_heldout', 'LazyEngine', 'Pool', 'round_dir', 'policy_of', 'policy_spec',
+           'actor_spec', 'stage_review', 'weights_digest', 'policy_record', 'portable_args', 'resolve_arg',
+           'train_atomic', 'train_autocast', 'stage_train', 'restore_policies', 'stage_evaluate', 'stage_bench',
+           'bench_section', 'peak_rss_gib', 'run_round', 'stage_of', 'stages_started', 'check_run_config', 'run',
+           'round_table', 'markdown_table', 'plot_rounds', 'dataset_card', 'hub_files', 'push_to_hub', 'write_report',
+           'generate', 'pairs_actor', 'pair_prompts']
 
 # %% ../nbs/09a_loop.ipynb #a3295207
 def _one_of(where: str, value, choices):
@@ -116,7 +119,11 @@ class EvalConfig:
 
     def __post_init__(self):
         from pulse_nb.benchmarks import BENCHMARKS
+        from pulse_nb.data import GENERAL_HELDOUT
         if min(self.win_rate_prompts, self.arithmetic, self.bench_n) < 0: raise ConfigError('eval sizes must be >= 0')
+        if self.win_rate_prompts > GENERAL_HELDOUT:
+            raise ConfigError(f'eval.win_rate_prompts: the win rate has {GENERAL_HELDOUT} held-out instructions '
+                              f'(builtin:general:heldout), not {self.win_rate_prompts}; judged benchmarks (alpaca_eval, mt_bench) give more')
         if self.bench_max_new_tokens < 1: raise ConfigError(f'eval.bench_max_new_tokens must be >= 1, got {self.bench_max_new_tokens}')
         for b in self.bench_sets(): _one_of('eval.bench', b, BENCHMARKS)
 
@@ -159,6 +166,17 @@ class RunConfig:
                                                'training; pulse run trains one actor. Use `pulse generate --rotate` for review only.')
         if self.reference == 'base' and self.train.get('lora') is False:
             raise ConfigError("reference: base needs LoRA training (the base is the adapter's model with adapters off)")
+        check_fields_agree(self)
+
+def check_fields_agree(cfg: RunConfig):
+    "Refuse fields that contradict each other or do nothing in a run: checked when the config loads, before any model does."
+    if cfg.label.source == 'pairwise' and not cfg.review.pairwise:
+        raise ConfigError('label.source: pairwise labels pairs by the critics\' pairwise verdicts, which only review.pairwise: true makes')
+    if cfg.train.get('weighting') == 'weight':
+        raise ConfigError("train.weighting: 'weight' reads a dataset's own weight column, which a run's pairs do not have; "
+                          f"weight them by the critics with one of {list(WEIGHTINGS)}")
+    if 'soft_label_tau' in cfg.train:
+        raise ConfigError("train.soft_label_tau does nothing in a run: its pairs carry soft labels made with label.tau; set label.tau")
 
 def _section(cls, d: dict, where: str):
     "Build section `cls` from a mapping; unknown keys are an error naming them."
@@ -176,10 +194,19 @@ def _merge(base: dict, over: dict) -> dict:
     for k, v in over.items(): out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != 'train' else v
     return out
 
+def yaml_load(text: str):
+    "`yaml.safe_load`, except that a number in exponent notation without a dot (`1e-4`, `5E3`) is a float, as in YAML 1.2 and Python, not a string (YAML 1.1)."
+    import re, yaml
+    class Loader(yaml.SafeLoader): pass
+    Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver('tag:yaml.org,2002:float', re.compile(r'^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$'),
+                                 list('-+0123456789'))
+    return yaml.load(text, Loader=Loader)
+
 def _parse_value(text: str):
-    "A command-line value: YAML scalars and lists (`8`, `0.5`, `null`, `[a, b]`), else the text."
+    "A command-line value: YAML scalars and lists (`8`, `0.5`, `1e-4`, `null`, `[a, b]`), else the text."
     import yaml
-    try: return yaml.safe_load(text)
+    try: return yaml_load(text)
     except yaml.YAMLError: return text
 
 def with_overrides(cfg: RunConfig, overrides: dict) -> RunConfig:
@@ -214,7 +241,7 @@ def load_config(path=None,          # a YAML file (None = the preset alone)
     if path is not None:
         p = Path(path)
         if not p.is_file(): raise ConfigError(f'config file {p} does not exist')
-        try: data = yaml.safe_load(p.read_text()) or {}
+        try: data = yaml_load(p.read_text()) or {}
         except yaml.YAMLError as e: raise ConfigError(f'{p}: not valid YAML ({e})') from None
         if not isinstance(data, dict): raise ConfigError(f'{p}: expected a mapping of config sections, got {type(data).__name__}')
         if bad := sorted(set(data) - set(d)): raise ConfigError(f'{p}: unknown field(s) {bad}; known: {sorted(d)}')
@@ -249,6 +276,44 @@ def round_prompts(cfg: RunConfig) -> list[list[dict]]:
     k = cfg.review.per_round
     return [recs[i*k:(i+1)*k] for i in range(cfg.rounds)]
 
+# %% ../nbs/09a_loop.ipynb #ca9914fb
+def _share(spec, device: str) -> float|None:
+    "The share of one device that the engine of `spec` reserves: vLLM's `gpu_memory_utilization` (its default where unset); None for engines that take what they need."
+    kind, kw = parse_spec(spec)
+    if kind == 'auto': kind = choose_backend(cuda=device == 'cuda')[0]
+    if kind != 'vllm': return None
+    return float(kw.get('gpu_memory_utilization') or (0.9 if device == 'cuda' else 0.3))
+
+def memory_plan(cfg: RunConfig, # the run config
+                device: str|None=None, # 'cuda' or 'cpu' (None: this machine's); sets vLLM's default share
+               ) -> list[dict]:
+    "The engines resident at once in each stage of round 1 and of later rounds, with their shares of one device; a `ConfigError` where the shares add up to more than the device."
+    import torch
+    device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    kind = parse_spec(cfg.pool.actor)[0]
+    policy = f'{kind}:the trained policy' if kind != 'openai' else cfg.pool.actor
+    critics, judges = list(dict.fromkeys(cfg.pool.critics)), list(dict.fromkeys(cfg.pool.judges or cfg.pool.critics))
+    spec_of = lambda s: cfg.pool.actor if s == policy else s  # the trained policy loads like the actor
+    out, resident = [], []
+    def use(stage, specs, release_after):
+        resident.extend(s for s in specs if s not in resident)
+        shares = {s: _share(spec_of(s), device) for s in resident}
+        total = round(sum(v for v in shares.values() if v), 3)
+        out.append({'stage': stage, 'resident': dict(shares), 'total_share': total})
+        if total > 1: raise ConfigError(f"{stage}: the engines resident at once reserve {total} of one {device} device "
+                                        f"({', '.join(f'{s} {v}' for s, v in shares.items() if v)}); set pool.keep_loaded: false, "
+                                        f"or lower gpu_memory_utilization in their specs (e.g. vllm:MODEL;gpu_memory_utilization=0.3)")
+        if release_after: resident.clear()
+    subs = [('answers', 'a'), ('critiques', 'c'), ('revisions', 'a'), ('rescores', 'c')] + ([('comparisons', 'c')] if cfg.review.pairwise else [])
+    for r, actor in (('round 1', cfg.pool.actor), ('round 2+', policy))[:min(cfg.rounds, 2)]:
+        if cfg.pool.keep_loaded: use(f'{r}: review', [actor, *critics], False)
+        else:
+            for name, who in subs: use(f'{r}: review {name}', [actor] if who == 'a' else critics, True)
+        resident.clear()  # every engine is released before training
+        out.append({'stage': f'{r}: train', 'resident': {'trainer (policy and reference)': None}, 'total_share': 0})
+        if not cfg.eval.skip: use(f'{r}: evaluate', [policy, cfg.pool.actor, *judges], not cfg.pool.keep_loaded)
+    return out
+
 # %% ../nbs/09a_loop.ipynb #52f81186
 def plan(cfg: RunConfig) -> dict:
     "Models, stages, engine calls and an upper bound on generated tokens per round, without loading a model."
@@ -276,7 +341,7 @@ def plan(cfg: RunConfig) -> dict:
             'rounds': cfg.rounds, 'reference': cfg.reference,
             'actor_per_round': [cfg.pool.actor] + [f'round-{r}/train/adapter (the policy trained in round {r})' for r in range(1, cfg.rounds)],
             'stages': stages, 'per_round': per_round, 'prompt_ids': [[p['id'] for p in ps] for ps in rp],
-            'prompts_checked': not hub, 'eval_bench': {b: ev.bench_n for b in ev.bench_sets()},
+            'memory': {s['stage']: s['resident'] for s in memory_plan(cfg)}, 'prompts_checked': not hub, 'eval_bench': {b: ev.bench_n for b in ev.bench_sets()},
             'total_generated_tokens_at_most': cfg.rounds * (per_round['max_generated_tokens'] + per_round['eval_generated_tokens_at_most'])}
 
 # %% ../nbs/09a_loop.ipynb #4bd4b481
@@ -293,11 +358,29 @@ def bench_heldout(cfg: RunConfig) -> list[dict]:
     from pulse_nb.benchmarks import bench_prompts
     return [it for b in cfg.eval.bench_sets() for it in bench_prompts(b, 'heldout')]
 
+def all_heldout() -> list[dict]:
+    "Every prompt `pulse evaluate` may score a model on: the win rate's held-out instructions (`builtin:general:heldout`), its arithmetic problems, and the held-out split of every benchmark set."
+    from pulse_nb.evaluate import heldout_prompts
+    from pulse_nb.data import make_arithmetic, GENERAL_HELDOUT
+    from pulse_nb.benchmarks import BENCHMARKS, bench_prompts
+    return (heldout_prompts() + make_arithmetic(GENERAL_HELDOUT, seed=1000)  # `pulse evaluate --n` is at most GENERAL_HELDOUT
+            + [it for b in BENCHMARKS for it in bench_prompts(b, 'heldout')])
+
+def check_not_heldout(prompts: list, # prompts about to be reviewed or trained on (dicts or texts)
+                      what: str,     # how the error names them
+                     ) -> None:
+    "Refuse, in one line, prompts that are in any held-out set of `all_heldout` (by id and by text)."
+    try: check_disjoint(prompts, all_heldout(), f'{what} and the held-out evaluation sets')
+    except ValueError as e:
+        raise ConfigError(f'{str(e).split(". Use disjoint")[0]}. Review and train on trainable splits only '
+                          '(builtin:general, bench:NAME), never builtin:general:heldout or bench:NAME:heldout.') from None
+
 def check_heldout(cfg: RunConfig):
-    "Refuse a config whose review prompts overlap its evaluation prompts (by id and by text)."
-    if cfg.eval.skip: return
+    "Refuse a config whose review prompts overlap its evaluation prompts or any held-out set (by id and by text)."
     need = cfg.rounds * cfg.review.per_round
     review = load_prompts(cfg.review.prompts, limit=need)
+    check_not_heldout(review, f'review prompts of {cfg.review.prompts!r}')
+    if cfg.eval.skip: return
     wr, ar = eval_prompts(cfg)
     try: check_disjoint(review, wr + ar + bench_heldout(cfg), f'review prompts of {cfg.review.prompts!r} and the evaluation')
     except ValueError as e:
@@ -442,14 +525,29 @@ def policy_record(train_dir) -> dict:
     return {'folder': folder, 'sha256': weights_digest(Path(train_dir)/folder), 'torch_threads': torch.get_num_threads(),
             'torch': torch.__version__}
 
+def portable_args(args: dict, out_dir) -> dict:
+    "`args` with every path inside the run directory above `out_dir` written relative to `out_dir`, so a run directory can be moved or shared whole."
+    home = Path(out_dir).resolve().parent.parent
+    def rel(v):
+        if not isinstance(v, str) or not v or home == Path(home.anchor) or not Path(v).exists(): return v
+        p = Path(v).resolve()
+        return os.path.relpath(p, Path(out_dir).resolve()) if p.is_relative_to(home) else v
+    return {k: rel(v) if k in ('data', 'model', 'init_adapter') else v for k, v in args.items()}
+
+def resolve_arg(value: str, out_dir) -> str:
+    "A path `portable_args` wrote relative to `out_dir`, as a path from here (other values unchanged)."
+    p = Path(out_dir)/value
+    return str(p) if isinstance(value, str) and value.startswith('..') and p.exists() else value
+
 def train_atomic(data, out_dir, **kw) -> dict:
     "`pulse_nb.train.train` into `out_dir`, which appears only when complete; a complete `out_dir` is reused (same settings) or refused."
     from pulse_nb.train import train
     final = Path(out_dir)
     args = json.loads(json.dumps({'data': str(data), **{k: v for k, v in kw.items() if k != 'progress'}}, default=str))
+    args = portable_args(args, final)
     if (final/'metrics.json').exists():
         old = json.loads((final/'train_args.json').read_text()) if (final/'train_args.json').exists() else None
-        if old is not None and old != args:
+        if old is not None and portable_args(old, final) != args:
             raise RunError(f'{final} holds a finished training run with other settings:\n' + '\n'.join(config_diff(old, args))
                            + '\nuse another output folder')
         return json.loads((final/'metrics.json').read_text()).get('metrics', {})
@@ -495,7 +593,7 @@ def restore_policies(run_dir,              # a run directory whose trained round
             raise RunError(f'{t} has no weights and no policy.json/train_args.json to retrain and check them by: put its adapter/ or model/ back')
         rec, args = json.loads((t/'policy.json').read_text()), json.loads((t/'train_args.json').read_text())
         kw = {k: v for k, v in args.items() if k not in ('data', 'model', 'init_adapter')}
-        prev, model = policy_of(run_dir, r - 1), args['model']   # the previous policy is restored by now
+        prev, model = policy_of(run_dir, r - 1), resolve_arg(args['model'], t)   # the previous policy is restored by now
         if 'init_adapter' in args: kw['init_adapter'] = str(prev)  # reference: base, the previous adapter trained further
         elif prev is not None: model = str(prev)                   # reference: previous, a new adapter on the previous policy
         tmp, threads = t.with_name('.train-restore'), torch.get_num_threads()
@@ -589,6 +687,7 @@ def run_round(cfg: RunConfig, run_dir, r: int, prompts: list[dict], pool: Pool, 
         pool.release_all()  # training needs the memory (on a GPU, all of it)
         metrics = stage_train(cfg, run_dir, r, progress); release_memory(); done('train')  # the trainer's models go now
         ev = stage_evaluate(cfg, run_dir, r, pool); done('evaluate')
+        if not cfg.pool.keep_loaded: pool.release_all()  # the next round's review starts with nothing resident
     else: log.warning('round %d: the review made no preference pairs (dropped: %s); nothing is trained this round and '
                       'the policy stays as it was (see %s)', r, diag.get('dropped'), rd/'diagnostics.json')
     rec = {'round': r, 'actor': actor, 'trained': metrics is not None, 'policy': str(policy_of(run_dir, r) or cfg.pool.actor),
@@ -626,17 +725,38 @@ def _eval_summary(ev: dict|None) -> dict|None:
             **{f'accuracy_{k}_ci': a.get('accuracy_ci') for k, a in acc.items()}, 'n_arithmetic': (acc.get('candidate') or {}).get('n'), **bench}
 
 # %% ../nbs/09a_loop.ipynb #1c0cb38e
+STAGE_OF = {'pool.judges': 'evaluate', 'eval': 'evaluate', 'train': 'train', 'reference': 'train', 'report_to': 'train'}
+"The first stage a config field changes, by dotted key or section; every other field changes the review (and so all after it)."
+
+def stage_of(key: str) -> str:
+    "The first stage the config field `key` (dotted) changes: 'review', 'train' or 'evaluate'."
+    return STAGE_OF.get(key) or STAGE_OF.get(key.split('.')[0]) or 'review'
+
+def stages_started(run_dir) -> set[str]:
+    "The stages that have written anything in `run_dir` (in any round): their results were made with the saved config."
+    d, out = Path(run_dir), set()
+    if any(d.glob('round-*/review/manifest.json')): out.add('review')
+    if any(d.glob('round-*/train/metrics.json')): out.add('train')
+    if any(d.glob('round-*/eval.json')) or (d/'base-bench').exists() or any(d.glob('round-*/bench')): out.add('evaluate')
+    return out
+
+def _flat(d: dict, p: str='') -> dict:
+    return {f'{p}{k}': v for kk, vv in d.items()
+            for k, v in (_flat(vv, f'{kk}.').items() if isinstance(vv, dict) and kk != 'train' else [(kk, vv)])}
+
 def check_run_config(run_dir, cfg: RunConfig):
-    "Save `cfg` in `run_dir/config.yaml`, or refuse if the directory was made with another config (`rounds` may grow)."
+    "Save `cfg` in `run_dir/config.yaml`; refuse a config that changes a field whose stage has already run (`rounds` may grow)."
     path = Path(run_dir)/'config.yaml'
     if path.exists():
-        import yaml
-        old, new = yaml.safe_load(path.read_text()), config_dict(cfg)
-        a, b = {**old, 'rounds': None}, {**new, 'rounds': None}
-        if a != b:
-            flat = lambda d, p='': {f'{p}{k}': v for kk, vv in d.items() for k, v in (flat(vv, f'{kk}.').items() if isinstance(vv, dict) and kk != 'train' else [(kk, vv)])}
-            raise RunError(f'{run_dir} holds a run made with another config:\n' + '\n'.join(config_diff(flat(a), flat(b)))
-                           + '\nUse another output directory, or rerun with the same config to resume.')
+        old, new = _flat({**yaml_load(path.read_text()), 'rounds': None}), _flat({**config_dict(cfg), 'rounds': None})
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        done = stages_started(run_dir)
+        if late := [k for k in changed if stage_of(k) in done]:
+            raise RunError(f'{run_dir} holds a run whose finished stages were made with another config:\n'
+                           + '\n'.join(config_diff({k: old.get(k) for k in late}, {k: new.get(k) for k in late}))
+                           + '\nUse another output directory, or rerun with the same config to resume (a change is '
+                           'accepted only where it touches stages not yet run).')
+        if changed: log.warning('%s: config changed where no stage has run yet (%s); the run goes on with the new one', run_dir, ', '.join(changed))
     save_config(cfg, path)
 
 def run(cfg: RunConfig|None=None, # the run config (default `RunConfig()`)
@@ -799,6 +919,7 @@ def generate(prompts,                 # `builtin:NAME`, `bench:NAME`, a file, `h
              pairs_dir=None,          # where pairs.parquet/.jsonl and diagnostics.json go (default: the run directory)
              label_source: str='scores', # label by the critics' 'scores' or their 'pairwise' verdicts (implies pairwise)
              rotate: bool=False,      # every model of the pool acts on a share of the prompts
+             n_critics: int|None=None, # critics per answer (K) with critic specs (default: one per spec; personas fill more)
              **kw,                    # more `review` arguments (max_new_tokens, temperature, batch_size, ...)
             ) -> dict:
     "One round of peer review of `prompts`, then its pairs and diagnostics; returns their paths and the diagnostics."
@@ -810,10 +931,12 @@ def generate(prompts,                 # `builtin:NAME`, `bench:NAME`, a file, `h
     if label_source == 'pairwise': kw.setdefault('pairwise', True)
     if isinstance(critics, str) and critics.strip().isdigit(): critics = int(critics)
     if isinstance(critics, str): critics = [c.strip() for c in critics.split(',') if c.strip()]
+    check_not_heldout(load_prompts(prompts, limit=limit), 'prompts to review')
     with Pool() as pool:
         a = actor if isinstance(actor, Engine) else pool.get(actor)
         if isinstance(critics, int): engines, k = [a], critics
         else: engines, k = [a] + [pool.get(c) if pool.get(c) is not a else a.alias() for c in critics], len(critics)
+        k = n_critics or k
         run_dir = review(prompts, engines, n_critics=k, out_dir=out, actor='rotate' if rotate else 'fixed',
                          score_mode=score_mode, seed=seed, limit=limit, **kw)
     ds = build_pairs(run_dir, source=label_source)
@@ -822,3 +945,33 @@ def generate(prompts,                 # `builtin:NAME`, `bench:NAME`, a file, `h
     diag = diagnostics(run_dir, ds, source=label_source)
     write_atomic(dest/'diagnostics.json', json.dumps(diag, indent=1, default=str))
     return {'run_dir': Path(run_dir), 'n_pairs': len(ds), **paths, 'diagnostics': dest/'diagnostics.json', 'summary': diag}
+
+# %% ../nbs/09a_loop.ipynb #66ab6686
+def pairs_actor(data) -> str|None:
+    "The model reference of the actor that made the pairs in `data` (a review folder or a pairs file beside one), from the review manifest; None when no manifest is found."
+    p = Path(data).expanduser()
+    folder = p if p.is_dir() else p.parent
+    man = next((m for m in (folder/'manifest.json', folder/'review'/'manifest.json') if m.exists()), None)
+    if man is None: return None
+    rounds = json.loads(man.read_text()).get('rounds', {})
+    if any(r['config'].get('actor') != 'fixed' for r in rounds.values()):
+        raise ConfigError(f'{man}: the pairs were made by rotating actors, so no single model made them; name the one to train with --model')
+    actors = {r['config']['pool'][0] for r in rounds.values()}
+    if len(actors) != 1: raise ConfigError(f'{man}: rounds with different actors ({sorted(actors)}); name the model to train with --model')
+    model = _model_of(actors.pop())
+    if model is None: raise ConfigError(f'{man}: the actor was a server (openai:), whose weights are unknown here; name them with --model')
+    return model
+
+def pair_prompts(data) -> list[str]:
+    "The user prompt of every pair in `data` (anything `pulse_nb.train.load_pairs` reads)."
+    from pulse_nb.train import load_pairs
+    import datasets
+    bars = datasets.is_progress_bar_enabled(); datasets.disable_progress_bars()  # reading a file is no stage of its own
+    try: rows = load_pairs(data)['prompt']
+    finally:
+        if bars: datasets.enable_progress_bars()
+    out = []
+    for p in rows:
+        if isinstance(p, str): out.append(p)
+        else: out.append(next((m['content'] for m in reversed(list(p)) if m.get('role') == 'user'), ''))
+    return out

@@ -61,6 +61,7 @@ def pair_weights(margin=None, # |Δ aggregated critic score| per pair, >= 0
                  kind:str='margin*agreement', # one of `WEIGHTINGS`
                  scale:float=1.0, # margin (in score units) at which the margin weight reaches 1 − 1/e
                  floor:float=0.05, # smallest weight a pair can get
+                 n_critics=None, # critics per pair (column `n_critics`); with 1 or 2 the agreement share itself is the weight
                 ) -> torch.Tensor:
     "Per-pair confidence weights in [floor, 1] from critic `margin` and/or `agreement`."
     if kind not in WEIGHTINGS: raise UserError(f'unknown weighting {kind!r}; choose one of {WEIGHTINGS}')
@@ -74,7 +75,9 @@ def pair_weights(margin=None, # |Δ aggregated critic score| per pair, >= 0
         if agreement is None: raise UserError(f'weighting {kind!r} needs the critic agreement (column `agreement`)')
         a = torch.as_tensor(agreement, dtype=torch.float64)
         if torch.isnan(a).any() or (a < 0).any() or (a > 1).any(): raise UserError(f'agreement must be in [0, 1], got {a.tolist()}')
-        ws.append(((a - 0.5) / 0.5).clamp(0, 1))
+        wa = ((a - 0.5) / 0.5).clamp(0, 1)
+        if n_critics is not None: wa = torch.where(torch.as_tensor(n_critics) <= 2, a, wa)  # K=2: a 1-1 split weighs ½, not the floor
+        ws.append(wa)
     w = ws[0] if len(ws) == 1 else ws[0] * ws[1]
     return w.clamp(min=floor)
 

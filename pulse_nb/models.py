@@ -13,8 +13,9 @@ from .core import UserError
 # %% auto #0
 __all__ = ['EMBEDDED', 'DEFAULT_MODEL', 'QWEN_05B', 'QWEN_15B', 'MANIFEST', 'cache_dir', 'EmbeddedModel', 'register_embedded',
            'ModelError', 'find_embedded_parts', 'find_embedded_file', 'sha256_file', 'convert_gguf', 'verify_folder',
-           'assemble_parts', 'embedded_folder', 'is_adapter', 'adapter_base', 'resolve_model', 'load_tokenizer',
-           'load_model', 'load_adapter', 'merged_folder', 'prune_merged', 'release_memory', 'model_family']
+           'assemble_parts', 'embedded_folder', 'is_adapter', 'adapter_base', 'portable_ref', 'model_sha256',
+           'resolve_model', 'load_tokenizer', 'load_model', 'load_adapter', 'merged_folder', 'prune_merged',
+           'release_memory', 'model_family']
 
 # %% ../nbs/01_models.ipynb #a81a343d
 def cache_dir() -> Path:
@@ -197,11 +198,38 @@ def is_adapter(path) -> bool:
     return p.is_dir() and (p/'adapter_config.json').is_file() and not (p/'config.json').exists()
 
 def adapter_base(path) -> str:
-    "The base model reference recorded in the adapter folder `path`."
+    "The base model reference recorded in the adapter folder `path` (what `portable_ref` wrote: an embedded name, a hub id or a folder)."
     cfg = json.loads((Path(path).expanduser()/'adapter_config.json').read_text())
     if not cfg.get('base_model_name_or_path'):
         raise ModelError(f'{path}/adapter_config.json names no base model (base_model_name_or_path is empty)')
-    return cfg['base_model_name_or_path']
+    base = cfg['base_model_name_or_path']  # a base in the same run directory is recorded relative to the adapter
+    return os.path.normpath(Path(path).expanduser()/base) if base.startswith(('./', '../')) else base
+
+# %% ../nbs/01_models.ipynb #7954a65b
+def _embedded_name(p: Path) -> str|None:
+    "The embedded model whose cache folder is `p`, if any."
+    for m in EMBEDDED.values():
+        if p == (cache_dir()/'models'/f'{m.name}-{m.version}').resolve(): return m.name
+    return None
+
+def portable_ref(ref, # a model reference: an embedded name, a hub id, or a folder (an embedded model's cache folder too)
+                ) -> str:
+    "How a run records its base: an embedded name or hub id unchanged, an embedded model's cache folder as its name."
+    s = str(DEFAULT_MODEL if ref is None else ref)
+    if s in EMBEDDED or not Path(s).expanduser().exists(): return s
+    p = Path(s).expanduser().resolve()
+    return _embedded_name(p) or str(p)
+
+def model_sha256(ref) -> str|None:
+    "The checksum of base `ref`: an embedded model's GGUF SHA-256; a folder's, over its safetensors; None for a hub id not on disk."
+    s = str(DEFAULT_MODEL if ref is None else ref)
+    if s in EMBEDDED: return EMBEDDED[s].sha256
+    p = Path(s).expanduser()
+    if not p.is_dir(): return None
+    if name := _embedded_name(p.resolve()): return EMBEDDED[name].sha256
+    files = sorted(p.glob('*.safetensors'))
+    if not files: return None
+    return hashlib.sha256(''.join(f'{f.name} {sha256_file(f)}\n' for f in files).encode()).hexdigest()
 
 # %% ../nbs/01_models.ipynb #ae32db16
 _HUB_ID = re.compile(r'^[A-Za-z0-9][\w.-]*/[\w.-]+$')

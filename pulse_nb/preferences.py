@@ -13,17 +13,19 @@ from .review import load_run
 from .core import UserError
 
 # %% auto #0
-__all__ = ['PAIR_COLUMNS', 'aggregate', 'critic_stats', 'pairwise_prefs', 'collect', 'label', 'label_pairwise', 'label_all',
-           'build_pairs', 'save_pairs', 'kendall_tau', 'pairwise_diagnostics', 'diagnostics', 'critic_report']
+__all__ = ['PAIR_COLUMNS', 'aggregate', 'critic_stats', 'pairwise_prefs', 'collect', 'sign', 'label', 'label_pairwise',
+           'label_all', 'build_pairs', 'save_pairs', 'load_pairs', 'kendall_tau', 'pairwise_diagnostics', 'diagnostics',
+           'critic_report']
 
 # %% ../nbs/05_preferences.ipynb #2cd8de41
 def aggregate(scores: list[float], how: str='mean', trim: float=0.2) -> float:
-    "Combine critics' scores: 'mean', 'median' or 'trimmed' (drop `trim` of each end); 'zmean' expects z-scores."
+    "Combine critics' scores: 'mean', 'median' or 'trimmed' (drop int(K·`trim`), at least 1, from each end once K >= 3); 'zmean' expects z-scores."
     if not scores: raise UserError('no scores to aggregate')
     if how in ('mean', 'zmean'): return sum(scores) / len(scores)
     if how == 'median': return float(st.median(scores))
     if how == 'trimmed':
         s, k = sorted(scores), int(len(scores) * trim)
+        if trim > 0 and len(s) >= 3: k = min(max(k, 1), (len(s) - 1) // 2)  # K = 3-4: the extremes go; K = 2: the mean
         s = s[k:len(s) - k] or s
         return sum(s) / len(s)
     raise UserError(f"unknown aggregation {how!r}: use 'mean', 'median', 'trimmed' or 'zmean'")
@@ -77,7 +79,9 @@ def collect(run) -> list[dict]:
     return out
 
 # %% ../nbs/05_preferences.ipynb #9ec439e3
-def _sign(x): return (x > 0) - (x < 0)
+def sign(x: float) -> int:
+    "-1, 0 or 1: the direction of a score difference (the inspector's too)."
+    return (x > 0) - (x < 0)
 
 def label(item: dict, agg: str='mean', stats: dict|None=None, min_margin: float=0.0, min_critics: int=1,
           max_disagreement: float|None=None, tau: float=1.0, trim: float=0.2, source: str='scores') -> dict:
@@ -97,7 +101,7 @@ def label(item: dict, agg: str='mean', stats: dict|None=None, min_margin: float=
     dS = S1 - S0
     if dS == 0 or abs(dS) < min_margin: return {'drop': 'margin'}
     d = [b - a for a, b in zip(s0, s1)]
-    agreement = sum(_sign(x) == _sign(dS) for x in d) / len(d)
+    agreement = sum(sign(x) == sign(dS) for x in d) / len(d)
     if max_disagreement is not None and 1 - agreement > max_disagreement: return {'drop': 'disagreement'}
     stds = [math.hypot(item['c0'][k].get('score_std') or 0.0, item['c1'][k].get('score_std') or 0.0) for k in ks]
     rev = dS > 0
@@ -185,13 +189,29 @@ def save_pairs(ds, out_dir, name: str='pairs') -> dict:
     ds.to_json(str(out/f'.{name}.jsonl.tmp'), lines=True, force_ascii=False); os.replace(out/f'.{name}.jsonl.tmp', jl)
     return {'parquet': pq, 'jsonl': jl}
 
+def load_pairs(data, # a `datasets.Dataset`, a list of row dicts, a .parquet / .jsonl / .json file, or a folder with pairs.parquet
+              ):
+    "The preference pairs in `data` as a `datasets.Dataset` (what `save_pairs` wrote; training and the inspector read pairs with it)."
+    from datasets import Dataset
+    if isinstance(data, Dataset): return data
+    if isinstance(data, (list, tuple)): return Dataset.from_list(list(data))
+    p = Path(data).expanduser()
+    if p.is_dir():
+        hits = [p/n for n in ('pairs.parquet', 'pairs.jsonl') if (p/n).exists()]
+        if not hits: raise FileNotFoundError(f'{p} is a folder without pairs.parquet or pairs.jsonl; give a review run folder or a pairs file')
+        p = hits[0]
+    if not p.exists(): raise FileNotFoundError(f'{p} does not exist: no such dataset file or folder')
+    if p.suffix == '.parquet': return Dataset.from_parquet(str(p))
+    if p.suffix in ('.jsonl', '.json'): return Dataset.from_json(str(p))
+    raise UserError(f'unsupported dataset file {p.name!r}: use .parquet, .jsonl or .json (or a run folder, or a Dataset)')
+
 # %% ../nbs/05_preferences.ipynb #46bf4d39
 def kendall_tau(x: list[float], y: list[float]) -> float|None:
     "Kendall's τ-b of two paired score lists (`None` if undefined)."
     if len(x) != len(y): raise UserError(f'kendall_tau: lengths differ ({len(x)} vs {len(y)})')
     c = d = tx = ty = 0
     for i, j in combinations(range(len(x)), 2):
-        a, b = _sign(x[i] - x[j]), _sign(y[i] - y[j])
+        a, b = sign(x[i] - x[j]), sign(y[i] - y[j])
         if a == 0 and b == 0: continue
         if a == 0: tx += 1
         elif b == 0: ty += 1

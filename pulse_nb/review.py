@@ -112,6 +112,10 @@ def check_manifest(run_dir, round_: int, config: dict) -> dict:
     path = Path(run_dir)/'manifest.json'
     man = json.loads(path.read_text()) if path.exists() else {'format': 1, 'created': time.time(), 'rounds': {}}
     old = man['rounds'].get(str(round_))
+    if old is not None and 'critics' not in old['config'] and 'critics' in config:  # written before the critic slots were recorded
+        same = lambda c: {k: v for k, v in c.items() if k not in ('personas', 'critics')}
+        if same(old['config']) == same(config):  # the same assignment ran: record what it was
+            old['config'] = config; write_atomic(path, json.dumps(man, indent=1))
     if old is not None and old['config'] != config:
         raise RunError(f'{run_dir} already holds round {round_} made with a different config:\n'
                        + '\n'.join(config_diff(old['config'], config))
@@ -321,12 +325,15 @@ def review(prompts, # prompt records, strings, or a spec for `load_prompts` (`bu
         clear_stale_temps(out)  # a run killed while writing its manifest left one; nobody else writes here now
         personas = list(personas or P.PERSONAS)
         sampling = SamplingConfig(temperature=temperature, max_new_tokens=max_new_tokens)
+        plan = assign(len(recs), engines, n_critics, actor, personas)
+        ran = {s.critic: {'model': engine_id(s.engine), 'persona': s.persona} for _, slots in plan for s in slots}
         config = dict(prompt_ids=_hash([r['id'] for r in recs]), n_prompts=len(recs), pool=[engine_id(e) for e in engines],
                       actor=engine_id(actor) if hasattr(actor, 'generate') else actor, n_critics=n_critics,
                       score_mode=score_mode, scale=list(scale), seed=seed, max_new_tokens=max_new_tokens,
-                      temperature=temperature, min_mass=min_mass, personas=personas[:n_critics], templates=_hash(T),
+                      temperature=temperature, min_mass=min_mass, templates=_hash(T),
+                      personas=sorted({c['persona'] for c in ran.values()}, key=personas.index),  # the personas that ran
+                      critics=dict(sorted(ran.items())),  # each critic id: the engine and persona its slots used
                       **({'pairwise': True} if pairwise else {}))
-        plan = assign(len(recs), engines, n_critics, actor, personas)
         for r in range(first_round, first_round + rounds): check_manifest(out, r, config)  # refuse before writing
         _write_prompts(out, recs)
         for r in range(first_round, first_round + rounds):

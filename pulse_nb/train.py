@@ -22,9 +22,9 @@ __all__ = ['LOSS_COLUMNS', 'REF_COLUMNS', 'BETA_SCHEDULES', 'DTYPES', 'REPORTERS
            'STEP_KEYS', 'TRL_BATCH_KEYS', 'PairCollator', 'BetaSchedule', 'ConfigError', 'TrainConfig', 'check_known',
            'check_train_config', 'split_batch', 'compact_lm_head', 'policy_logps', 'dpo_metrics', 'DeviceMetrics',
            'drdpo_step_stats', 'check_trl_options', 'load_adapter_weights', 'cast_trainable', 'PulseDPOTrainer',
-           'load_pairs', 'validate_pairs', 'add_pair_columns', 'has_reference_logps', 'prepare_pairs', 'dpo_config',
+           'validate_pairs', 'add_pair_columns', 'has_reference_logps', 'prepare_pairs', 'dpo_config',
            'apply_fused_kernels', 'lora_config', 'loss_options', 'LossBar', 'make_trainer', 'TrainResult',
-           'check_environment', 'load_policy', 'save_run', 'train', 'with_reference_logps', 'train_many',
+           'check_environment', 'load_policy', 'record_base', 'save_run', 'train', 'with_reference_logps', 'train_many',
            'load_trained']
 
 # %% ../nbs/07_train.ipynb #5f2a75fb
@@ -71,9 +71,9 @@ class BetaSchedule:
             e = b / 10 if self.end is None else self.end
             return b + (e - b) * frac
         m = margins.detach().float().mean() if margins is not None else torch.zeros(())
-        if self.m0 is None: self.m0 = m
-        beta = (b * (1 + self.alpha * (m - self.m0))).clamp(min=self.min_beta)
-        if update: self.m0 = self.momentum * self.m0 + (1 - self.momentum) * m
+        m0 = m if self.m0 is None else self.m0  # training's first batch sets the threshold; an evaluation moves nothing
+        beta = (b * (1 + self.alpha * (m - m0))).clamp(min=self.min_beta)
+        if update: self.m0 = self.momentum * m0 + (1 - self.momentum) * m
         return beta
 
 # %% ../nbs/07_train.ipynb #3a85278c
@@ -294,8 +294,12 @@ class _PulseLoss:
         return self.compute_ref_log_probs(self.model if self.ref_model is None else self.ref_model, batch)
 
     def current_beta(self, h, update:bool):
-        "β at the current step; for `beta_dpo`, from the margins h (`update`: move its running threshold)."
-        return self.beta_schedule(self.state.global_step, self.state.max_steps, self.args.beta * h.detach(), update=update)
+        "β at the current step; for `beta_dpo`, from the margins h of every rank's pairs (`update`: move its running threshold)."
+        bh = self.args.beta * h.detach()
+        if self.beta_schedule.kind == 'beta_dpo' and self.accelerator.num_processes > 1:
+            s = self.accelerator.reduce(torch.stack([bh.float().sum(), torch.tensor(float(bh.numel()), device=bh.device)]), 'sum')
+            bh = (s[0] / s[1]).reshape(1)  # the mean over all ranks: every rank computes the same β and threshold
+        return self.beta_schedule(self.state.global_step, self.state.max_steps, bh, update=update)
 
     def pair_inputs(self, pair:dict):
         "The weights and soft labels the loss uses (None where switched off or absent)."
@@ -419,20 +423,7 @@ class PulseDPOTrainer(_PulseLoss, _PulseMetrics, DPOTrainer):
         with compact_lm_head(): return super().compute_ref_log_probs(model, inputs)
 
 # %% ../nbs/07_train.ipynb #2b255138
-def load_pairs(data, # a `datasets.Dataset`, a .parquet / .jsonl / .json file, or a run folder with pairs.parquet
-              ) -> Dataset:
-    "The preference pairs in `data` as a `datasets.Dataset`."
-    if isinstance(data, Dataset): return data
-    if isinstance(data, (list, tuple)): return Dataset.from_list(list(data))
-    p = Path(data).expanduser()
-    if p.is_dir():
-        hits = [p/n for n in ('pairs.parquet', 'pairs.jsonl') if (p/n).exists()]
-        if not hits: raise FileNotFoundError(f'{p} is a folder without pairs.parquet or pairs.jsonl; give a review run folder or a pairs file')
-        p = hits[0]
-    if not p.exists(): raise FileNotFoundError(f'no such dataset file or folder: {p}')
-    if p.suffix == '.parquet': return Dataset.from_parquet(str(p))
-    if p.suffix in ('.jsonl', '.json'): return Dataset.from_json(str(p))
-    raise UserError(f'unsupported dataset file {p.name!r}: use .parquet, .jsonl or .json')
+from .preferences import load_pairs  # one reader of pairs files for training, the inspector and the CLI
 
 # %% ../nbs/07_train.ipynb #2ac1e588
 def _is_empty(x) -> bool:
@@ -494,7 +485,7 @@ def add_pair_columns(ds:Dataset, # validated pairs
     if weighting is not None:
         raw = ds['weight'] if weighting == 'weight' else pair_weights(
             ds['margin'] if 'margin' in weighting else None, ds['agreement'] if 'agreement' in weighting else None,
-            kind=weighting, scale=weight_scale)
+            kind=weighting, scale=weight_scale, n_critics=ds['n_critics'] if 'n_critics' in ds.column_names else None)
         w = normalize_weights(torch.as_tensor(raw, dtype=torch.float64))
         if 'weight' in ds.column_names: ds = ds.remove_columns('weight')
         ds = ds.add_column('weight', w.tolist())
@@ -647,6 +638,23 @@ def load_policy(model, # a model reference (None: the embedded default), or a lo
     path = getattr(model.config, '_name_or_path', '') or None
     return model, tokenizer or load_tokenizer(path), path or type(model).__name__
 
+def record_base(adapter_dir, # a saved PEFT adapter folder
+                base, # the base reference it was trained on (a folder, an embedded name, a hub id)
+               ) -> dict:
+    "Make the adapter name its base portably (`models.portable_ref`) in adapter_config.json and README.md; write pulse_base.json (name, SHA-256)."
+    from pulse_nb.models import portable_ref, model_sha256
+    d = Path(adapter_dir)
+    cfg = json.loads((d/'adapter_config.json').read_text())
+    old, rec = cfg.get('base_model_name_or_path') or '', {'base': portable_ref(base), 'sha256': model_sha256(base)}
+    home, p = d.resolve().parent.parent.parent, Path(rec['base'])  # a run directory holding round-N/train/adapter
+    if p.is_absolute() and p.is_relative_to(home) and p.relative_to(home).parts[0].startswith('round-'):
+        rec['base'] = os.path.relpath(p, d.resolve())               # the previous round's policy: moves with the run
+    cfg['base_model_name_or_path'] = rec['base']
+    (d/'adapter_config.json').write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    if old and old != rec['base'] and (d/'README.md').is_file(): (d/'README.md').write_text((d/'README.md').read_text().replace(old, rec['base']))
+    (d/'pulse_base.json').write_text(json.dumps(rec, indent=1))
+    return rec
+
 def save_run(trainer, tokenizer, out:Path, lora:bool) -> tuple[Path|None, Path|None]:
     "Save the adapter (LoRA) or the model (full fine-tuning) with its tokenizer into `out`; their folders."
     d = out/('adapter' if lora else 'model')
@@ -680,7 +688,9 @@ def train(dataset, # Dataset, .parquet/.jsonl file, or review run folder (pairs.
     metrics = dict(trainer.train().metrics, wall_s=time.perf_counter() - t0)
     if eval_pairs is not None: metrics['eval'] = trainer.evaluate()
     adapter_dir, model_dir = save_run(trainer, tok, out, cfg.lora) if save else (None, None)
-    config = dict(asdict(cfg), model=name)
+    from pulse_nb.models import portable_ref, model_sha256
+    base = record_base(adapter_dir, name) if adapter_dir else {'base': portable_ref(name), 'sha256': model_sha256(name)}
+    config = dict(asdict(cfg), model=base['base'], model_sha256=base['sha256'])  # the base as given: no path of this machine
     (out/'config.json').write_text(json.dumps(config, indent=1))
     (out/'metrics.json').write_text(json.dumps(dict(metrics=metrics, log_history=trainer.state.log_history), indent=1))
     return TrainResult(out, adapter_dir, model_dir, metrics, trainer.state.log_history, config, trainer.model, tok, trainer)

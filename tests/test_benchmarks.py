@@ -173,6 +173,16 @@ def test_check_answer_uses_math_equality_for_latex_answers():
     assert check_answer('... 1,250 in total', '1250')
 
 
+@pytest.mark.parametrize('reply, answer', [('The answer is 12. Check: 3 + 4 = 7', '12'), ('#### 40\nso 40 - 2 = 38', '40'),
+                                           ('Total: \\boxed{15}, then 15 + 1 = 16', '15'), ('She has 8 apples', '8')])
+def test_label_accuracy_and_benchmarks_grade_with_one_function(reply, answer):
+    "check_answer (label accuracy) and the GSM8K grader agree, on the stated answer and not the last number."
+    teq(check_answer(reply, answer), True)
+    teq(grade_number(reply, answer), True)
+    wrong = str(int(answer) + 1)
+    teq((check_answer(reply, wrong), grade_number(reply, wrong)), (False, False))
+
+
 def _fixtures():
     return json.loads((FIXTURES/'bench_outputs.json').read_text())['replies']
 

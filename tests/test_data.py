@@ -12,9 +12,10 @@ def test_sets_stable_and_verifiable():
         assert all(p['id'] == text_id(p['prompt']) and check_answer(f"It is {p['answer']}.", p['answer']) for p in a)
 
 def test_general_set():
-    g = make_general()
+    g = make_general(split='all')
     assert len(g) >= 100 and len({p['id'] for p in g}) == len(g) and all(p['answer'] is None for p in g)
-    assert len(GENERAL_INSTRUCTIONS) == len(g)
+    assert len(GENERAL_INSTRUCTIONS) == len(g) == len(make_general()) + len(make_general(split='heldout'))
+    assert shared_prompts(make_general(), make_general(split='heldout')) == []
 
 @pytest.mark.parametrize('resp,ans,ok', [('12', '12', True), ('so 3 + 4 = 7.', '7', True), ('1,000 people', '1000', True),
                           ('-2', '-2', True), ('7.0', '7', True), ('7 or 8', '7', False), ('none', '1', False), ('', '0', False),

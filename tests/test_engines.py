@@ -69,9 +69,20 @@ def test_bad_inputs(hf_engine):
     try:
         long = Q('word ' * 100)
         with pytest.raises(ContextLengthError, match='conversation 1: the prompt has'): hf_engine.generate([Q('hi'), long], GREEDY)
-        g = hf_engine.generate([Q('hi'), long], SamplingConfig(temperature=0, max_new_tokens=4), truncate=True)
-        teq(g[1].prompt_tokens, 60)
-        assert len(g[1].completions[0].text) > 0 or g[1].completions[0].n_tokens > 0
+        sc4 = SamplingConfig(temperature=0, max_new_tokens=4)
+        g = hf_engine.generate([Q('hi'), long], sc4, truncate=True)
+        teq([x.prompt_tokens for x in g], [len(render_ids(hf_engine.tok, [Q('hi')])[0]), 60])  # only the long one is cut, to 64 - 4
+        teq(g[0], hf_engine.generate([Q('hi')], sc4)[0])
+        # the completion is the greedy one of the prompt's *last* 60 tokens (the assistant header kept), with the 4 tokens asked for
+        import torch
+        kept = render_ids(hf_engine.tok, [long])[0][-60:]
+        with torch.no_grad():
+            y = hf_engine.lm.generate(input_ids=torch.tensor([kept]), attention_mask=torch.ones(1, 60, dtype=torch.long), max_new_tokens=4,
+                                      do_sample=False, top_k=None, pad_token_id=hf_engine.tok.pad_token_id, eos_token_id=sorted(hf_engine.eos_ids))[0, 60:].tolist()
+        end = next((k for k, t in enumerate(y) if t in hf_engine.eos_ids), None)
+        c = g[1].completions[0]
+        teq((c.text, c.n_tokens, c.finish_reason), (hf_engine.tok.decode(y[:end], skip_special_tokens=True),
+                                                    4 if end is None else end + 1, 'length' if end is None else 'stop'))
     finally: hf_engine.max_len = ml
 
 

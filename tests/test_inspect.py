@@ -151,6 +151,14 @@ def test_to_html_escapes(run_dir, table_run, tmp_path):
 
 def test_plots(run_dir, table_run, tmp_path):
     for f in (plot_scores, plot_margins, plot_agreement, plot_win_rate): assert isinstance(f(table_run), Figure), f
+    # what they draw, from TABLE by hand: 18 parsed scores (x: 5 on a0, 4 on a1; y: 4 and 5), 3 labelled pairs, 2 of 3 revisions
+    ax = plot_scores(table_run).axes[0]
+    teq([len(c.get_offsets()) for c in ax.collections], [5, 4, 4, 5])
+    teq(sorted(float(y) for c in ax.collections for _, y in c.get_offsets()), sorted([3, 8, 7, 7.5, 5, 6, 6, 4, 6, 4, 7, 8, 2, 6, 5, 5, 5, 4]))
+    ax = plot_margins(table_run).axes[0]
+    teq((ax.get_title(), sum(p.get_height() for p in ax.patches)), ('Pair margins (3 pairs)', 3))
+    ax = plot_win_rate(table_run).axes[0]
+    assert [p.get_height() for p in ax.patches] == pytest.approx([2 / 3]) and [t.get_text() for t in ax.texts] == ['2/3\n(2 dropped)']
     for f in (plot_scores, plot_agreement): assert isinstance(f(run_dir), Figure), f  # the real run has parsed scores
     wr = win_rates(table_run)
     teq(wr[['round', 'revision', 'initial', 'dropped']].values.tolist(), [[0, 2, 1, 2]])

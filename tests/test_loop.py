@@ -51,17 +51,19 @@ def finished_run(tiny_config, tmp_path_factory):
 @pytest.mark.slow
 def test_round_two_acts_with_the_round_one_policy(finished_run):
     "Round 2's actor is round 1's trained adapter (merged), trained on a non-default model, and round 2 trains from it."
-    from pulse_nb.models import resolve_model, model_family
+    from pulse_nb.models import resolve_model, model_family, adapter_base
     r1, r2 = (json.loads((finished_run/f'round-{k}'/'round.json').read_text()) for k in (1, 2))
     teq(r1['actor'], f'hf:{QWEN}')
     teq(r2['actor'], f"hf:{finished_run/'round-1'/'train'/'adapter'}")
     teq(r2['policy'], str(finished_run/'round-2'/'train'/'adapter'))
     base1 = json.loads((finished_run/'round-1'/'train'/'adapter'/'adapter_config.json').read_text())['base_model_name_or_path']
-    teq(base1, resolve_model(QWEN))                   # the actor's model is trained, not the default SmolLM2
+    teq(base1, QWEN)                   # the actor's model is trained, not the default SmolLM2; recorded by name
     teq(model_family(base1), 'qwen2')
-    base2 = json.loads((finished_run/'round-2'/'train'/'adapter'/'adapter_config.json').read_text())['base_model_name_or_path']
-    teq(base2, str(finished_run/'round-1'/'train'/'adapter'))   # trained from (and against) the previous policy, which
-    merged = Path(resolve_model(base2))                          # resolves to round 1's adapter merged into its base
+    a2 = finished_run/'round-2'/'train'/'adapter'
+    teq(json.loads((a2/'adapter_config.json').read_text())['base_model_name_or_path'], '../../../round-1/train/adapter')
+    base2 = adapter_base(a2)           # recorded relative to the adapter, so the run directory can move
+    teq(Path(base2).resolve(), (finished_run/'round-1'/'train'/'adapter').resolve())  # trained from (and against) the
+    merged = Path(resolve_model(base2))                          # previous policy: round 1's adapter merged into its base
     teq(json.loads((merged/'pulse_manifest.json').read_text())['adapter'], base2)
     answers = [json.loads(l) for l in lines(finished_run/'round-2'/'review'/'answers.jsonl')]
     assert answers and all(a['actor'] == r2['actor'] for a in answers)
@@ -144,6 +146,20 @@ def test_a_run_copied_without_its_weights_is_restored_bit_for_bit(finished_run, 
 
 
 @pytest.mark.slow
+def test_a_run_moved_elsewhere_resumes_without_retraining(finished_run, tiny_config, tmp_path):
+    "A run killed after round 2 trained, then moved: the resume reuses the training (its recorded paths are relative) and evaluates."
+    import shutil
+    moved = shutil.copytree(finished_run, tmp_path/'elsewhere'/'run', ignore=shutil.ignore_patterns('.lock'))
+    for f in ('round-2/round.json', 'round-2/eval.json', 'round-2/eval.md'): (moved/f).unlink(missing_ok=True)
+    args = json.loads((moved/'round-2'/'train'/'train_args.json').read_text())
+    teq((args['data'], args['model']), ('../pairs.parquet', '../../round-1/train/adapter'))
+    sha = (moved/'round-2'/'train'/'policy.json').read_text()
+    pulse('run', '--config', tiny_config, '--out', moved)
+    teq((moved/'round-2'/'train'/'policy.json').read_text(), sha)          # not retrained
+    assert (moved/'round-2'/'eval.json').exists() and (moved/'round-2'/'round.json').exists()
+
+
+@pytest.mark.slow
 def test_report_card_and_diagnostics_of_a_finished_run(finished_run):
     "The run's report, plots across rounds, per-critic diagnostics, peak memory, and a dataset card that names each round."
     for f in ('summary.md', 'README.md', 'config.yaml', 'plots/rounds.png', 'round-1/eval.json', 'round-2/eval.json'):
@@ -215,9 +231,11 @@ def test_config_file_is_overridden_by_flags(tmp_path):
 
 
 def test_changed_config_is_refused_on_resume_but_more_rounds_continue(tmp_path):
+    "Once a stage has run, a change to its fields is refused; more rounds continue the same run."
     from pulse_nb.loop import RunConfig, check_run_config
     from pulse_nb.review import RunError
     check_run_config(tmp_path, RunConfig())
+    (tmp_path/'round-1'/'review').mkdir(parents=True); (tmp_path/'round-1'/'review'/'manifest.json').write_text('{}')
     check_run_config(tmp_path, RunConfig(rounds=3))            # more rounds: the same run, continued
     with pytest.raises(RunError) as e: check_run_config(tmp_path, RunConfig(seed=1))
     assert 'seed: 0 (in the run dir) vs 1 (now)' in str(e.value)
@@ -229,17 +247,50 @@ def test_pulse_run_refuses_a_changed_config_in_one_line(tmp_path):
     (tmp_path/'r').mkdir()
     from pulse_nb.loop import RunConfig, save_config
     save_config(RunConfig(seed=7), tmp_path/'r'/'config.yaml')
+    (tmp_path/'r'/'round-1'/'review').mkdir(parents=True); (tmp_path/'r'/'round-1'/'review'/'manifest.json').write_text('{}')
     r = pulse('run', '--out', tmp_path/'r', '--prompts', 'builtin:arithmetic', check=False)
     teq(r.returncode, 1)
-    assert 'holds a run made with another config' in r.stderr and 'Traceback' not in r.stderr
+    assert 'holds a run whose finished stages were made with another config' in r.stderr and 'Traceback' not in r.stderr
 
 
 @pytest.mark.parametrize('config', sorted(p.name for p in (ROOT/'configs').glob('*.yaml') if 'pool' in yaml.safe_load(p.read_text())))
 def test_dry_run_of_every_shipped_config(config):
-    "Each shipped run config validates and prints its plan without loading a model."
+    """Each shipped run config validates and prints its plan without loading a model; the plan's counts are the config's
+    arithmetic (computed here from the YAML) and its memory plan names every stage, none reserving more than one device."""
+    import math, re
+    from pulse_nb.loop import load_config, config_dict
     r = pulse('run', '--config', ROOT/'configs'/config, '--dry-run', timeout=900)
     plan = json.loads(r.stdout)
-    assert plan['models']['actor'] and plan['models']['critics'] and plan['per_round']['generations'] > 0
+    y, dflt = yaml.safe_load((ROOT/'configs'/config).read_text()), config_dict(load_config())  # YAML, then the defaults
+    get = lambda sec, k: y.get(sec, {}).get(k, dflt[sec].get(k))
+    teq(plan['models']['actor'], y['pool']['actor']); teq(plan['models']['critics'], y['pool']['critics'])
+    n, K, T, rounds = get('review', 'per_round'), get('pool', 'n_critics'), get('review', 'max_new_tokens'), y.get('rounds', dflt['rounds'])
+    pairwise = bool(get('review', 'pairwise'))
+    teq(plan['stages'], {'answers': n, 'critiques': n*K, 'revisions': n, 'rescores': n*K, **({'comparisons': 2*n*K} if pairwise else {})})
+    gen = n * (2 + 2*K) + (2*n*K if pairwise else 0)        # a0 and a1 per prompt, K critiques of each (+ both orders of K verdicts)
+    tr = {'batch_size': 4, 'gradient_accumulation_steps': 1, 'max_steps': -1, 'epochs': 1, **y.get('train', {})}  # TrainConfig's defaults
+    steps = tr['max_steps'] if tr['max_steps'] > 0 else math.ceil(n / (tr['batch_size'] * tr['gradient_accumulation_steps'])) * math.ceil(tr['epochs'])
+    n_bench = len([b for b in str(get('eval', 'bench')).split(',') if b.strip()]) * get('eval', 'bench_n')
+    ev_gen = 2 * (get('eval', 'win_rate_prompts') + get('eval', 'arithmetic')) + n_bench   # policy and base answer each prompt
+    ev_tok = (ev_gen - n_bench) * get('eval', 'max_new_tokens') + n_bench * get('eval', 'bench_max_new_tokens')
+    teq(plan['per_round'], {'prompts': n, 'generations': gen, 'score_readouts': 2*n*K if get('review', 'score_mode') == 'logprobs' else 0,
+                            'max_generated_tokens': gen * T, 'train_steps_at_most': steps, 'eval_generations': ev_gen,
+                            'eval_judgements': 2 * get('eval', 'win_rate_prompts') * len(get('pool', 'judges') or y['pool']['critics']),
+                            'eval_generated_tokens_at_most': ev_tok})
+    teq(plan['total_generated_tokens_at_most'], rounds * (gen * T + ev_tok))
+    # memory: a review, a train and an evaluate stage for round 1 (and round 2+ when there is one); no stage over one device
+    mem, labels = plan['memory'], ['round 1', 'round 2+'][:min(rounds, 2)]
+    teq({s.split(':')[0] for s in mem}, set(labels))
+    engines = {y['pool']['actor'], *y['pool']['critics']}
+    for l in labels:
+        teq(mem[f'{l}: train'], {'trainer (policy and reference)': None})
+        review = [s for s in mem if s.startswith(f'{l}: review')]
+        assert review and f'{l}: evaluate' in mem, (l, list(mem))
+        if l == 'round 1': teq({e for s in review for e in mem[s]}, engines)   # every model of the review is loaded in it
+    for stage, shares in mem.items():
+        for e, v in shares.items():
+            if m := re.search(r'gpu_memory_utilization=([0-9.]+)', e): teq(v, float(m[1]))   # the share its spec asks for
+        assert sum(v for v in shares.values() if v) <= 1 + 1e-9, (stage, shares)
     if config.startswith('cpu'): teq(set(plan['families'].values()), {'llama', 'qwen2'})
 
 
@@ -252,13 +303,13 @@ def test_shipped_configs_are_there():
 
 def test_heldout_prompts_never_reach_review_through_pulse_run(tmp_path):
     "A run whose review would take the held-out evaluation prompts is refused before anything runs."
-    r = pulse('run', '--prompts', 'builtin:general', '--limit', '60', '--out', tmp_path/'h', check=False)
+    r = pulse('run', '--prompts', 'builtin:general:heldout', '--limit', '2', '--out', tmp_path/'h', check=False)
     teq(r.returncode, 1)
-    assert "are in both the review prompts of 'builtin:general' and the evaluation" in r.stderr, r.stderr
+    assert "are in both the review prompts of 'builtin:general:heldout' and the held-out evaluation sets" in r.stderr, r.stderr
     assert not (tmp_path/'h').exists() or not list((tmp_path/'h').glob('round-*'))
     r = pulse('run', '--prompts', 'bench:gsm8k:heldout', '--out', tmp_path/'g', check=False)   # the benchmark's graded split
     teq(r.returncode, 1)
-    assert "review prompts of 'bench:gsm8k:heldout' and the evaluation" in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    assert "review prompts of 'bench:gsm8k:heldout' and the held-out evaluation sets" in r.stderr and 'Traceback' not in r.stderr, r.stderr
     assert not (tmp_path/'g').exists() or not list((tmp_path/'g').glob('round-*'))
 
 

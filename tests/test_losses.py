@@ -135,6 +135,13 @@ def test_hand_values():
     ref = -0.5 * math.log((math.exp(-l[0] / .5) + math.exp(-l[1] / .5)) / 2)
     assert math.isclose(drdpo_loss(two, zz, zz, zz, beta=1., drdpo_beta=.5).item(), ref, rel_tol=1e-12)
     assert drdpo_loss(two, zz, zz, zz, beta=1., drdpo_beta=.5) < dpo_loss(two, zz, zz, zz, beta=1.)  # soft-min <= mean
+    # soft labels η: η φ(v) + (1 − η) φ(−v), η the probability that the label is right
+    eta = torch.tensor([.8], dtype=torch.float64)
+    assert math.isclose(soft_loss(one, z, z, z, beta=1., soft_labels=eta).item(),
+                        -(.8 * math.log(s.item()) + .2 * math.log(1 - s.item())), rel_tol=1e-12)
+    assert math.isclose(savage_loss(one, z, z, z, beta=1., scale=False, soft_labels=eta).item(),
+                        .8 * (1 - s.item()) ** 2 + .2 * s.item() ** 2, rel_tol=1e-12)
+    assert math.isclose(hinge_loss(one * .5, z, z, z, beta=1., soft_labels=eta).item(), .8 * .5 + .2 * 1.5, rel_tol=1e-12)
 
 
 def test_weights_move_the_loss():

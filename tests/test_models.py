@@ -170,3 +170,19 @@ def test_merge_cache_evicts_least_recently_used_within_its_budget(tmp_path, monk
     assert sorted(p.name for p in gone) == ['adapter-1', 'adapter-2']   # adapter-0 is kept, adapter-3 is in use
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ['adapter-0', 'adapter-3']
     assert prune_merged(budget_gb=0, min_age_s=600) == [root/'adapter-0']  # adapter-3 was used under 10 minutes ago
+
+
+def test_committed_artifacts_carry_no_machine_paths():
+    "Committed runs, reports, bench results, fixtures and configs name models and folders portably: no cache or checkout path of a machine."
+    import re
+    root = Path(__file__).resolve().parents[1]
+    files = subprocess.run(['git', 'ls-files', 'nbs/experiments', 'bench', 'tests/fixtures', 'configs'], cwd=root,
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert files
+    bad = re.compile(r'(?<![\w.$-])/(?:root|work|home|tmp)/')  # an absolute path of this machine (a URL's path is preceded by a host name)
+    hits = []
+    for f in files:
+        try: text = (root/f).read_text(encoding='utf-8')
+        except (UnicodeDecodeError, FileNotFoundError): continue  # binary data (.npy, .png) or removed in the work tree
+        hits += [f'{f}:{i}: {m.group()}' for i, line in enumerate(text.splitlines(), 1) for m in bad.finditer(line)]
+    assert not hits, '\n'.join(hits[:20])

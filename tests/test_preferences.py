@@ -36,6 +36,19 @@ def test_aggregations():
     assert aggregate([1, 5, 9]) == 5 and aggregate([1, 2, 9], 'median') == 2 and aggregate([0, 5, 5, 5, 100], 'trimmed') == 5
     with pytest.raises(ValueError): aggregate([])
 
+def test_trimmed_mean_acts_from_three_critics():
+    "K=3 and K=4: the highest and lowest score are dropped, so one outlier critic cannot move the label; K=2 is the mean."
+    assert aggregate([5, 6, 9], 'trimmed') == 6 != aggregate([5, 6, 9])
+    assert aggregate([5, 6, 7, 100], 'trimmed') == 6.5 != aggregate([5, 6, 7, 100])
+    assert aggregate([5, 9], 'trimmed') == aggregate([5, 9]) == 7
+
+def test_sign_and_load_pairs_exist_once():
+    "One sign and one pairs reader in the library: training and the inspector use preferences'."
+    from pulse_nb import preferences, inspector, train
+    assert inspector._sign is preferences.sign and not hasattr(preferences, '_sign')
+    assert train.load_pairs is preferences.load_pairs and inspector.load_pairs is preferences.load_pairs
+    assert preferences.sign(-0.3) == -1 and preferences.sign(0) == 0 and preferences.sign(2) == 1
+
 def test_labels_and_drops(run):
     pairs, drops = label_all(run)
     assert drops == {'too_few_critics': 1, 'margin': 1}
@@ -48,6 +61,15 @@ def test_labels_and_drops(run):
     assert all(p['score_chosen'] >= p['score_rejected'] and p['margin'] >= 0 for p in pairs)
     assert len(label_all(run, max_disagreement=0.4)[0]) == 1 and len(label_all(run, min_margin=2.5)[0]) == 2
     assert len(label_all(run, min_critics=3)[0]) == 0
+
+def test_label_accuracy_grades_the_stated_answer(tmp_path):
+    "label_correct uses the benchmarks' grader: 'The answer is 12. Check: 3 + 4 = 7' answers 12, not 7."
+    t = [('p1', 'What is 3*4?', '12', 'The answer is 12. Check: 3 + 4 = 7', 'The answer is 7.', {'x': (8, 2), 'y': (7, 3)})]
+    pairs, _ = label_all(fake_run(tmp_path/'r', t))
+    assert len(pairs) == 1 and pairs[0]['chosen_is_revision'] is False
+    assert pairs[0]['label_correct'] is True
+    d = diagnostics(fake_run(tmp_path/'r2', t))['ground_truth']
+    assert (d['acc_a0'], d['acc_a1'], d['label_accuracy']) == (1.0, 0.0, 1.0)
 
 def test_zscore(run):
     "Per-critic z-scores, checked against TABLE's scores by hand: each critic's mean and spread over all it scored."

@@ -270,3 +270,32 @@ def test_pulse_rounds_toy_run_gives_a_row_per_arm_and_round(tmp_path):
         assert lo <= tab.loc[i, 'gsm8k − base'] <= hi
     other = ns['arm_config']('dpo', dict(p, per_round=3))
     with pytest.raises(ValueError, match='differ beyond training'): ns['share_first_round'](s, tmp_path/'x', ns['arm_config']('savage', p), other)
+
+
+# ---- scaling_gpu.ipynb: the GPU report's cells that need no GPU ------------------------------------------------------
+
+def test_the_gpu_report_runs_every_cell_that_needs_no_gpu():
+    "Imports, parameters and the plan of scaling_gpu.ipynb (calls bound to today's signatures, held-out check, GPU shares) run on a CPU."
+    ns = report_core('scaling_gpu.ipynb', '# no GPU')
+    assert {'REVIEW_KW', 'TRAIN_CFG', 'EVAL_KW', 'CritiqueInspector', 'save_plots'} <= set(ns)
+    nb = json.loads((ROOT/'nbs'/'experiments'/'scaling_gpu.ipynb').read_text())
+    gpu = [''.join(c['source']) for c in nb['cells'] if c['cell_type'] == 'code' and not ''.join(c['source']).startswith('# no GPU')]
+    import ast, builtins
+    trees = [ast.parse(src) for src in gpu]
+    own = {n.id for t in trees for n in ast.walk(t) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    names = set(ns) | own | set(dir(builtins))
+    for src, t in zip(gpu, trees):   # the GPU cells use only names the CPU cells define (or their own results)
+        used = {n.id for n in ast.walk(t) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+        assert used <= names, (used - names, src)
+
+
+def test_the_gpu_config_fits_one_gpu_and_the_old_one_did_not():
+    "configs/gpu-paper.yaml's memory plan fits one GPU in every stage; three critics at vLLM's default share would not."
+    from pulse_nb.loop import load_config, memory_plan, with_overrides
+    from pulse_nb.train import ConfigError
+    cfg = load_config(ROOT/'configs'/'gpu-paper.yaml')
+    plan = memory_plan(cfg, 'cuda')
+    assert max(s['total_share'] for s in plan) <= 1 and any(s['total_share'] == 0.9 for s in plan), plan
+    bare = [c.split(';')[0] for c in cfg.pool.critics]
+    with pytest.raises(ConfigError, match='review critiques: the engines resident at once reserve 2.7'):
+        memory_plan(with_overrides(cfg, {'pool.critics': bare, 'pool.judges': None}), 'cuda')

@@ -190,6 +190,19 @@ def test_pairwise_mode_swaps_positions_and_labels_trl_pairs(engine, tmp_path):
     assert len(ds) == len(pairs) and all(is_conversational(row) for row in ds)
 
 
+def test_manifest_records_the_personas_and_critics_that_ran(tmp_path):
+    "Distinct models keep the persona of their pool index (not personas[:n_critics]): the manifest records what ran."
+    pool = [Scripted(peer(lambda a, b: 'A').reply, model=f'm{i}') for i in range(3)]
+    run = review(['What is 2+2?', 'Name a colour.', 'Say hi.'], pool, n_critics=2, out_dir=tmp_path/'r',
+                 score_mode='text', progress=False)
+    ran = {(c['critic'], c['critic_model'], c['persona']) for c in load_run(run)['critiques']}
+    cfg = json.loads((run/'manifest.json').read_text())['rounds']['0']['config']
+    assert {c['persona'] for c in load_run(run)['critiques']} == {'strict', 'editor', 'teacher'} == set(cfg['personas'])
+    assert {(k, v['model'], v['persona']) for k, v in cfg['critics'].items()} == ran
+    two = review(['What is 2+2?'], pool[1:], n_critics=1, actor='fixed', out_dir=tmp_path/'two', score_mode='text', progress=False)
+    cfg = json.loads((two/'manifest.json').read_text())['rounds']['0']['config']
+    assert cfg['personas'] == ['editor'] and cfg['critics'] == {'m2/editor': {'model': 'scripted:m2', 'persona': 'editor'}}
+
 def test_pairwise_text_verdicts_are_read_per_position(tmp_path):
     "Scripted critics: one prefers the revision wherever it is shown, one always says A (pure position bias)."
     fair = review(['What is 2+2?', 'Name a colour.'], peer(lambda a, b: 'A' if 'revised' in a else 'B'), n_critics=1,
@@ -208,14 +221,65 @@ def test_pairwise_text_verdicts_are_read_per_position(tmp_path):
     assert diagnostics(biased)['pairwise']['first_position_rate'] == 1.0
 
 
+class WithVerdict(Engine):
+    """The embedded model's own pairwise explanation (which, at 24 tokens, never holds a verdict), then a verdict line in
+    one of the shapes critics write, for the longer of the two answers shown (the revision or not, in either position)."""
+    name, supports_logprobs = 'hf+verdict', False
+    SHAPES = ('Better: {}', '**Better:** {}', 'Verdict: [[{}]]', 'Better answer: {}')
+    def __init__(self, inner): self.inner, self.model = inner, inner.model
+    def _generate(self, convs, sc, progress=False, truncate=False):
+        gens, out = self.inner.generate(convs, sc), []
+        for i, (conv, g) in enumerate(zip(convs, gens)):
+            u, c = conv[-1]['content'], g.completions[0]
+            if '[Answer A]' in u:
+                a, b = (u.split(f'[Answer {x}]\n')[1].split(f'\n[End of answer {x}]')[0] for x in 'AB')
+                c = Completion(c.text + '\n' + self.SHAPES[i % 4].format('A' if (len(a), a) > (len(b), b) else 'B'),
+                               c.n_tokens, c.finish_reason)
+            out.append(Generation([c], g.prompt_tokens))
+        return out
+
+
 @pytest.mark.slow
 def test_pairwise_text_mode_parses_verdicts(engine, tmp_path):
-    run = review(['What is 2+2?', 'Name a primary colour.'], engine, n_critics=1, out_dir=tmp_path, max_new_tokens=24,
-                 pairwise=True, score_mode='text', progress=False)
+    "Text-mode verdicts on the embedded model: text without a verdict is unparsed, every verdict line parses, read per position."
+    import re
+    qs = ['What is 2+2?', 'Name a primary colour.']
+    verdict = re.compile(r'(?:better(?: answer)?|verdict)\s*\**\s*[:=]\s*\**\s*\[?\[?([AB])\b', re.I)  # an independent reader
+    run = review(qs, engine, n_critics=1, out_dir=tmp_path/'own', max_new_tokens=24, pairwise=True, score_mode='text',
+                 progress=False)
     cmp_ = load_run(run)['comparisons']
     assert len(cmp_) == 4
+    for c in cmp_:  # the model's own text: parsed exactly when it holds a verdict line, and then P(A), P(B) follow it
+        v = (verdict.findall(c['raw']) or [None])[-1]
+        assert (c['parsed'], c['p_a'], c['p_b']) == ((True, float(v.upper() == 'A'), float(v.upper() == 'B')) if v
+                                                     else (False, None, None)), c
+    run = review(qs, WithVerdict(engine), n_critics=1, out_dir=tmp_path/'verdict', max_new_tokens=24, pairwise=True,
+                 score_mode='text', progress=False)
+    r = load_run(run)
+    cmp_ = r['comparisons']
+    texts = {(t, x['prompt_id']): x['text'] for t, f in (('a0', 'answers'), ('a1', 'revisions')) for x in r[f]}
+    assert len(cmp_) == 4 and all(c['parsed'] for c in cmp_), [c['raw'] for c in cmp_]
     for c in cmp_:
-        assert (c['p_a'] is None) == (not c['parsed'])
-        if c['parsed']: assert {c['p_a'], c['p_b']} == {0.0, 1.0}
+        a = texts[(c['first'], c['prompt_id'])]
+        b = texts[('a1' if c['first'] == 'a0' else 'a0', c['prompt_id'])]
+        want = 'A' if (len(a), a) > (len(b), b) else 'B'
+        assert (c['p_a'], c['p_b']) == (float(want == 'A'), float(want == 'B')), (want, c)
+    # both orders agree (the longer answer wins): each pair with two different answers chooses the longer one
+    ds = build_pairs(run, source='pairwise')
+    longer = {pid: max(texts[('a0', pid)], texts[('a1', pid)], key=lambda t: (len(t), t))
+              for pid in {c['prompt_id'] for c in cmp_} if texts[('a0', pid)] != texts[('a1', pid)]}
+    assert {p['prompt_id']: p['chosen'][0]['content'] for p in ds} == longer and all(p['margin'] == 1.0 for p in ds)
     with pytest.raises(ValueError, match='pairwise=True'): build_pairs(review(['What is 2+2?'], engine, n_critics=1,
                                      out_dir=tmp_path/'plain', max_new_tokens=8, progress=False), source='pairwise')
+
+
+def test_a_manifest_from_before_the_critics_were_recorded_still_resumes(tmp_path):
+    "An old manifest (personas as configured, no critic slots) resumes when everything else agrees, and then records what ran."
+    from pulse_nb.review import check_manifest, RunError
+    new = {'n_prompts': 3, 'seed': 0, 'personas': ['editor', 'teacher'],
+           'critics': {'hf:a': {'model': 'a', 'persona': 'editor'}, 'hf:b': {'model': 'b', 'persona': 'teacher'}}}
+    old = {'n_prompts': 3, 'seed': 0, 'personas': ['strict', 'editor']}
+    (tmp_path/'manifest.json').write_text(json.dumps({'format': 1, 'created': 0, 'rounds': {'0': {'config': old}}}))
+    with pytest.raises(RunError, match='seed'): check_manifest(tmp_path, 0, {**new, 'seed': 1})
+    check_manifest(tmp_path, 0, new)
+    assert json.loads((tmp_path/'manifest.json').read_text())['rounds']['0']['config'] == new

@@ -100,6 +100,14 @@ def test_bad_arguments(kw, msg):
     assert '\n' not in str(e.value)
 
 
+def test_two_critic_split_weighs_half_not_the_floor():
+    "With K=2 a 1-1 split weighs half a unanimous pair (agreement share), not the 0.05 floor; K>=3 keeps the excess over ½."
+    from pulse_nb.train import add_pair_columns
+    ds = conv_pairs().select(range(3)).remove_columns('agreement')
+    ds = ds.add_column('agreement', [1.0, 0.5, 0.5]).add_column('n_critics', [2, 2, 4])
+    w = add_pair_columns(ds, 'agreement')['weight']
+    assert w[1] / w[0] == pytest.approx(0.5) and w[2] / w[0] == pytest.approx(0.05)
+
 def test_config_round_trip_and_overrides():
     "The YAML `train:` section maps onto TrainConfig and back; overrides replace fields and are checked the same way."
     section = {'loss': 'drdpo', 'beta': 0.2, 'weighting': 'margin*agreement', 'lora_r': 8, 'report_to': ['tensorboard'],
@@ -207,7 +215,8 @@ def test_string_dataset_from_run_dir_with_schedule_and_reload():
     out = Path(tempfile.mkdtemp())
     r = train(run, loss='rdpo', epsilon=0.2, beta_schedule='linear_warmup', max_steps=2, out_dir=out, **FAST)
     betas = [h['beta'] for h in r.log_history if 'beta' in h]
-    assert betas[0] < betas[1] <= 0.1
+    # linear warm-up from β/10 over warmup_frac=0.5 of the 2 steps: step 0 at β/10, step 1 (frac 0.5) at the full β
+    assert betas == pytest.approx([0.01, 0.1], abs=1e-9), betas
     assert (r.adapter_dir/'adapter_model.safetensors').exists()
     cfg, met = json.loads((out/'config.json').read_text()), json.loads((out/'metrics.json').read_text())
     assert cfg['loss'] == 'rdpo' and cfg['epsilon'] == 0.2 and len(met['log_history']) >= 2
@@ -226,12 +235,68 @@ def test_string_dataset_from_run_dir_with_schedule_and_reload():
 @pytest.mark.slow
 def test_soft_labels_drdpo_and_eval():
     ds = conv_pairs(score_chosen=[7.0] * 8, score_rejected=[5.0, 6.5] * 4)
-    r = train(ds, loss='soft', max_steps=1, out_dir=tempfile.mkdtemp(), save=False, eval_dataset=str_pairs().select(range(4)), **FAST)
-    assert 'soft_label' in r.trainer.train_dataset.column_names
+    r = train(ds, loss='soft', soft_label_tau=2.0, max_steps=1, out_dir=tempfile.mkdtemp(), save=False,
+              eval_dataset=str_pairs().select(range(4)), **FAST)
+    eta = [1 / (1 + math.exp(-(7.0 - s) / 2.0)) for s in [5.0, 6.5] * 4]        # η = σ(Δscore / τ), τ = 2
+    assert r.trainer.train_dataset['soft_label'] == pytest.approx(eta, abs=1e-12)
+    assert r.losses[0] == pytest.approx(math.log(2), abs=1e-6)   # h = 0 at step 0: -η log σ(0) - (1-η) log σ(0) = log 2
     assert 'eval_rewards/accuracies' in r.metrics['eval']
     r = train(conv_pairs(), loss='drdpo', beta_schedule='beta_dpo', weighting='margin*agreement', max_steps=1,
               out_dir=tempfile.mkdtemp(), save=False, eval_dataset=str_pairs().select(range(4)), **FAST)  # eval set: no metadata
-    assert math.isfinite(r.losses[0])
+    # margins 1, 2, 3, 1, ... and agreement 1, .75, ...: w = (1 - e^-m) * clamp((a - .5) / .5, 0, 1), floor .05, mean 1
+    raw = [max(0.05, (1 - math.exp(-(1 + i % 3))) * [1.0, 0.5][i % 2]) for i in range(8)]
+    assert r.trainer.train_dataset['weight'] == pytest.approx([x * 8 / sum(raw) for x in raw], abs=1e-12)
+    assert r.log_history[0]['beta'] == pytest.approx(0.1, abs=1e-7)   # β-DPO: the first batch sets the threshold, β = β0
+
+
+def test_beta_dpo_schedule_values():
+    "β-DPO by hand: β = β0 (1 + α (M - M0)) with M the batch's mean βh, clamped at min_beta; M0 an EMA (momentum .9)."
+    from pulse_nb.train import BetaSchedule
+    s = BetaSchedule('beta_dpo', beta=0.1, alpha=1.0)
+    assert float(s(0, 10, torch.tensor([0.1, 0.3]))) == pytest.approx(0.1, abs=1e-7)   # M0 = 0.2 from the first batch
+    assert float(s(1, 10, torch.tensor([0.5, 1.5]))) == pytest.approx(0.1 * (1 + (1.0 - 0.2)), abs=1e-7)   # 0.18
+    m0 = 0.9 * 0.2 + 0.1 * 1.0                                                        # 0.28 after that batch
+    assert float(s(2, 10, torch.tensor([0.0]), update=False)) == pytest.approx(0.1 * (1 - m0), abs=1e-7)
+    assert float(s(3, 10, torch.tensor([0.0]))) == pytest.approx(0.1 * (1 - m0), abs=1e-7)  # update=False left M0 alone
+    assert float(s(4, 10, torch.tensor([-50.0]))) == pytest.approx(1e-3, abs=1e-9)          # clamped at min_beta
+
+
+def test_beta_dpo_in_training_follows_the_logged_margins():
+    "In a real run, each step's β is β0 (1 + α (M_t - M0)) with M_t = β0 mean(h) of its batch, read back from the logs."
+    r = tiny_train(word_pairs(8), loss='dpo', beta_schedule='beta_dpo', beta_schedule_kwargs={'alpha': 2.0, 'momentum': 0.5},
+                   batch_size=4, max_steps=4, lr=5e-2)
+    logs = [h for h in r.log_history if 'beta' in h]
+    betas, margins = [h['beta'] for h in logs], [h['rewards/margins'] for h in logs]   # rewards/margins = β_t mean(h)
+    assert len(betas) == 4 and betas[0] == pytest.approx(0.1, abs=1e-7) and margins[0] == pytest.approx(0, abs=1e-6)
+    m0 = None
+    for b, rm in zip(betas, margins):
+        m = 0.1 * rm / b                                  # M_t = β0 mean(h)
+        m0 = m if m0 is None else m0
+        assert b == pytest.approx(max(1e-3, 0.1 * (1 + 2.0 * (m - m0))), rel=1e-4, abs=1e-7), (betas, margins)
+        m0 = 0.5 * m0 + 0.5 * m
+    assert max(abs(b - 0.1) for b in betas) > 1e-3, betas  # the margins moved β: the check above is not β = β0 throughout
+
+
+def test_soft_label_loss_matches_the_formula():
+    "After training on soft labels, the trainer's loss on a batch is mean(-η log σ(βh) - (1-η) log σ(-βh)), h from plain log-probs."
+    eta = [0.9, 0.1, 0.75, 0.3, 1.0, 0.0, 0.6, 0.5]
+    ds = word_pairs(8).add_column('soft_label', eta)
+    r = tiny_train(ds, loss='soft', batch_size=4, max_steps=2, lr=5e-2)
+    tr = r.trainer
+    tr.model.eval()
+    examples = [tr.train_dataset[i] for i in range(8)]
+    batch = tr._prepare_inputs(tr.data_collator(examples))
+    with torch.no_grad():
+        got = tr.compute_loss(tr.model, batch)
+        pc, pr = plain_logps(tr.model, batch)
+        with tr.model.disable_adapter(): rc, rr = plain_logps(tr.model, batch)
+    v = 0.1 * ((pc - rc) - (pr - rr)).double()
+    e = torch.tensor(eta, dtype=torch.float64)
+    assert v.abs().max() > 0.05, v                         # training moved the policy: η matters at this h
+    want = (-e * torch.nn.functional.logsigmoid(v) - (1 - e) * torch.nn.functional.logsigmoid(-v)).mean()
+    assert got.item() == pytest.approx(want.item(), abs=1e-5)
+    hard = torch.nn.functional.logsigmoid(v).neg().mean()  # plain DPO on the same batch: a different number
+    assert abs(want.item() - hard.item()) > 1e-3
 
 
 @pytest.mark.slow
@@ -239,7 +304,7 @@ def test_full_finetuning():
     out = Path(tempfile.mkdtemp())
     r = train(str_pairs(), loss='hinge', lora=False, max_steps=1, out_dir=out, **FAST)
     assert r.adapter_dir is None and (r.model_dir/'config.json').exists()
-    assert math.isfinite(r.losses[0])
+    assert r.losses[0] == pytest.approx(1.0, abs=1e-6)  # policy = reference at step 0: h = 0, hinge max(0, 1 - βh) = 1
     # the reference is a frozen copy of the model as given: still the base after a step that moved the policy
     from pulse_nb.models import load_model
     enc = r.tokenizer('Q: What is the largest planet?\nA: Jupiter.', return_tensors='pt')
@@ -332,6 +397,32 @@ def test_report_to_tensorboard_writes_events(tmp_path):
     logged = [e.value for e in acc.Scalars('train/loss')]
     assert len(logged) == 2 and all(abs(a - b) < 1e-6 for a, b in zip(logged, r.losses))
     assert 'train/rewards/margins' in acc.Tags()['scalars']
+
+
+def test_adapter_records_a_portable_base_and_loads_after_a_move(tmp_path, monkeypatch):
+    "An adapter on an embedded base names it (not this machine's cache folder) with its checksum, and loads after a move."
+    import shutil
+    from pulse_nb import models
+    monkeypatch.setenv('PULSE_CACHE', str(tmp_path/'cache'))
+    m = models.EmbeddedModel('tiny-test-llama', 'no-such-dist', '0.0', 'x.gguf', 'ab' * 32)
+    monkeypatch.setitem(models.EMBEDDED, m.name, m)
+    folder = tmp_path/'cache'/'models'/f'{m.name}-{m.version}'
+    tok = tiny_tokenizer(); tiny_llama().save_pretrained(folder); tok.save_pretrained(folder)
+    (folder/models.MANIFEST).write_text(json.dumps({'format': 1, 'files': models._file_table(folder)}))
+    r = train(word_pairs(), model=m.name, out_dir=tmp_path/'run'/'train', progress=False, lora_r=4, max_length=48,
+              max_steps=1, loss='dpo')
+    moved = tmp_path/'elsewhere'; shutil.move(str(tmp_path/'run'), moved)
+    a, t = moved/'train'/'adapter', moved/'train'
+    for f in [*a.iterdir(), t/'config.json', t/'metrics.json']:
+        if f.suffix in ('.json', '.md'): assert str(tmp_path) not in f.read_text(), f
+    assert json.loads((a/'adapter_config.json').read_text())['base_model_name_or_path'] == m.name
+    assert json.loads((a/'pulse_base.json').read_text()) == {'base': m.name, 'sha256': m.sha256}
+    assert (json.loads((t/'config.json').read_text())['model'], r.config['model_sha256']) == (m.name, m.sha256)
+    enc = tok('Say alpha. alpha beta', return_tensors='pt')
+    with torch.no_grad():
+        want = r.model.eval()(**enc).logits
+        assert torch.allclose(want, load_trained(t, device='cpu')(**enc).logits, atol=1e-5)
+        assert torch.allclose(want, models.load_model(str(a), device='cpu')(**enc).logits, atol=1e-5)
 
 
 def test_rounds_chain_through_adapter_folders(tmp_path):

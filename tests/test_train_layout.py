@@ -65,6 +65,15 @@ def test_all_zero_micro_batch_trains_on():
     r = tiny_train(word_pairs(8, [0, 0, 0, 0, 0, 0, 1, 1]), loss='drdpo', weighting='weight', batch_size=1,
                    gradient_accumulation_steps=2, max_steps=4)
     assert len(r.losses) == 4 and all(math.isfinite(l) for l in r.losses)
+    # h ≈ 0 at lr 1e-4, so every pair's DPO loss is ≈ log 2 and a step's Dr. DPO loss -log(mean_i w_i e^{-log 2}) is
+    # log 2 - log(mean w) over its 2 pairs, the weights normalised over the dataset (the two of weight 1 become 4): 0 for a
+    # step holding one of them, -log 2 for a step holding both; exactly 0 for a step of zero weights
+    steps = [h for h in r.log_history if 'loss' in h]
+    weighted = [h for h in steps if 'rewards/weighted_accuracies' in h]
+    assert len(weighted) in (1, 2), steps
+    want = -math.log(2) if len(weighted) == 1 else 0.0
+    assert all(abs(h['loss'] - want) < 1e-3 for h in weighted), (want, r.losses)
+    assert all(h['loss'] == 0.0 for h in steps if h not in weighted), r.losses
 
 
 DDP_SCRIPT = '''
@@ -79,6 +88,11 @@ for loss in ('savage', 'drdpo'):
               loss=loss, weighting='weight', batch_size=2, gradient_accumulation_steps=2, max_steps=2, lr=1e-2,
               lora_r=4, max_length=48, progress=False, save=False, trl_args={{'max_grad_norm': 0.0}})
     out[loss] = dict(losses=r.losses, adapter={{n: p.detach().flatten().tolist() for n, p in r.model.named_parameters() if p.requires_grad}})
+r = train(word_pairs(8), model=tiny_llama(), tokenizer=tiny_tokenizer(), out_dir=tempfile.mkdtemp(), loss='dpo',
+          beta_schedule='beta_dpo', beta_schedule_kwargs={{'alpha': 20.0, 'momentum': 0.5}}, batch_size=2,
+          gradient_accumulation_steps=2, max_steps=3, lr=5e-2, lora_r=4, max_length=48, progress=False, save=False,
+          trl_args={{'max_grad_norm': 0.0}})
+out['beta_dpo'] = dict(losses=r.losses, adapter={{n: p.detach().flatten().tolist() for n, p in r.model.named_parameters() if p.requires_grad}})
 state = PartialState()
 out['world'], out['backend'] = state.num_processes, str(state.backend)
 if state.is_main_process: json.dump(out, open(sys.argv[1], 'w'))
@@ -109,3 +123,11 @@ def test_ddp_two_processes_equal_one(tmp_path):
         # float32 sums in another order (2 ranks x 2 micro-batches against one batch of 8) moved the trained adapter by
         # 1.3e-5 on an AVX-512/AMX CPU (0 with the kernels held to AVX2); weights normalised per rank move it by 3e-2
         assert max((one[n] - torch.tensor(v)).abs().max().item() for n, v in ddp[loss]['adapter'].items()) <= 1e-4
+    # β-DPO: each micro-step of 2 ranks x 2 pairs is one process's micro-batch of 4, so the β of the mean over both ranks'
+    # margins (and its running threshold) is one process's; a β per rank, from its own 2 pairs, moves the adapter
+    r = tiny_train(word_pairs(8), loss='dpo', beta_schedule='beta_dpo', beta_schedule_kwargs={'alpha': 20.0, 'momentum': 0.5},
+                   batch_size=4, gradient_accumulation_steps=2, max_steps=3, lr=5e-2, trl_args={'max_grad_norm': 0.0})
+    one = {n: p.detach().flatten() for n, p in r.model.named_parameters() if p.requires_grad}
+    gap = max((one[n] - torch.tensor(v)).abs().max().item() for n, v in ddp['beta_dpo']['adapter'].items())
+    print(f'beta_dpo: 1 process {r.losses}, 2 processes {ddp["beta_dpo"]["losses"]}, adapter gap {gap:.2e}')
+    assert all(abs(a - b) <= 1e-5 for a, b in zip(r.losses, ddp['beta_dpo']['losses'])) and gap <= 1e-4
