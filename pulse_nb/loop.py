@@ -111,7 +111,7 @@ class EvalConfig:
     bench: str = 'gsm8k'        # benchmark sets graded on their held-out split ('gsm8k', 'gsm8k,ifeval'; '' = none)
     bench_n: int = 16           # items per benchmark set (the same items every round)
     bench_max_new_tokens: int = 256 # answer tokens on the benchmark sets (greedy)
-    win_rate_prompts: int = 4   # held-out instructions (the last ones of `builtin:general`) for the peer-judged win rate
+    win_rate_prompts: int = 4   # held-out instructions (`builtin:general:heldout`, at most 16) for the peer-judged win rate
     arithmetic: int = 0         # held-out generated arithmetic problems for exact-answer accuracy (0 = skip)
     max_new_tokens: int = 128   # tokens per answer of the win rate and arithmetic (greedy)
     tie: bool = False           # let judges call a tie

@@ -119,9 +119,18 @@ def _dpo_check(ds, tmp_path):
                      report_to=[], save_strategy='no', logging_steps=1, use_cpu=True, bf16=False, dataset_num_proc=None)
     tr = DPOTrainer(model=load_model(dtype='float32', device='cpu'), args=args, train_dataset=ds, processing_class=tok,
                     peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=['q_proj', 'v_proj'], task_type='CAUSAL_LM'))
-    assert {'prompt_ids', 'chosen_ids', 'rejected_ids'} <= set(tr.train_dataset.column_names)
+    t = tr.train_dataset
+    assert {'prompt_ids', 'chosen_ids', 'rejected_ids'} <= set(t.column_names) and len(t) == len(ds)
+    # every row is read as the pair `ds` holds: its prompt, its chosen and its rejected answer, the two answers distinct
+    text = lambda ids: tok.decode(ids, skip_special_tokens=True).strip()
+    for i, row in enumerate(ds):
+        assert row['prompt'][-1]['content'].strip()[-40:] in text(t[i]['prompt_ids']), i
+        for k in ('chosen', 'rejected'): assert text(t[i][f'{k}_ids']).startswith(row[k][-1]['content'].strip()[:40]), (i, k)
+    assert any(a != b for a, b in zip(t['chosen_ids'], t['rejected_ids']))
     out = tr.train()
-    assert math.isfinite(out.training_loss)
+    # one step: the loss is read before the update, when the policy is its reference (LoRA's B = 0): -log σ(0) = log 2
+    step = next(h for h in tr.state.log_history if 'loss' in h)
+    assert out.training_loss == pytest.approx(math.log(2), abs=1e-4) and step['rewards/margins'] == pytest.approx(0, abs=1e-5), step
 
 @pytest.mark.slow
 def test_dpo_accepts_pairs_format(run, tmp_path):

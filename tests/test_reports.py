@@ -115,7 +115,12 @@ def test_label_quality_small_review_gives_a_full_table(label_quality, tmp_path):
     p = dict(ns['P'], n_critics=2, max_new_tokens=40)
     d, secs = ns['review_set']('builtin:arithmetic', 4, tmp_path/'lq', p)
     facts = ns['review_facts'](d)
-    assert facts['items'] == 4 and facts['pairwise verdicts'] > 0 and secs > 0
+    assert facts['items'] == 4 and secs > 0
+    # a verdict per item, critic slot and position order (4 x 2 x 2); one counts where its mass on ' A'/' B' reaches
+    # min_mass (0.5); after 'Better:' both critics put most of their mass on the two letters, so most verdicts count
+    comps = ns['load_run'](d)['comparisons']
+    assert len({c['key'] for c in comps}) == len(comps) == 4 * 2 * 2 and {c['first'] for c in comps} == {'a0', 'a1'}
+    assert facts['pairwise verdicts'] == sum(c['mass'] >= 0.5 for c in comps) >= len(comps) // 2, [round(c['mass'], 3) for c in comps]
     assert 0 <= facts['pairwise: mean P(first position)'] <= 1
     t = ns['label_table'](d, n_boot=100)
     assert list(t.index) == [*ns['CONFIGS'], 'always the revision (no critic)', 'the longer answer (no critic)']

@@ -10,8 +10,9 @@ N_DELAYS = 10  # kills at fixed fractions of one run's duration; plus the file-e
 
 
 def cmd(data, out):
+    # pairs without a review manifest or critic columns: the model to train and no weighting are named
     return [sys.executable, '-m', 'pulse_nb.cli', 'train', '--data', str(data), '--out', str(out), '--max-steps', '4',
-            '--batch-size', '2', '--seed', '0']
+            '--batch-size', '2', '--seed', '0', '--model', 'smollm2-135m-instruct', '--weighting', 'none']
 
 
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1', 'TOKENIZERS_PARALLELISM': 'false'}
@@ -130,4 +131,12 @@ def test_half_written_out_is_not_trusted(tmp_path, model_path):
     (out/'adapter'/'adapter_model.safetensors').write_bytes(b'torn')
     (out/'config.json').write_text('{"model": "x"')
     run_to_end(data, out)
-    assert adapter(out) and json.loads((out/'metrics.json').read_text())['metrics']['train_loss'] > 0
+    assert adapter(out) and json.loads((out/'config.json').read_text())['max_steps'] == 4
+    # a fresh run of all 4 steps, nothing taken from the torn folder: at the first step the policy is its reference
+    # (LoRA's B = 0), so the loss is Savage's at a zero margin (the default loss, 0.5); train_loss is the steps' mean
+    import torch
+    from pulse_nb.losses import phi_savage
+    m = json.loads((out/'metrics.json').read_text())
+    losses = [h['loss'] for h in m['log_history'] if 'loss' in h]
+    assert len(losses) == 4 and losses[0] == pytest.approx(phi_savage(torch.tensor(0.)).item(), abs=1e-4), losses
+    assert m['metrics']['train_loss'] == pytest.approx(sum(losses) / 4, abs=1e-4), (m['metrics'], losses)
