@@ -154,7 +154,8 @@ def cmd_generate(a) -> Path:
 
 def cmd_train(a) -> Path:
     "`pulse train`: robust DPO on `--data` for the model that made the pairs, written atomically to `--out` (a complete `--out` is not retrained)."
-    from pulse_nb.loop import train_atomic, pairs_actor, pair_prompts, check_not_heldout
+    from pulse_nb.loop import train_atomic, pairs_actor, check_not_heldout
+    from pulse_nb.data import pair_prompts
     from pulse_nb.train import TrainConfig
     kw = dict(loss=a.loss, beta=a.beta, epsilon=a.epsilon, lora=not a.full, epochs=a.epochs, max_steps=a.max_steps,
               batch_size=a.batch_size, seed=a.seed, weighting=None if a.weighting in (None, 'none') else a.weighting,

@@ -12,7 +12,7 @@ from .core import UserError
 # %% auto #0
 __all__ = ['GENERAL_INSTRUCTIONS', 'GENERAL_HELDOUT', 'BUILTIN', 'Prompt', 'Answer', 'Critique', 'Pair', 'text_id', 'last_number',
            'check_answer', 'make_arithmetic', 'make_conversions', 'make_letter_counts', 'make_general',
-           'rows_to_prompts', 'load_prompts', 'shared_prompts', 'check_disjoint']
+           'rows_to_prompts', 'load_prompts', 'shared_prompts', 'check_disjoint', 'load_pairs', 'pair_prompts']
 
 # %% ../nbs/00_data.ipynb #297ac1b9
 class Prompt(TypedDict):
@@ -376,3 +376,29 @@ def check_disjoint(train: list, # prompts that are reviewed or trained on
     if shared := shared_prompts(train, evaluation):
         raise UserError(f'{len(shared)} prompt(s) are in both the {what}: {", ".join(map(str, shared[:5]))}'
                          f'{" ..." if len(shared) > 5 else ""}. Use disjoint sets (e.g. bench:NAME to train, bench:NAME:heldout to evaluate).')
+
+# %% ../nbs/00_data.ipynb #1836c0d1
+def load_pairs(data, # a `datasets.Dataset`, a list of row dicts, a .parquet / .jsonl / .json file, or a folder with pairs.parquet
+              ):
+    "The preference pairs in `data` as a `datasets.Dataset` (what `save_pairs` wrote; training and the inspector read pairs with it)."
+    from datasets import Dataset
+    if isinstance(data, Dataset): return data
+    if isinstance(data, (list, tuple)): return Dataset.from_list(list(data))
+    p = Path(data).expanduser()
+    if p.is_dir():
+        hits = [p/n for n in ('pairs.parquet', 'pairs.jsonl') if (p/n).exists()]
+        if not hits: raise FileNotFoundError(f'{p} is a folder without pairs.parquet or pairs.jsonl; give a review run folder or a pairs file')
+        p = hits[0]
+    if not p.exists(): raise FileNotFoundError(f'{p} does not exist: no such dataset file or folder')
+    if p.suffix == '.parquet': return Dataset.from_parquet(str(p))
+    if p.suffix in ('.jsonl', '.json'): return Dataset.from_json(str(p))
+    raise UserError(f'unsupported dataset file {p.name!r}: use .parquet, .jsonl or .json (or a run folder, or a Dataset)')
+
+def pair_prompts(data) -> list[str]:
+    "The user prompt of every pair in `data` (anything `load_pairs` reads): the prompt text, or a chat's last user turn."
+    import datasets
+    bars = datasets.is_progress_bar_enabled(); datasets.disable_progress_bars()  # reading a file is no stage of its own
+    try: rows = load_pairs(data)['prompt']
+    finally:
+        if bars: datasets.enable_progress_bars()
+    return [_user_text(p, f'pair {i}, column prompt') for i, p in enumerate(rows)]

@@ -7,7 +7,8 @@ from __future__ import annotations
 import difflib, html, json, math, re, statistics as st
 from pathlib import Path
 from .review import load_run
-from .preferences import collect, label, critic_stats, kendall_tau, sign as _sign, load_pairs
+from .preferences import collect, label, critic_stats, kendall_tau, sign as _sign
+from .data import load_pairs
 from .core import UserError
 
 # %% auto #0

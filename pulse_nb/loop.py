@@ -8,7 +8,7 @@ import json, math, os, resource, shutil, time
 from dataclasses import dataclass, field, asdict, fields, replace
 from pathlib import Path
 from filelock import FileLock, Timeout
-from .data import load_prompts, check_disjoint
+from .data import load_prompts, check_disjoint, make_arithmetic, GENERAL_HELDOUT
 from .models import DEFAULT_MODEL, QWEN_05B, model_family, release_memory, sha256_file
 from .engines import Engine, EngineError, make_engine, parse_spec, check_options, choose_backend, fast_dtype, log
 from .review import review, RunError, write_atomic, config_diff
@@ -25,7 +25,7 @@ __all__ = ['PRESETS', 'STAGE_OF', 'PoolConfig', 'ReviewConfig', 'LabelConfig', '
            'train_atomic', 'train_autocast', 'stage_train', 'restore_policies', 'stage_evaluate', 'stage_bench',
            'bench_section', 'peak_rss_gib', 'run_round', 'stage_of', 'stages_started', 'check_run_config', 'run',
            'round_table', 'markdown_table', 'plot_rounds', 'dataset_card', 'hub_files', 'push_to_hub', 'write_report',
-           'generate', 'pairs_actor', 'pair_prompts']
+           'generate', 'pairs_actor']
 
 # %% ../nbs/09a_loop.ipynb #a3295207
 def _one_of(where: str, value, choices):
@@ -119,7 +119,6 @@ class EvalConfig:
 
     def __post_init__(self):
         from pulse_nb.benchmarks import BENCHMARKS
-        from pulse_nb.data import GENERAL_HELDOUT
         if min(self.win_rate_prompts, self.arithmetic, self.bench_n) < 0: raise ConfigError('eval sizes must be >= 0')
         if self.win_rate_prompts > GENERAL_HELDOUT:
             raise ConfigError(f'eval.win_rate_prompts: the win rate has {GENERAL_HELDOUT} held-out instructions '
@@ -361,7 +360,6 @@ def bench_heldout(cfg: RunConfig) -> list[dict]:
 def all_heldout() -> list[dict]:
     "Every prompt `pulse evaluate` may score a model on: the win rate's held-out instructions (`builtin:general:heldout`), its arithmetic problems, and the held-out split of every benchmark set."
     from pulse_nb.evaluate import heldout_prompts
-    from pulse_nb.data import make_arithmetic, GENERAL_HELDOUT
     from pulse_nb.benchmarks import BENCHMARKS, bench_prompts
     return (heldout_prompts() + make_arithmetic(GENERAL_HELDOUT, seed=1000)  # `pulse evaluate --n` is at most GENERAL_HELDOUT
             + [it for b in BENCHMARKS for it in bench_prompts(b, 'heldout')])
@@ -961,17 +959,3 @@ def pairs_actor(data) -> str|None:
     model = _model_of(actors.pop())
     if model is None: raise ConfigError(f'{man}: the actor was a server (openai:), whose weights are unknown here; name them with --model')
     return model
-
-def pair_prompts(data) -> list[str]:
-    "The user prompt of every pair in `data` (anything `pulse_nb.train.load_pairs` reads)."
-    from pulse_nb.train import load_pairs
-    import datasets
-    bars = datasets.is_progress_bar_enabled(); datasets.disable_progress_bars()  # reading a file is no stage of its own
-    try: rows = load_pairs(data)['prompt']
-    finally:
-        if bars: datasets.enable_progress_bars()
-    out = []
-    for p in rows:
-        if isinstance(p, str): out.append(p)
-        else: out.append(next((m['content'] for m in reversed(list(p)) if m.get('role') == 'user'), ''))
-    return out

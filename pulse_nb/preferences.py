@@ -8,13 +8,13 @@ import json, math, os, statistics as st
 from collections import Counter
 from itertools import combinations
 from pathlib import Path
-from .data import check_answer
+from .data import check_answer, load_pairs
 from .review import load_run
 from .core import UserError
 
 # %% auto #0
 __all__ = ['PAIR_COLUMNS', 'aggregate', 'critic_stats', 'pairwise_prefs', 'collect', 'sign', 'label', 'label_pairwise',
-           'label_all', 'build_pairs', 'save_pairs', 'load_pairs', 'kendall_tau', 'pairwise_diagnostics', 'diagnostics',
+           'label_all', 'build_pairs', 'save_pairs', 'kendall_tau', 'pairwise_diagnostics', 'diagnostics',
            'critic_report']
 
 # %% ../nbs/05_preferences.ipynb #2cd8de41
@@ -188,22 +188,6 @@ def save_pairs(ds, out_dir, name: str='pairs') -> dict:
     ds.to_parquet(str(out/f'.{name}.parquet.tmp')); os.replace(out/f'.{name}.parquet.tmp', pq)
     ds.to_json(str(out/f'.{name}.jsonl.tmp'), lines=True, force_ascii=False); os.replace(out/f'.{name}.jsonl.tmp', jl)
     return {'parquet': pq, 'jsonl': jl}
-
-def load_pairs(data, # a `datasets.Dataset`, a list of row dicts, a .parquet / .jsonl / .json file, or a folder with pairs.parquet
-              ):
-    "The preference pairs in `data` as a `datasets.Dataset` (what `save_pairs` wrote; training and the inspector read pairs with it)."
-    from datasets import Dataset
-    if isinstance(data, Dataset): return data
-    if isinstance(data, (list, tuple)): return Dataset.from_list(list(data))
-    p = Path(data).expanduser()
-    if p.is_dir():
-        hits = [p/n for n in ('pairs.parquet', 'pairs.jsonl') if (p/n).exists()]
-        if not hits: raise FileNotFoundError(f'{p} is a folder without pairs.parquet or pairs.jsonl; give a review run folder or a pairs file')
-        p = hits[0]
-    if not p.exists(): raise FileNotFoundError(f'{p} does not exist: no such dataset file or folder')
-    if p.suffix == '.parquet': return Dataset.from_parquet(str(p))
-    if p.suffix in ('.jsonl', '.json'): return Dataset.from_json(str(p))
-    raise UserError(f'unsupported dataset file {p.name!r}: use .parquet, .jsonl or .json (or a run folder, or a Dataset)')
 
 # %% ../nbs/05_preferences.ipynb #46bf4d39
 def kendall_tau(x: list[float], y: list[float]) -> float|None:

@@ -423,7 +423,7 @@ class PulseDPOTrainer(_PulseLoss, _PulseMetrics, DPOTrainer):
         with compact_lm_head(): return super().compute_ref_log_probs(model, inputs)
 
 # %% ../nbs/07_train.ipynb #2b255138
-from .preferences import load_pairs  # one reader of pairs files for training, the inspector and the CLI
+from .data import load_pairs  # one reader of pairs files for training, the inspector and the CLI
 
 # %% ../nbs/07_train.ipynb #2ac1e588
 def _is_empty(x) -> bool:
