@@ -32,5 +32,8 @@ setuptools.setup(
     long_description=readme, long_description_content_type='text/markdown',
     zip_safe=False,
     entry_points={'console_scripts': cfg.get('console_scripts', '').split(),
-                  'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
+                  'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],
+                  # plug-ins: the lower modules name no module above them; what they dispatch to registers here
+                  'pulse_nb.prompt_sources': cfg.get('prompt_sources', '').split(),
+                  'pulse_nb.engines': cfg.get('engine_backends', '').split()},
 )

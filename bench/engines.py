@@ -63,7 +63,9 @@ def main():
         import torch
         torch.set_num_threads(a.threads)
     os.environ.setdefault('VLLM_ENABLE_V1_MULTIPROCESSING', '0')
-    from pulse_nb.engines import HFEngine, VLLMEngine, SamplingConfig, choose_backend
+    from pulse_nb.engine_hf import HFEngine
+    from pulse_nb.engine_vllm import VLLMEngine
+    from pulse_nb.engines import SamplingConfig, choose_backend
     convs, sc = prompts(a.n), SamplingConfig(temperature=0, max_new_tokens=a.max_new_tokens)
     ntok = lambda gens: sum(c.n_tokens for g in gens for c in g.completions)
     print('CPU:', cpu_summary())

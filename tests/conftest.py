@@ -64,14 +64,14 @@ def model_path():
 
 @pytest.fixture(scope='session')
 def hf_engine(model_path):
-    from pulse_nb.engines import HFEngine
+    from pulse_nb.engine_hf import HFEngine
     with HFEngine() as e: yield e
 
 
 @pytest.fixture(scope='session')
 def vllm_engine(model_path):
     import vllm  # installed in CI (the CPU build): a missing vLLM is an error, not a skip
-    from pulse_nb.engines import VLLMEngine
+    from pulse_nb.engine_vllm import VLLMEngine
     with VLLMEngine(dtype=VLLM_DTYPE, max_model_len=2048) as e: yield e
 
 

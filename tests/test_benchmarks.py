@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from fastcore.test import test_eq as teq, test_close as tclose
 from pulse_nb.data import load_prompts, shared_prompts, check_disjoint, check_answer
-from pulse_nb.benchmarks import (BENCHMARKS, SOURCES, BenchSource, BenchDataError, bench_file, load_bench, bench_prompts,
-    split_of, split_unit, last_boxed, extract_answer, normalize_math, math_equal, grade_number, grade_math, code_program,
-    grade_code, IFEVAL_CHECKS, IFEVAL_SCRIPTS, check_instruction, grade_ifeval, loose_variants, count_sentences,
-    count_words, parse_rating, mt_bench_judge_conv, select_items, metric, ratio_metric, evaluate_bench, bench_table,
-    bench_markdown, fits_judge, MAX_JUDGE_CHARS, HELDOUT_FRACTION, cross_self_preference)
+from pulse_nb.benchsets import (BENCHMARKS, SOURCES, BenchSource, BenchDataError, bench_file, load_bench, bench_prompts,
+    split_of, split_unit, HELDOUT_FRACTION)
+from pulse_nb.graders import (last_boxed, extract_answer, normalize_math, math_equal, grade_number, grade_math, code_program,
+    grade_code, IFEVAL_CHECKS, IFEVAL_SCRIPTS, check_instruction, grade_ifeval, loose_variants, count_sentences, count_words)
+from pulse_nb.benchmarks import (parse_rating, mt_bench_judge_conv, select_items, metric, ratio_metric, evaluate_bench,
+    bench_table, bench_markdown, fits_judge, MAX_JUDGE_CHARS, cross_self_preference)
 
 FIXTURES = Path(__file__).parent/'fixtures'
 COUNTS = {'gsm8k': 1319, 'math500': 500, 'humaneval': 164, 'mbpp': 500, 'ifeval': 541, 'alpaca_eval': 805,
@@ -376,7 +377,7 @@ def test_judged_sets_need_judges():
 @pytest.fixture(scope='module')
 def qwen_engine():
     "Qwen2.5-Coder-0.5B-Instruct (qwen2 family), the second embedded model: the other family of the judge pool."
-    from pulse_nb.engines import HFEngine
+    from pulse_nb.engine_hf import HFEngine
     from pulse_nb.models import QWEN_05B
     with HFEngine(QWEN_05B) as e: yield e
 

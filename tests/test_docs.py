@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT/'_site'
 REPORT = ROOT/'nbs'/'experiments'/'pulse_smollm2.ipynb'
 PAGE = SITE/'experiments'/'pulse_smollm2.html'
-LOSSES_NB, LOSSES = ROOT/'nbs'/'06_losses.ipynb', SITE/'losses.html'  # the losses page has display math
+LOSSES_NB, LOSSES = ROOT/'nbs'/'10_losses.ipynb', SITE/'losses.html'  # the losses page has display math
 
 
 class _Pre(html.parser.HTMLParser):

@@ -4,8 +4,9 @@ import asyncio, copy, json, logging, os, socket, subprocess, sys, threading, tim
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from fastcore.test import test_eq as teq, test_fail as tfail
-from pulse_nb.engines import (SamplingConfig, Completion, Generation, ScoreReadout, Engine, HFEngine, OpenAIEngine,
-                              EngineError, RequestError, NoLogprobsError, ContextLengthError, make_engine,
+from pulse_nb.engine_hf import HFEngine
+from pulse_nb.engine_openai import OpenAIEngine
+from pulse_nb.engines import (SamplingConfig, Completion, Generation, ScoreReadout, Engine, EngineError, RequestError, NoLogprobsError, ContextLengthError, make_engine,
                               choose_backend, render_ids, readout, first_token_ids)
 from pulse_nb import prompts as P
 

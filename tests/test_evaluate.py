@@ -133,7 +133,7 @@ S = SamplingConfig(temperature=0, max_new_tokens=16)
 @pytest.fixture(scope='module')
 def qwen_engine():
     "Qwen2.5-Coder-0.5B-Instruct (qwen2 family), the second embedded model."
-    from pulse_nb.engines import HFEngine
+    from pulse_nb.engine_hf import HFEngine
     from pulse_nb.models import QWEN_05B
     with HFEngine(QWEN_05B) as e: yield e
 

@@ -17,10 +17,12 @@ def test_wheel_installs_and_imports_without_nbdev(tmp_path):
     subprocess.run([str(py), '-m', 'pip', 'install', '-q', '--no-deps', str(wheel)], check=True, capture_output=True, timeout=600)
     code = ('import importlib.util, pulse_nb, pulse_nb._modidx; '
             'assert importlib.util.find_spec("nbdev") is None, "nbdev leaked into the fresh venv"; '
-            'print(pulse_nb.__version__, sorted(pulse_nb._modidx.d["syms"]))')
+            'print(pulse_nb.__version__, sorted(pulse_nb._modidx.d["syms"])); '
+            'from pulse_nb.core import entry_point_names as n; print(n("pulse_nb.engines"), n("pulse_nb.prompt_sources"))')
     r = subprocess.run([str(py), '-c', code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert 'pulse_nb.models' in r.stdout and 'pulse_nb.cli' in r.stdout
+    assert "['hf', 'openai', 'vllm'] ['bench']" in r.stdout, 'the wheel does not register the engine backends and prompt sources'
     # no exported module imports the development tools
     for f in (ROOT/'pulse_nb').glob('*.py'):
         src = f.read_text()

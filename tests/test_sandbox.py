@@ -4,7 +4,8 @@ import os, resource, socket, sys, tempfile, threading
 from pathlib import Path
 import pytest
 from fastcore.test import test_eq as teq
-from pulse_nb.evaluate import run_code, netns_prefix, landlock_abi, sandbox_info, extract_code, CODE_TASKS
+from pulse_nb.evaluate import run_code, sandbox_info, extract_code, CODE_TASKS
+from pulse_nb.sandbox import netns_prefix, landlock_abi
 
 
 def test_passing_code_passes():

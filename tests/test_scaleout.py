@@ -10,7 +10,8 @@
 import os
 import pytest
 from conftest import SERVER_START_TIMEOUT, VLLM_DTYPE
-from pulse_nb.engines import SamplingConfig, ContextLengthError, OpenAIEngine
+from pulse_nb.engines import SamplingConfig, ContextLengthError
+from pulse_nb.engine_openai import OpenAIEngine
 from pulse_nb.review import review, read_jsonl
 
 Q = lambda q: [{'role': 'user', 'content': q}]

@@ -12,7 +12,8 @@ the report of this change); vLLM's own server is tested in `test_engines.py` (`t
 import json, math, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
-from pulse_nb.engines import (OpenAIEngine, SamplingConfig, NoLogprobsError, make_engine, render_ids)
+from pulse_nb.engine_openai import OpenAIEngine
+from pulse_nb.engines import SamplingConfig, NoLogprobsError, make_engine, render_ids
 from pulse_nb import prompts as P
 
 # The request parameters of OpenAI's API reference (chat completions and legacy completions).

@@ -5,8 +5,9 @@ import dataclasses, importlib.util, json, math, tempfile
 from pathlib import Path
 import pytest, torch
 from datasets import Dataset
-from pulse_nb.train import (train, load_trained, dpo_config, PulseDPOTrainer, load_pairs, LOSS_COLUMNS, TrainConfig,
-                            ConfigError, make_trainer, prepare_pairs, policy_logps)
+from pulse_nb.train import (train, load_trained, dpo_config, PulseDPOTrainer, load_pairs, TrainConfig,
+                            ConfigError, make_trainer, prepare_pairs)
+from pulse_nb.trainer import LOSS_COLUMNS, policy_logps
 
 FACTS = [('capital of France', 'Paris', 'Rome'), ('largest planet', 'Jupiter', 'Mars'),
          ('boiling point of water in C', '100', '50'), ('author of Hamlet', 'Shakespeare', 'Dickens'),

@@ -7,7 +7,8 @@ import pytest, torch
 from torch.overrides import TorchFunctionMode
 from transformers import Trainer
 from trl import DPOTrainer
-from pulse_nb.train import TrainConfig, make_trainer, prepare_pairs, policy_logps, split_batch
+from pulse_nb.train import TrainConfig, make_trainer, prepare_pairs
+from pulse_nb.trainer import policy_logps, split_batch
 from test_train import word_pairs, tiny_llama, tiny_tokenizer, plain_logps
 
 N = 8

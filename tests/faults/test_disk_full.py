@@ -15,7 +15,7 @@ CHILD = textwrap.dedent(r'''
     import json, os, resource, signal, sys
     out, limit = sys.argv[1], int(sys.argv[2])
     import torch; torch.set_num_threads(1)
-    from pulse_nb.engines import HFEngine
+    from pulse_nb.engine_hf import HFEngine
     from pulse_nb.review import review
     engine = HFEngine()  # load the model before the limit: only the run's own writes are limited
     if limit > 0:

@@ -5,7 +5,8 @@ import inspect, json, os, pickle, shutil, socket, subprocess, sys, tempfile, tex
 from pathlib import Path
 import pytest
 from pulse_nb.models import load_model, load_tokenizer, resolve_model
-from pulse_nb.evaluate import run_code, netns_prefix, landlock_abi
+from pulse_nb.evaluate import run_code
+from pulse_nb.sandbox import netns_prefix, landlock_abi
 
 
 class Payload:
@@ -82,7 +83,7 @@ def test_auto_map_code_is_not_run_by_default(evil_folder):
 
 @pytest.mark.slow
 def test_engine_does_not_run_custom_code(evil_folder):
-    from pulse_nb.engines import HFEngine
+    from pulse_nb.engine_hf import HFEngine
     d, marker = evil_folder
     set_model_type(d, 'evil_llama')
     with pytest.raises(ValueError, match='trust_remote_code'): HFEngine(str(d))
