@@ -426,5 +426,5 @@ def cross_self_preference(res_a: dict, res_b: dict, # `evaluate_bench` results o
 
 # %% ../nbs/12a_benchmarks.ipynb #f35f30de
 __getattr__ = moved_names(__name__, {
-    **dict.fromkeys(['IFEVAL_SCRIPTS', 'IFEVAL_CHECKS', 'last_boxed', 'normalize_math', 'math_equal', 'code_program', 'count_words', 'count_sentences', 'script_share', 'check_instruction', 'loose_variants'], 'pulse_nb.graders'),
+    **dict.fromkeys(['IFEVAL_CHECKS', 'last_boxed', 'normalize_math', 'math_equal', 'code_program', 'count_words', 'count_sentences', 'check_instruction', 'loose_variants'], 'pulse_nb.graders'),
     **dict.fromkeys(['SOURCES', 'GSM8K_TEMPLATE', 'MATH_TEMPLATE', 'HUMANEVAL_TEMPLATE', 'MBPP_TEMPLATE', 'ARENA_BASELINES', 'MT_BENCH_REF_CATEGORIES', 'HELDOUT_FRACTION', 'SPLITS', 'BenchSource', 'BenchDataError', 'bench_file', 'split_unit', 'split_of'], 'pulse_nb.benchsets')})

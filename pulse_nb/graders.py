@@ -6,13 +6,14 @@
 from __future__ import annotations
 import json, math, re, unicodedata
 from fractions import Fraction
+from functools import lru_cache
 from .sandbox import extract_code, run_code
 from .core import UserError
 
 # %% auto #0
-__all__ = ['CODE_TIMEOUT', 'IFEVAL_SCRIPTS', 'IFEVAL_CHECKS', 'last_number', 'last_boxed', 'extract_answer', 'normalize_math',
-           'math_equal', 'grade_number', 'grade_math', 'code_program', 'grade_code', 'count_words', 'count_sentences',
-           'script_share', 'check_instruction', 'loose_variants', 'grade_ifeval']
+__all__ = ['CODE_TIMEOUT', 'IFEVAL_CHECKS', 'last_number', 'last_boxed', 'extract_answer', 'normalize_math', 'verify_math',
+           'math_equal', 'answer_number', 'grade_number', 'grade_math', 'code_program', 'grade_code', 'count_words',
+           'count_sentences', 'detect_language', 'check_instruction', 'loose_variants', 'grade_ifeval']
 
 # %% ../nbs/02_graders.ipynb #599093b3
 _NUM = re.compile(r'-?\d[\d,]*(?:\.\d+)?')
@@ -38,24 +39,33 @@ def last_boxed(text: str|None) -> str|None:
     return hits[-1] if hits else None
 
 # %% ../nbs/02_graders.ipynb #ed0a8b3e
-_MARKERS = [re.compile(r'####\s*([^\n]+)'),
-            re.compile(r'(?:the\s+)?(?:final\s+)?answer\s+is\s*:?\s*([^\n]+)', re.I),
-            re.compile(r'^\s*\**\s*(?:final\s+)?answer\s*\**\s*:\s*\**\s*([^\n]+)', re.I | re.M)]
+_MARKERS = [re.compile(r'####[ \t]*(?=\$?[ \t]*[-\u2212\d.\\])'),   # GSM8K's marker: a number follows (a heading has words)
+            re.compile(r'(?:the\s+)?(?:final\s+)?answer\s+is\s*:?', re.I),
+            re.compile(r'^\s*\**\s*(?:final\s+)?answer\s*\**\s*:\s*\**', re.I | re.M)]
 _HOPE = re.compile(r'\.?\s*I hope it is correct\.?\s*$', re.I)
 _LAST = re.compile(r'-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?')
+_DISPLAY = {'$$': '$$', '\\[': '\\]', '\\(': '\\)', '$': '$'}
 
 def _first_sentence(s: str) -> str:
     "Up to the first period followed by a space (a decimal point is not followed by one)."
     return re.split(r'\.\s', _HOPE.sub('', s), maxsplit=1)[0].strip().rstrip('.').strip()
 
+def _after_marker(text: str, end: int) -> str:
+    "The answer written after a marker ending at `end`: display math (on this line or the next), else the first sentence of the line."
+    rest = text[end:].lstrip(' \t*')
+    if rest.startswith('\n'): rest = rest.lstrip()  # the marker ends its line: the answer is on the next one
+    m = re.match(r'\$\$|\\\[|\\\(|\$', rest)
+    if m and (k := rest.find(_DISPLAY[m.group()], m.end())) >= 0:
+        return rest[m.end():k].strip().rstrip('.').strip()
+    return _first_sentence(rest.split('\n', 1)[0])
+
 def extract_answer(text: str|None, # a model's reply
                   ) -> str|None:
-    "The final answer written in `text`: last \\boxed{}, else after ####, 'the answer is', 'Answer:', else the last number (or a/b)."
-    text = text or ''
+    "The final answer written in `text`: the last \\boxed{}, else after the last answer marker (####, 'the answer is', 'Answer:'), else the last number (or a/b)."
+    text = (text or '').replace('\u2212', '-')
     if (b := last_boxed(text)) is not None: return b
-    for rx in _MARKERS:
-        hits = rx.findall(text)
-        if hits and (h := _first_sentence(hits[-1])): return h
+    hits = [(m.start(), a) for rx in _MARKERS for m in rx.finditer(text) if (a := _after_marker(text, m.end()))]
+    if hits: return max(hits)[1]
     hits = [h for h in _LAST.findall(text) if h.strip('-,')]
     return hits[-1].replace(' ', '').rstrip(',') if hits else None
 
@@ -107,39 +117,65 @@ def _as_number(s: str) -> Fraction|float|None:
     except (ValueError, ZeroDivisionError): return None
     return None
 
-def _split_top(s: str) -> list[str]|None:
-    "The elements of a tuple/interval/list `(a,b]` split at top-level commas, or None if `s` is not one."
-    if len(s) < 2 or s[0] not in '([{' or s[-1] not in ')]}': return None
-    parts, depth, cur = [], 0, ''
-    for ch in s[1:-1]:
-        if ch in '([{': depth += 1
-        elif ch in ')]}': depth -= 1
-        if ch == ',' and depth == 0: parts.append(cur); cur = ''
-        else: cur += ch
-    return parts + [cur] if ',' in s else None
+@lru_cache(4096)
+def _parsed(s: str):
+    "`s` parsed by math-verify as LaTeX or as a plain expression (SymPy objects; empty if it cannot be read)."
+    import logging, threading
+    from math_verify import parse, LatexExtractionConfig, ExprExtractionConfig
+    logging.getLogger('math_verify').setLevel(logging.ERROR)  # its notes on timeouts are not the user's to act on
+    t = 5 if threading.current_thread() is threading.main_thread() else None  # its timeout is a signal: main thread only
+    return parse(f'${s}$', extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()], parsing_timeout=t)
+
+def verify_math(pred: str, # the model's final answer (already extracted)
+                ref: str,  # the reference answer
+               ) -> bool:
+    "math-verify's verdict: `pred` equals `ref` as mathematics (forms, sets, intervals, matrices, equations)."
+    import threading
+    from math_verify import verify
+    g, p = _parsed(ref), _parsed(pred)
+    if not g or not p: return False
+    t = 5 if threading.current_thread() is threading.main_thread() else None
+    return bool(verify(g, p, timeout_seconds=t))
 
 def math_equal(pred: str|None, # the model's final answer
                ref: str|None,  # the reference answer
               ) -> bool:
-    "True if the answers `pred` and `ref` are the same after `normalize_math` (strings, numbers, tuples, intervals)."
+    "True if `pred` and `ref` are the same answer: equal after `normalize_math`, equal numbers, or equal under `verify_math`."
+    if not pred or not ref: return False
+    pred, ref = str(pred).replace('\u2212', '-'), str(ref).replace('\u2212', '-')
     a, b = normalize_math(pred), normalize_math(ref)
     if not a or not b: return False
-    if a == b: return True
-    x, y = _as_number(a), _as_number(b)
-    if x is not None and y is not None: return math.isclose(float(x), float(y), rel_tol=1e-9, abs_tol=1e-9)
-    pa, pb = _split_top(a), _split_top(b)
-    if pa and pb and len(pa) == len(pb) and a[0] + a[-1] == b[0] + b[-1]: return all(map(math_equal, pa, pb))
-    return False
+    whole = '=' in pred and '=' in ref  # two equations: compare them whole (normalising keeps only the right-hand sides)
+    if not whole:
+        if a == b: return True
+        x, y = _as_number(a), _as_number(b)
+        if x is not None and y is not None: return math.isclose(float(x), float(y), rel_tol=1e-9, abs_tol=1e-9)
+    return verify_math(pred, ref) or (not whole and verify_math(a, b))
 
 # %% ../nbs/02_graders.ipynb #269adab6
+_MIXED = re.compile(r'(-?)(\d+)\s+(?:(\d+)\s*/\s*(\d+)|\\frac\{(\d+)\}\{(\d+)\})')
+
+def answer_number(got: str, # an extracted final answer, e.g. '18 apples, which is 3 more than 15'
+                 ) -> float|None:
+    "The number an extracted answer states: after its last `=`, a whole LaTeX number or fraction, a mixed number, else its first number."
+    s = got.replace('\u2212', '-').rsplit('=', 1)[-1]
+    if (x := _as_number(normalize_math(s))) is not None: return float(x)
+    if m := _MIXED.search(s.replace(',', '')):
+        num, den = (m[3], m[4]) if m[3] else (m[5], m[6])
+        return (-1 if m[1] else 1) * (int(m[2]) + int(num) / int(den)) if int(den) else None
+    if m := _LAST.search(s):
+        t = m.group().replace(',', '').replace(' ', '')
+        try: return float(Fraction(t)) if '/' in t else float(t)
+        except (ValueError, ZeroDivisionError): return None
+    return None
+
 def grade_number(response: str, # the model's reply
                  answer: str,   # the reference number
                 ) -> bool:
     "GSM8K-style: the number the reply gives as its final answer (a fraction counts as its value) equals `answer`."
     got = extract_answer(response)
     if got is None: return False
-    x = _as_number(normalize_math(got))
-    x = float(x) if x is not None else last_number(got)
+    x = answer_number(got)
     try: want = float(str(answer).replace(',', ''))
     except ValueError: return False
     return x is not None and math.isclose(x, want, rel_tol=0, abs_tol=1e-6)
@@ -192,24 +228,25 @@ def _cmp(n: int, relation: str, k: int) -> bool:
     raise UserError(f"relation must be 'less than' or 'at least', got {relation!r}")
 
 # %% ../nbs/02_graders.ipynb #a93f869c
-IFEVAL_SCRIPTS = {'ko': [(0xAC00, 0xD7AF), (0x1100, 0x11FF), (0x3130, 0x318F)], 'th': [(0x0E00, 0x0E7F)],
-                  'ja': [(0x3040, 0x30FF)], 'he': [(0x0590, 0x05FF)], 'kn': [(0x0C80, 0x0CFF)], 'te': [(0x0C00, 0x0C7F)],
-                  'ta': [(0x0B80, 0x0BFF)], 'gu': [(0x0A80, 0x0AFF)], 'pa': [(0x0A00, 0x0A7F)], 'bn': [(0x0980, 0x09FF)],
-                  'ml': [(0x0D00, 0x0D7F)]}
-"Languages whose script identifies them among IFEval's languages, with their Unicode blocks."
-
 def _letters(text): return [c for c in text if unicodedata.category(c).startswith('L')]
 
-def script_share(text: str, # any text
-                 ranges,    # (first, last) code points of a script's blocks
-                ) -> float:
-    "The fraction of the letters of `text` that fall in the code-point `ranges`."
-    ls = _letters(text)
-    return sum(any(a <= ord(c) <= b for a, b in ranges) for c in ls) / len(ls) if ls else 0.0
+@lru_cache(None)
+def _seeded_langdetect():
+    from langdetect import DetectorFactory
+    DetectorFactory.seed = 0  # langdetect samples n-grams at random: a fixed seed gives one verdict per text
+    return True
 
-def _english(text: str) -> bool:
-    ls = _letters(text)
-    return bool(ls) and sum(c.isascii() for c in ls) / len(ls) >= 0.9
+def detect_language(text: str, # any text
+                   ) -> str|None:
+    "The language `langdetect` finds in `text` (an ISO 639-1 code such as 'en'), as IFEval's reference detects it; None if none."
+    from langdetect import detect, LangDetectException
+    _seeded_langdetect()
+    try: return detect(text)
+    except LangDetectException: return None
+
+def _in_language(text: str, lang: str) -> bool:
+    "IFEval's reference rule: the detected language is `lang`; a text with no detectable language passes."
+    return (got := detect_language(text)) is None or got == lang
 
 # %% ../nbs/02_graders.ipynb #d2de7cfd
 def _highlights(r, num_highlights):
@@ -253,9 +290,7 @@ def _json(r):
     try: json.loads(s.removesuffix('```').strip()); return True
     except ValueError: return False
 
-def _language(r, language):
-    if language not in IFEVAL_SCRIPTS: return None
-    return script_share(r, IFEVAL_SCRIPTS[language]) > 0.5
+def _language(r, language): return _in_language(r, language)
 
 _CONSTRAINED = ('My answer is yes.', 'My answer is no.', 'My answer is maybe.')
 
@@ -282,8 +317,8 @@ IFEVAL_CHECKS = {
     'startend:end_checker': lambda r, end_phrase: r.strip().strip('"').lower().endswith(end_phrase.strip().lower()),
     'combination:repeat_prompt': lambda r, prompt_to_repeat: r.strip().lower().startswith(prompt_to_repeat.strip().lower()),
     'combination:two_responses': _two_responses,
-    'change_case:english_lowercase': lambda r: r.islower() and _english(r),
-    'change_case:english_capital': lambda r: r.isupper() and _english(r),
+    'change_case:english_lowercase': lambda r: r.islower() and _in_language(r, 'en'),
+    'change_case:english_capital': lambda r: r.isupper() and _in_language(r, 'en'),
     'change_case:capital_word_frequency': lambda r, capital_frequency, capital_relation: _cmp(
         sum(w.isupper() for w in re.findall(r"\w+(?:['’-]\w+)*", r)), capital_relation, capital_frequency),
     'language:response_language': _language,
