@@ -9,13 +9,13 @@ from pathlib import Path
 from .review import load_run
 from .preferences import collect, label, critic_stats, kendall_tau, sign as _sign
 from .data import load_pairs
-from .core import UserError
+from .core import UserError, write_atomic
 
 # %% auto #0
 __all__ = ['CSS', 'DIRECTIONS', 'TRAIN_METRICS', 'critique_records', 'word_diff', 'score_html', 'label_html', 'record_html',
-           'CritiqueInspector', 'NoData', 'critique_frame', 'plot_scores', 'plot_margins', 'critic_agreement',
-           'plot_agreement', 'win_rates', 'plot_win_rate', 'train_logs', 'plot_training', 'plot_noise_robustness',
-           'save_plots']
+           'CritiqueInspector', 'inspect_page', 'write_inspect', 'NoData', 'critique_frame', 'plot_scores',
+           'plot_margins', 'critic_agreement', 'plot_agreement', 'win_rates', 'plot_win_rate', 'train_logs',
+           'plot_training', 'plot_noise_robustness', 'save_plots']
 
 # %% ../nbs/14_inspector.ipynb #3803803d
 import pandas as pd
@@ -346,6 +346,77 @@ def to_html(self: CritiqueInspector,
                      f'{html.escape(p)}</summary>{record_html(r)}</details>')
     if len(shown) < len(ids): parts.append(f'<p class="small">… {len(ids) - len(shown)} more items not shown</p>')
     return CSS + '<div class="pulse-insp">' + ''.join(parts) + '</div>'
+
+# %% ../nbs/14_inspector.ipynb #7008f77e
+_PAGE_JS = """
+function apply() {
+  const m = parseFloat(document.getElementById('f-margin').value) || 0, d = document.getElementById('f-disagree').checked,
+        u = document.getElementById('f-unparsed').checked, l = document.getElementById('f-label').value,
+        s = document.getElementById('f-section').value;
+  let n = 0;
+  for (const e of document.querySelectorAll('details.rec')) {
+    const mg = e.dataset.margin === '' ? null : parseFloat(e.dataset.margin);
+    const ok = !(m > 0 && (mg === null || mg < m)) && !(d && e.dataset.disagree !== '1') && !(u && e.dataset.unparsed === '0')
+               && (l === 'all' || e.dataset.label === l) && (s === 'all' || e.dataset.section === s);
+    e.hidden = !ok; n += ok;
+  }
+  document.getElementById('f-count').textContent = n + ' of ' + document.querySelectorAll('details.rec').length + ' shown';
+}
+function fromAddress() {
+  const q = new URLSearchParams(location.hash.slice(1));
+  if (q.has('min_margin')) document.getElementById('f-margin').value = q.get('min_margin');
+  if (q.has('disagreement')) document.getElementById('f-disagree').checked = q.get('disagreement') === '1';
+  if (q.has('unparsed')) document.getElementById('f-unparsed').checked = q.get('unparsed') === '1';
+  if (q.has('label')) document.getElementById('f-label').value = q.get('label');
+  if (q.has('section')) document.getElementById('f-section').value = q.get('section');
+  apply();
+}
+for (const id of ['f-margin', 'f-disagree', 'f-unparsed', 'f-label', 'f-section'])
+  document.getElementById(id).addEventListener('input', apply);
+window.addEventListener('hashchange', fromAddress);
+fromAddress();
+"""
+
+def inspect_page(sources,                         # a run directory or any `critique_records` source, or {section: source}
+                 title: str='PULSE critiques',    # the page's title
+                 n_open: int=1,                   # how many of the first records are expanded
+                 **label_kw,                      # passed to `preferences.label` for run directories
+                ) -> str:
+    "A self-contained HTML page of every critique with the inspector's filters in JavaScript: offline, no kernel."
+    e = html.escape
+    secs = sources if isinstance(sources, dict) else {'all': sources}
+    recs = [(str(k), r) for k, src in secs.items() for r in critique_records(src, **label_kw)]
+    opts = lambda vs: ''.join(f'<option value="{e(v)}">{e(v)}</option>' for v in vs)
+    items = []
+    for k, (sec, r) in enumerate(recs):
+        p = r['prompt'][:80] + ('…' if len(r['prompt']) > 80 else '')
+        sid = r['id'] if len(secs) == 1 else f'{sec}/{r["id"]}'
+        items.append(f'<details class="rec" id="{e(sid)}" data-section="{e(sec)}" data-label="{e(r["label"])}" '
+                     f'data-margin="{"" if r.get("margin") is None else r["margin"]}" data-disagree="{int(bool(r.get("disagreement")))}" '
+                     f'data-unparsed="{int(r.get("n_unparsed") or 0)}"{" open" if k < n_open else ""}><summary><b>{e(sid)}</b> '
+                     f'{label_html(r)} {e(p)}</summary>{record_html(r)}</details>')
+    controls = (f'<p class="small"><label>min margin <input id="f-margin" type="number" min="0" step="0.1" value="0"></label> '
+                f'<label><input id="f-disagree" type="checkbox"> critics disagree</label> '
+                f'<label><input id="f-unparsed" type="checkbox"> unparsed scores</label> '
+                f'<label>label <select id="f-label">{opts(DIRECTIONS)}</select></label> '
+                f'<label{"" if len(secs) > 1 else " hidden"}>section <select id="f-section">{opts(["all", *map(str, secs)]) if len(secs) > 1 else opts(["all"])}</select></label> '
+                f'<b id="f-count"></b></p>')
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>{CSS}</head>'
+            f'<body class="pulse-insp"><h2>{e(title)}</h2>{controls}{"".join(items)}<script>{_PAGE_JS}</script></body></html>')
+
+def write_inspect(run_dir,  # a `pulse run` directory (its rounds become sections), a review directory, or a pairs file's folder
+                  out=None, # the page's path (default `run_dir/inspect.html`)
+                  **label_kw) -> Path:
+    "Write the critique browser of `run_dir` (atomically) and return its path."
+    run_dir = Path(run_dir)
+    rounds = sorted((d for d in run_dir.glob('round-*') if (d/'review'/'manifest.json').exists()), key=lambda d: int(d.name[6:]))
+    if rounds: src = {d.name.replace('-', ' '): d/'review' for d in rounds}
+    elif (run_dir/'manifest.json').exists() or (run_dir/'review'/'manifest.json').exists():
+        src = run_dir if (run_dir/'manifest.json').exists() else run_dir/'review'
+    else: raise UserError(f'{run_dir} holds no review: give a `pulse run` or `pulse generate` directory')
+    out = Path(out) if out else run_dir/'inspect.html'
+    write_atomic(out, inspect_page(src, title=f'Critiques of {run_dir.name}', **label_kw))
+    return out
 
 # %% ../nbs/14_inspector.ipynb #aafb45b4
 class NoData(UserError):

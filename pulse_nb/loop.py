@@ -524,14 +524,14 @@ def push_to_hub(run_dir, repo_id: str, private: bool=True, token: str|None=None)
 # %% ../nbs/15_loop.ipynb #57374b7f
 def write_report(run_dir, cfg: RunConfig) -> Path:
     "summary.md, plots (across rounds and per round) and the dataset card of `run_dir`."
-    from pulse_nb.inspector import save_plots
+    from pulse_nb.inspector import save_plots, write_inspect
     run_dir = Path(run_dir); plots = run_dir/'plots'; plots.mkdir(exist_ok=True)
     fig = plot_rounds(run_dir); fig.savefig(plots/'rounds.png', dpi=110)
     import matplotlib.pyplot as plt; plt.close(fig)
     rows, parts = round_table(run_dir), []
+    lab = {k: v for k, v in cfg.label.kwargs().items() if k != 'source'}  # the plots and the browser label by scores
     for r in rows:
         rd = round_dir(run_dir, r['round'])
-        lab = {k: v for k, v in cfg.label.kwargs().items() if k != 'source'}  # the plots label by scores
         pics = save_plots(rd/'review', plots/f"round-{r['round']}", train_dirs={f"round {r['round']}": rd/'train'}, **lab)
         rec = json.loads((rd/'round.json').read_text())
         parts += [f"## Round {r['round']}", '', f"- actor: `{rec['actor']}`; reference: {rec['reference']}; policy: `{rec['policy']}`",
@@ -541,7 +541,9 @@ def write_report(run_dir, cfg: RunConfig) -> Path:
     head = [f'# PULSE run `{run_dir.name}`', '',
             f'Actor `{cfg.pool.actor}`; critics {", ".join(f"`{c}`" for c in cfg.pool.critics)} (K = {cfg.pool.n_critics}); '
             f'{cfg.rounds} round(s) of {cfg.review.per_round} prompts from `{cfg.review.prompts}`; training `{cfg.train.get("loss")}` '
-            f'(reference: {cfg.reference}); seed {cfg.seed}.', '', markdown_table(rows), '', '![rounds](plots/rounds.png)', '']
+            f'(reference: {cfg.reference}); seed {cfg.seed}.', '', markdown_table(rows), '', '![rounds](plots/rounds.png)', '',
+            f'Every critique, with its feedback, scores and label: [inspect.html]({write_inspect(run_dir, **lab).name}) '
+            '(opens offline in a browser; `pulse inspect RUN_DIR --open`).', '']
     write_atomic(run_dir/'summary.md', '\n'.join(head + parts) + '\n')
     write_atomic(run_dir/'README.md', dataset_card(run_dir, cfg))
     return run_dir/'summary.md'
