@@ -375,7 +375,7 @@ def answer_accuracy(engine: Engine,   # the model under test
     return res
 
 # %% ../nbs/12_evaluate.ipynb #228445a4
-from .models import is_adapter, merge_adapter, adapter_base as models_adapter_base
+from .models import is_adapter, merge_adapter_into, adapter_base as models_adapter_base
 
 def merge_adapter(adapter_dir,              # folder saved by PEFT (adapter_config.json + weights)
                   out_dir=None,             # where to write the merged model; None = `adapter_dir`/merged
@@ -389,7 +389,7 @@ def merge_adapter(adapter_dir,              # folder saved by PEFT (adapter_conf
     if not base: raise UserError(f'{adapter_dir}/adapter_config.json names no base model; pass base=')
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix='.tmp-merged-', dir=out.parent))
-    try: merge_adapter(adapter_dir, base, tmp)
+    try: merge_adapter_into(adapter_dir, base, tmp)
     except BaseException: shutil.rmtree(tmp, ignore_errors=True); raise
     if out.exists(): shutil.rmtree(out)
     os.replace(tmp, out)

@@ -14,7 +14,7 @@ from .core import UserError, sha256_file
 __all__ = ['EMBEDDED', 'DEFAULT_MODEL', 'QWEN_05B', 'QWEN_15B', 'MANIFEST', 'cache_dir', 'EmbeddedModel', 'register_embedded',
            'ModelError', 'find_embedded_parts', 'find_embedded_file', 'convert_gguf', 'verify_folder', 'assemble_parts',
            'embedded_folder', 'is_adapter', 'adapter_base', 'portable_ref', 'model_sha256', 'resolve_model',
-           'load_tokenizer', 'load_model', 'load_adapter', 'merge_adapter', 'merged_folder', 'prune_merged',
+           'load_tokenizer', 'load_model', 'load_adapter', 'merge_adapter_into', 'merged_folder', 'prune_merged',
            'release_memory', 'model_family']
 
 # %% ../nbs/05_models.ipynb #a81a343d
@@ -306,7 +306,7 @@ def _adapter_key(a: Path, base: str) -> str:
     return hashlib.sha256(f"{sha256_file(a/'adapter_model.safetensors')}|{(a/'adapter_config.json').read_text()}|{base}"
                           .encode()).hexdigest()[:16]
 
-def merge_adapter(a: Path, base: str, out: Path):
+def merge_adapter_into(a: Path, base: str, out: Path):
     "Write `a` merged into `base` as a model folder (weights + tokenizer) at `out`."
     load_adapter(load_model(base), a).merge_and_unload().save_pretrained(out, safe_serialization=True)
     load_tokenizer(a if (Path(a)/'tokenizer_config.json').is_file() else base).save_pretrained(out)
@@ -329,7 +329,7 @@ def merged_folder(adapter, # a LoRA adapter folder (adapter_config.json + adapte
         if target.exists(): shutil.rmtree(target)
         tmp = Path(tempfile.mkdtemp(prefix=f'.tmp-{target.name}-', dir=target.parent))
         try:
-            merge_adapter(a, base, tmp)
+            merge_adapter_into(a, base, tmp)
             meta = {'format': 1, 'adapter': str(a), 'base': base, 'files': _file_table(tmp)}
             (tmp/MANIFEST).write_text(json.dumps(meta, indent=1))
             os.replace(tmp, target)

@@ -454,7 +454,7 @@ def test_progress_bar_shows_the_loss_instead_of_printing_metric_dicts(capfd):
 def test_the_compact_lm_head_leaves_training_bit_for_bit(tmp_path, monkeypatch):
     "Runs recorded before `compact_lm_head` (e.g. pulse_rounds' policies, restored by sha256) retrain to the same bytes."
     import contextlib
-    import pulse_nb.train as T
+    import pulse_nb.train as T, pulse_nb.trainer as TR
     from pulse_nb.loop import weights_digest
     pairs = Dataset.from_list([{'prompt': f'What is {a}+{a}?', 'chosen': f'The answer is {2*a}.', 'rejected': f'The answer is {2*a+1}.'}
                                for a in range(8)])
@@ -462,5 +462,5 @@ def test_the_compact_lm_head_leaves_training_bit_for_bit(tmp_path, monkeypatch):
         T.train(pairs, out_dir=tmp_path/name, max_steps=2, bf16=True, progress=False)
         return weights_digest(tmp_path/name/'adapter')
     compact = digest('compact')
-    monkeypatch.setattr(T, 'compact_lm_head', contextlib.nullcontext)   # every position through the LM head, as before
+    monkeypatch.setattr(TR, 'compact_lm_head', contextlib.nullcontext)   # every position through the LM head, as before
     assert digest('full') == compact
