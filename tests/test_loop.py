@@ -162,8 +162,10 @@ def test_a_run_moved_elsewhere_resumes_without_retraining(finished_run, tiny_con
 @pytest.mark.slow
 def test_report_card_and_diagnostics_of_a_finished_run(finished_run):
     "The run's report, plots across rounds, per-critic diagnostics, peak memory, and a dataset card that names each round."
-    for f in ('summary.md', 'README.md', 'config.yaml', 'plots/rounds.png', 'round-1/eval.json', 'round-2/eval.json'):
+    for f in ('summary.md', 'README.md', 'config.yaml', 'plots/rounds.png', 'round-1/eval.json', 'round-2/eval.json', 'inspect.html'):
         assert (finished_run/f).exists(), f
+    page = (finished_run/'inspect.html').read_text()  # the critique browser: both rounds, linked from the summary
+    assert 'data-section="round 1"' in page and 'data-section="round 2"' in page and '(inspect.html)' in (finished_run/'summary.md').read_text()
     card = (finished_run/'README.md').read_text()
     front = yaml.safe_load(card.split('---')[1])
     teq([d['split'] for d in front['configs'][0]['data_files']], ['round_1', 'round_2'])
