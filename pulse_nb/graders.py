@@ -117,25 +117,26 @@ def _as_number(s: str) -> Fraction|float|None:
     except (ValueError, ZeroDivisionError): return None
     return None
 
+def _timeout() -> int|None:
+    "math-verify's timeout is a signal alarm, which only the main thread can set: 5 s there, none elsewhere."
+    import threading
+    return 5 if threading.current_thread() is threading.main_thread() else None
+
 @lru_cache(4096)
 def _parsed(s: str):
     "`s` parsed by math-verify as LaTeX or as a plain expression (SymPy objects; empty if it cannot be read)."
-    import logging, threading
+    import logging
     from math_verify import parse, LatexExtractionConfig, ExprExtractionConfig
     logging.getLogger('math_verify').setLevel(logging.ERROR)  # its notes on timeouts are not the user's to act on
-    t = 5 if threading.current_thread() is threading.main_thread() else None  # its timeout is a signal: main thread only
-    return parse(f'${s}$', extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()], parsing_timeout=t)
+    return parse(f'${s}$', extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()], parsing_timeout=_timeout())
 
 def verify_math(pred: str, # the model's final answer (already extracted)
                 ref: str,  # the reference answer
                ) -> bool:
     "math-verify's verdict: `pred` equals `ref` as mathematics (forms, sets, intervals, matrices, equations)."
-    import threading
     from math_verify import verify
     g, p = _parsed(ref), _parsed(pred)
-    if not g or not p: return False
-    t = 5 if threading.current_thread() is threading.main_thread() else None
-    return bool(verify(g, p, timeout_seconds=t))
+    return bool(g and p and verify(g, p, timeout_seconds=_timeout()))
 
 def math_equal(pred: str|None, # the model's final answer
                ref: str|None,  # the reference answer

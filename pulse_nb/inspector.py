@@ -399,7 +399,7 @@ def inspect_page(sources,                         # a run directory or any `crit
                 f'<label><input id="f-disagree" type="checkbox"> critics disagree</label> '
                 f'<label><input id="f-unparsed" type="checkbox"> unparsed scores</label> '
                 f'<label>label <select id="f-label">{opts(DIRECTIONS)}</select></label> '
-                f'<label{"" if len(secs) > 1 else " hidden"}>section <select id="f-section">{opts(["all", *map(str, secs)]) if len(secs) > 1 else opts(["all"])}</select></label> '
+                f'<label{"" if len(secs) > 1 else " hidden"}>section <select id="f-section">{opts(["all", *map(str, secs)] if len(secs) > 1 else ["all"])}</select></label> '
                 f'<b id="f-count"></b></p>')
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>{CSS}</head>'
             f'<body class="pulse-insp"><h2>{e(title)}</h2>{controls}{"".join(items)}<script>{_PAGE_JS}</script></body></html>')

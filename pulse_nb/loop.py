@@ -530,6 +530,7 @@ def write_report(run_dir, cfg: RunConfig) -> Path:
     import matplotlib.pyplot as plt; plt.close(fig)
     rows, parts = round_table(run_dir), []
     lab = {k: v for k, v in cfg.label.kwargs().items() if k != 'source'}  # the plots and the browser label by scores
+    page = write_inspect(run_dir, **lab)
     for r in rows:
         rd = round_dir(run_dir, r['round'])
         pics = save_plots(rd/'review', plots/f"round-{r['round']}", train_dirs={f"round {r['round']}": rd/'train'}, **lab)
@@ -542,7 +543,7 @@ def write_report(run_dir, cfg: RunConfig) -> Path:
             f'Actor `{cfg.pool.actor}`; critics {", ".join(f"`{c}`" for c in cfg.pool.critics)} (K = {cfg.pool.n_critics}); '
             f'{cfg.rounds} round(s) of {cfg.review.per_round} prompts from `{cfg.review.prompts}`; training `{cfg.train.get("loss")}` '
             f'(reference: {cfg.reference}); seed {cfg.seed}.', '', markdown_table(rows), '', '![rounds](plots/rounds.png)', '',
-            f'Every critique, with its feedback, scores and label: [inspect.html]({write_inspect(run_dir, **lab).name}) '
+            f'Every critique, with its feedback, scores and label: [{page.name}]({page.name}) '
             '(opens offline in a browser; `pulse inspect RUN_DIR --open`).', '']
     write_atomic(run_dir/'summary.md', '\n'.join(head + parts) + '\n')
     write_atomic(run_dir/'README.md', dataset_card(run_dir, cfg))

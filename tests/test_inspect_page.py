@@ -1,20 +1,14 @@
 """The static critique browser (`inspect.html`) in headless Chromium: the page loads offline, its filters give exactly the
 records the inspector's own filter gives, and a critique shows its feedback and scores. Also `pulse inspect`."""
-import html.parser, re, shutil, subprocess, tempfile
+import html.parser, re, subprocess, tempfile
 from pathlib import Path
 import pytest
 from pulse_nb.inspector import write_inspect, critique_records, _passes
 from pulse_nb.cli import main
+from test_docs import CHROMIUM_FLAGS, _chromium as chromium  # one way to find and run Chromium
 
 RUN = Path(__file__).resolve().parents[1]/'nbs'/'experiments'/'runs'/'pulse_rounds'/'dpo'  # a committed 3-round run
-FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-         '--disable-component-update', '--disable-sync', '--virtual-time-budget=5000']
-
-
-def chromium():
-    exe = shutil.which('chromium') or shutil.which('chromium-browser') or shutil.which('google-chrome')
-    if not exe: pytest.skip('no Chromium on this machine (`tools/install.sh --test` installs Debian chromium)')
-    return exe
+FLAGS = [*CHROMIUM_FLAGS, '--virtual-time-budget=5000']
 
 
 class Recs(html.parser.HTMLParser):
