@@ -4,9 +4,9 @@
 
 # %% ../nbs/16_cli.ipynb #8e585b9d
 from __future__ import annotations
-import argparse, json, logging, sys, traceback
+import argparse, json, logging, sys, time, traceback
 from pathlib import Path
-from .core import UserError
+from .core import UserError, quiet_libraries
 
 # %% auto #0
 __all__ = ['FLAG_KEYS', 'REPORT', 'RESUME', 'run_config', 'critic_count', 'build_parser', 'cmd_run', 'cmd_generate', 'cmd_train',
@@ -124,7 +124,7 @@ def _inspect_parser(sub):
 def build_parser() -> argparse.ArgumentParser:
     "The `pulse` argument parser."
     ap = argparse.ArgumentParser(prog='pulse', description='PULSE: peer-guided preference learning via LLM self-correction.')
-    ap.add_argument('-v', '--verbose', action='store_true', help='log what pulse-nb decides (e.g. the engine choice)')
+    ap.add_argument('-v', '--verbose', action='store_true', help="log what pulse-nb decides (e.g. the engine choice), and show the libraries' own progress bars and warnings")
     sub = ap.add_subparsers(dest='cmd', required=True)
     for add in (_run_parser, _generate_parser, _train_parser, _evaluate_parser, _push_parser, _inspect_parser): add(sub)
     return ap
@@ -133,16 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(a) -> Path|dict:
     "`pulse run`: the loop, or its plan with `--dry-run`."
     from pulse_nb.config import plan
-    from pulse_nb.loop import run, round_table, markdown_table
+    from pulse_nb.loop import run
+    from pulse_nb.report import duration
     cfg = run_config(a)
     if a.dry_run:
         p = plan(cfg)
         print(json.dumps({k: v for k, v in p.items() if k != 'prompt_ids'}, indent=1))
         return p
     out = Path(a.out or ('runs/pulse-quick' if a.quick else 'runs/pulse'))
+    t0 = time.time()
     run(cfg, out)
-    print(markdown_table(round_table(out)))
-    print(f'PULSE run finished: report at {out/"summary.md"}')
+    print(f'PULSE run finished in {duration(time.time() - t0)}: report at {out/"summary.md"}, every critique at {out/"inspect.html"}')
     return out
 
 # %% ../nbs/16_cli.ipynb #b0faa7b5
@@ -226,7 +227,7 @@ def evaluate_benchmarks(model: str,          # engine spec, model reference or a
 
 def cmd_push(a) -> str:
     "`pulse push`: the run's pairs, config and dataset card to a hub dataset repo."
-    from pulse_nb.loop import push_to_hub
+    from pulse_nb.report import push_to_hub
     url = push_to_hub(a.run, a.repo, private=not a.public)
     print(f'pushed to {url}')
     return url
@@ -251,6 +252,7 @@ def main(argv=None):
     "Entry point of the `pulse` command."
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format='%(name)s: %(message)s')
+    quiet_libraries(a.verbose)  # the libraries' own bars and warnings only with -v
     cmds = {'run': cmd_run, 'generate': cmd_generate, 'train': cmd_train, 'evaluate': cmd_evaluate, 'push': cmd_push,
             'inspect': cmd_inspect}
     from pulse_nb.engines import EngineError

@@ -16,9 +16,9 @@ from .losses import WEIGHTINGS
 
 # %% auto #0
 __all__ = ['PRESETS', 'PoolConfig', 'ReviewConfig', 'LabelConfig', 'EvalConfig', 'check_train', 'RunConfig', 'check_fields_agree',
-           'config_dict', 'yaml_load', 'with_overrides', 'load_config', 'save_config', 'spec_model', 'actor_model',
-           'round_prompts', 'memory_plan', 'plan', 'eval_prompts', 'bench_heldout', 'all_heldout', 'check_not_heldout',
-           'check_heldout']
+           'config_dict', 'yaml_load', 'with_overrides', 'load_config', 'save_config', 'round_dir', 'spec_model',
+           'actor_model', 'round_prompts', 'memory_plan', 'plan', 'eval_prompts', 'bench_heldout', 'all_heldout',
+           'check_not_heldout', 'check_heldout']
 
 # %% ../nbs/13_config.ipynb #a3295207
 def _one_of(where: str, value, choices):
@@ -248,6 +248,10 @@ def save_config(cfg: RunConfig, path) -> Path:
     return Path(path)
 
 # %% ../nbs/13_config.ipynb #ce3060d1
+def round_dir(run_dir, r: int) -> Path:
+    "The folder of round `r` (1-based) in the run directory `run_dir`."
+    return Path(run_dir)/f'round-{r}'
+
 def spec_model(spec) -> str|None:
     kind, kw = parse_spec(spec)
     return kw.get('model') or (None if kind == 'openai' else DEFAULT_MODEL)

@@ -8,8 +8,9 @@ import functools, hashlib, importlib.metadata, importlib, json, os, tempfile, wa
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['UserError', 'RunError', 'repair_jsonl', 'read_jsonl', 'append_jsonl', 'write_atomic', 'clear_stale_temps',
-           'sha256_file', 'entry_point', 'entry_point_names', 'moved_names']
+__all__ = ['LIBRARIES', 'UserError', 'RunError', 'repair_jsonl', 'read_jsonl', 'append_jsonl', 'write_atomic',
+           'clear_stale_temps', 'sha256_file', 'cut_share', 'quiet_libraries', 'entry_point', 'entry_point_names',
+           'moved_names']
 
 # %% ../nbs/00_core.ipynb #4ba011e3
 class UserError(ValueError):
@@ -93,6 +94,34 @@ def sha256_file(path, chunk=1<<22) -> str:
     with open(path, 'rb') as f:
         while b := f.read(chunk): h.update(b)
     return h.hexdigest()
+
+# %% ../nbs/00_core.ipynb #c808db54
+def cut_share(generations, # records (dicts) or completions with a `finish_reason`
+             ) -> float|None:
+    "The share of `generations` cut at the token budget (`finish_reason == 'length'`); None where none records a reason."
+    reasons = [g.get('finish_reason') if isinstance(g, dict) else getattr(g, 'finish_reason', None) for g in generations]
+    reasons = [r for r in reasons if r is not None]
+    return sum(r == 'length' for r in reasons) / len(reasons) if reasons else None
+
+# %% ../nbs/00_core.ipynb #da068b17
+LIBRARIES = ('transformers', 'datasets', 'huggingface_hub', 'peft', 'trl', 'accelerate', 'vllm', 'torch', 'filelock', 'httpx', 'urllib3')
+"The libraries whose bars, logs and warnings `quiet_libraries` silences."
+
+def quiet_libraries(verbose: bool=False, # True: leave the libraries' bars, logs and warnings as they are
+                   ) -> bool:
+    "Silence the libraries' progress bars, logs below ERROR and warnings for this process; returns whether it did."
+    if verbose: return False
+    import logging, sys
+    for k, v in {'HF_HUB_DISABLE_PROGRESS_BARS': '1', 'HF_DATASETS_DISABLE_PROGRESS_BARS': '1', 'TRANSFORMERS_VERBOSITY': 'error',
+                 'TRANSFORMERS_NO_ADVISORY_WARNINGS': '1', 'VLLM_LOGGING_LEVEL': 'ERROR', 'TOKENIZERS_PARALLELISM': 'false'}.items():
+        os.environ.setdefault(k, v)  # read by the libraries not yet imported
+    for name in LIBRARIES: logging.getLogger(name).setLevel(logging.ERROR)
+    if 'huggingface_hub' in sys.modules: sys.modules['huggingface_hub'].utils.disable_progress_bars()
+    if 'transformers' in sys.modules:
+        import transformers.utils.logging as tl; tl.disable_progress_bar(); tl.set_verbosity_error()
+    if 'datasets' in sys.modules: sys.modules['datasets'].disable_progress_bars()
+    warnings.filterwarnings('ignore', module=rf"({'|'.join(LIBRARIES)})(\.|$)")
+    return True
 
 # %% ../nbs/00_core.ipynb #ae9080eb
 @functools.lru_cache(None)

@@ -32,6 +32,7 @@ class Critique(TypedDict):
     "One critic's feedback and score on one answer (`target` is `a0`, the initial answer, or `a1`, the revision)."
     key: str; round: int; prompt_id: str; target: str; critic: str; critic_model: str; persona: str
     feedback: str; score: float|None; score_std: float|None; mass: float|None; parsed: bool; raw: str
+    n_tokens: NotRequired[int]; finish_reason: NotRequired[str]  # how the feedback ended ('length': cut at the budget)
 
 class Pair(TypedDict):
     "A preference pair in TRL's conversational format plus pulse-nb's confidence metadata."

@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_evaluate.ipynb #58018e73
 from __future__ import annotations
-import json, os, re, shutil, tempfile, time, warnings
+import json, math, os, re, shutil, tempfile, time, warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np
@@ -17,7 +17,7 @@ from .core import UserError, moved_names
 __all__ = ['JUDGE_TEMPLATE', 'CHOICES', 'CHOICES_TIE', 'JUDGE_PREFIX', 'OUTCOME_SCORE', 'EVAL_SAMPLING', 'ANSWER_SUFFIX',
            'CODE_TASKS', 'CODE_SUFFIX', 'DEFAULT_JUDGES', 'judge_conv', 'probs_verdict', 'parse_verdict',
            'order_verdict', 'combine_orders', 'judge_orders', 'judge_pairs', 'pair_scores', 'soft_scores',
-           'bootstrap_ci', 'fit_length_logit', 'length_features', 'lc_win_rate', 'summarise_judgements',
+           'bootstrap_ci', 'exact_ci', 'fit_length_logit', 'length_features', 'lc_win_rate', 'summarise_judgements',
            'engine_family', 'judge_matrix', 'self_preference', 'prompt_texts', 'answers', 'heldout_prompts', 'win_rate',
            'answer_accuracy', 'merge_adapter', 'adapter_base', 'eval_engine', 'code_eval', 'evaluate', 'summary_table',
            'run_evaluation']
@@ -179,6 +179,22 @@ def bootstrap_ci(values,               # per-item values (NaN dropped)
     s = stat(v[idx], axis=1)
     return float(np.quantile(s, alpha/2)), float(np.quantile(s, 1 - alpha/2))
 
+# %% ../nbs/12_evaluate.ipynb #c39855cc
+def exact_ci(k: int, # successes
+             n: int, # trials
+             alpha: float=0.05, # 1 - the coverage
+            ) -> tuple[float, float]|None:
+    "The Clopper–Pearson interval of a proportion `k`/`n` (None for n = 0)."
+    if n == 0: return None
+    tail = lambda p, a, b: sum(math.comb(n, i) * p**i * (1 - p)**(n - i) for i in range(a, b + 1))
+    def root(f):  # f rises from below 0 to above 0 on (0, 1)
+        lo, hi = 0.0, 1.0
+        for _ in range(60): lo, hi = ((lo + hi)/2, hi) if f((lo + hi)/2) < 0 else (lo, (lo + hi)/2)
+        return (lo + hi)/2
+    low = 0.0 if k == 0 else root(lambda p: tail(p, k, n) - alpha/2)         # P(X >= k) = alpha/2
+    high = 1.0 if k == n else root(lambda p: alpha/2 - tail(p, 0, k))       # P(X <= k) = alpha/2
+    return (low, high)
+
 # %% ../nbs/12_evaluate.ipynb #8a662578
 def _sig(z): return 1/(1 + np.exp(-z))
 
@@ -321,6 +337,8 @@ def heldout_prompts(n: int=GENERAL_HELDOUT) -> list[dict]:
     return make_general(split='heldout')[-n:]
 
 # %% ../nbs/12_evaluate.ipynb #cce0a565
+def _n_cut(completions) -> int: return sum(c.finish_reason == 'length' for c in completions)
+
 def win_rate(candidate: Engine,        # the model under test
              baseline: Engine,         # the model it is compared with
              judges: Engine|list[Engine], # peer judge engine(s)
@@ -341,6 +359,7 @@ def win_rate(candidate: Engine,        # the model under test
     out = summarise_judgements(recs, len(texts), [c.n_tokens for c in ca], [b.n_tokens for b in ba], n_boot, alpha, seed)
     fams = [engine_family(j) for j in judges]
     out.update(candidate=str(candidate.model), baseline=str(baseline.model), identical_answers=sum(c.text == b.text for c, b in zip(ca, ba)),
+               cut_by_budget={'candidate': _n_cut(ca), 'baseline': _n_cut(ba)},
                judge_families=fams, self_preference=self_preference(judge_matrix(recs, len(texts), len(judges)), fams,
                                                                     engine_family(candidate), n_boot, alpha, seed))
     if keep_pairs:
@@ -367,7 +386,8 @@ def answer_accuracy(engine: Engine,   # the model under test
             raise UserError(f'item {i}: needs a dict with a non-empty "answer", got {it!r:.80}')
     outs = answers(engine, [it['prompt'] + suffix for it in items], sampling)
     ok = [check_answer(o.text, str(it['answer'])) for o, it in zip(outs, items)]
-    res = {'model': str(engine.model), 'n': len(items), 'correct': int(sum(ok)), 'accuracy': float(np.mean(ok)) if ok else None,
+    res = {'model': str(engine.model), 'n': len(items), 'correct': int(sum(ok)), 'cut_by_budget': _n_cut(outs),
+           'accuracy': float(np.mean(ok)) if ok else None,
            'accuracy_ci': list(bootstrap_ci(np.array(ok, float), n_boot=n_boot, alpha=alpha, seed=seed)) if ok else None}
     if keep_items:
         res['items'] = [{'id': it.get('id'), 'prompt': it['prompt'], 'answer': str(it['answer']), 'response': o.text,
@@ -507,7 +527,9 @@ def summary_table(res: dict) -> str:
              f"| position consistency | {w['consistency']:.2f} |" if w['consistency'] is not None else '',
              _judges_line(w),
              _self_pref_line(w.get('self_preference'))]
-    for k, a in res.get('accuracy', {}).items(): lines.append(f"| accuracy ({k}) | {a['accuracy']:.3f} {ci(a['accuracy_ci'])} (n={a['n']}) |")
+    for k, a in res.get('accuracy', {}).items():
+        cut = f"; {a['cut_by_budget']} cut at the token budget" if a.get('cut_by_budget') is not None else ''
+        lines.append(f"| accuracy ({k}) | {a['accuracy']:.3f} {ci(a['accuracy_ci'])} (n={a['n']}{cut}) |")
     for k, c in res.get('code', {}).items(): lines.append(f"| code pass rate ({k}) | {c['pass_rate']:.3f} (n={c['n']}) |")
     return '\n'.join(l for l in lines if l)
 

@@ -10,20 +10,20 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from .data import load_prompts
 from .models import DEFAULT_MODEL, model_family, release_memory
-from .core import UserError, sha256_file, write_atomic
+from .core import UserError, sha256_file, write_atomic, moved_names
 from .engines import Engine, make_engine, parse_spec, fast_dtype, log
 from .review import review, RunError, config_diff
 from .train import ConfigError
+from .report import write_report, bench_section, round_cut_share, round_line, cut_warning
 from .config import (RunConfig, PoolConfig, ReviewConfig, LabelConfig, EvalConfig, PRESETS, load_config, save_config,
-                             config_dict, yaml_load, with_overrides, actor_model, round_prompts, spec_model, eval_prompts,
+                             config_dict, yaml_load, with_overrides, actor_model, round_prompts, spec_model, eval_prompts, round_dir,
                              check_heldout, check_not_heldout, all_heldout, plan, memory_plan)
 
 # %% auto #0
-__all__ = ['STAGE_OF', 'LazyEngine', 'Pool', 'round_dir', 'policy_of', 'policy_spec', 'actor_spec', 'stage_review',
-           'weights_digest', 'policy_record', 'portable_args', 'resolve_arg', 'train_atomic', 'train_autocast',
-           'stage_train', 'restore_policies', 'stage_evaluate', 'stage_bench', 'bench_section', 'peak_rss_gib',
-           'run_round', 'stage_of', 'stages_started', 'check_run_config', 'run', 'round_table', 'markdown_table',
-           'plot_rounds', 'dataset_card', 'hub_files', 'push_to_hub', 'write_report', 'generate', 'pairs_actor']
+__all__ = ['STAGE_OF', 'LazyEngine', 'Pool', 'policy_of', 'policy_spec', 'actor_spec', 'stage_review', 'weights_digest',
+           'policy_record', 'portable_args', 'resolve_arg', 'train_atomic', 'train_autocast', 'stage_train',
+           'restore_policies', 'stage_evaluate', 'stage_bench', 'peak_rss_gib', 'run_round', 'stage_of',
+           'stages_started', 'check_run_config', 'run', 'generate', 'pairs_actor']
 
 # %% ../nbs/15_loop.ipynb #eac9ebc6
 class LazyEngine(Engine):
@@ -101,10 +101,6 @@ class Pool:
     def __exit__(self, *exc): self.close()
 
 # %% ../nbs/15_loop.ipynb #00f88301
-def round_dir(run_dir, r: int) -> Path:
-    "The folder of round `r` (1-based)."
-    return Path(run_dir)/f'round-{r}'
-
 def policy_of(run_dir, r: int) -> Path|None:
     "The policy after round `r`: the adapter (LoRA) or model folder (full fine-tuning) of the last round up to `r` that trained; None: the base."
     for k in range(r, 0, -1):
@@ -214,7 +210,7 @@ def stage_train(cfg: RunConfig, run_dir, r: int, progress: bool=True) -> dict:
     if cfg.report_to != 'none': kw.setdefault('report_to', cfg.report_to)
     kw.setdefault('seed', cfg.seed)
     if (bf16 := train_autocast(cfg)) is not None: kw['bf16'] = bf16
-    return train_atomic(rd/'pairs.parquet', rd/'train', model=model, progress=progress, **kw)
+    return train_atomic(rd/'pairs.parquet', rd/'train', model=model, progress=progress and f'round {r} train', **kw)
 
 # %% ../nbs/15_loop.ipynb #975d378f
 def restore_policies(run_dir,              # a run directory whose trained rounds may lack their weights
@@ -250,8 +246,9 @@ def restore_policies(run_dir,              # a run directory whose trained round
     return restored
 
 # %% ../nbs/15_loop.ipynb #f97f98dd
-def stage_evaluate(cfg: RunConfig, run_dir, r: int, pool: Pool) -> dict|None:
+def stage_evaluate(cfg: RunConfig, run_dir, r: int, pool: Pool, progress: bool=True) -> dict|None:
     "Round `r`'s policy against the base model: peer-judged win rate and exact-answer accuracy, into eval.json."
+    from tqdm.auto import tqdm
     from pulse_nb.evaluate import evaluate, summary_table
     from pulse_nb.engines import SamplingConfig
     rd = round_dir(run_dir, r)
@@ -262,16 +259,19 @@ def stage_evaluate(cfg: RunConfig, run_dir, r: int, pool: Pool) -> dict|None:
     base = pool.get(cfg.pool.actor)
     judges = [pool.get(j) for j in (cfg.pool.judges or cfg.pool.critics)]
     wr, ar = eval_prompts(cfg)
-    res = evaluate(policy, base, judges, wr, sampling=SamplingConfig(temperature=0, max_new_tokens=ev.max_new_tokens),
-                   tie=ev.tie, n_arith=len(ar), seed=cfg.seed) if wr or ar else {}
-    res['policy'], res['base'] = str(policy_of(run_dir, r)), str(cfg.pool.actor)
-    if ev.bench_sets(): res['bench'] = stage_bench(cfg, run_dir, r, policy, base, judges)
+    parts = bool(wr or ar) + (2 - (Path(run_dir)/'base-bench'/'eval.json').exists() if ev.bench_sets() else 0)
+    with tqdm(total=parts, desc=f'round {r} evaluate', unit='part', disable=not progress) as bar:
+        res = evaluate(policy, base, judges, wr, sampling=SamplingConfig(temperature=0, max_new_tokens=ev.max_new_tokens),
+                       tie=ev.tie, n_arith=len(ar), seed=cfg.seed) if wr or ar else {}
+        bar.update(bool(wr or ar))
+        res['policy'], res['base'] = str(policy_of(run_dir, r)), str(cfg.pool.actor)
+        if ev.bench_sets(): res['bench'] = stage_bench(cfg, run_dir, r, policy, base, judges, bar)
     write_atomic(rd/'eval.md', (summary_table(res) if wr or ar else '') + bench_section(res.get('bench')) + '\n')
     write_atomic(rd/'eval.json', json.dumps(res, indent=1, default=str))
     return res
 
 # %% ../nbs/15_loop.ipynb #69357919
-def stage_bench(cfg: RunConfig, run_dir, r: int, policy, base, judges) -> dict:
+def stage_bench(cfg: RunConfig, run_dir, r: int, policy, base, judges, bar=None) -> dict:
     "Round `r`'s policy and the base model on the held-out benchmark items: headline metrics and paired differences."
     from pulse_nb.benchmarks import evaluate_bench, compare_bench, write_bench, PRIMARY
     ev = cfg.eval
@@ -279,26 +279,20 @@ def stage_bench(cfg: RunConfig, run_dir, r: int, policy, base, judges) -> dict:
               max_new_tokens=ev.bench_max_new_tokens, tie=ev.tie)
     cached = Path(run_dir)/'base-bench'/'eval.json'
     if cached.exists(): b = json.loads(cached.read_text())
-    else: b = evaluate_bench(base, **kw); write_bench(b, cached.parent)
+    else:
+        b = evaluate_bench(base, **kw); write_bench(b, cached.parent)
+        if bar is not None: bar.update()
     p = evaluate_bench(policy, **kw, out_dir=round_dir(run_dir, r)/'bench')
+    if bar is not None: bar.update()
     diff = compare_bench(p, b, seed=cfg.seed)
     out = {}
     for name in ev.bench_sets():
         m = PRIMARY[name]
         d = diff.get(name, {}).get(m) or {}
         out[name] = {'metric': m, 'policy': p['sets'][name]['metrics'][m], 'base': b['sets'][name]['metrics'][m],
-                     'difference': d.get('difference'), 'difference_ci': d.get('ci'), 'n': d.get('n', p['sets'][name]['n'])}
+                     'difference': d.get('difference'), 'difference_ci': d.get('ci'), 'n': d.get('n', p['sets'][name]['n']),
+                     'cut_policy': p['sets'][name].get('cut_by_budget'), 'cut_base': b['sets'][name].get('cut_by_budget')}
     return out
-
-def bench_section(bench: dict|None) -> str:
-    "A Markdown table of `stage_bench`'s result (empty without one)."
-    if not bench: return ''
-    f = lambda v: '–' if v is None else f'{v:.3f}'
-    ci = lambda c: '–' if not c else f'[{c[0]:.3f}, {c[1]:.3f}]'
-    rows = [f"| {k} | {v['metric']} | {f(v['policy']['value'])} | {f(v['base']['value'])} | {f(v['difference'])} {ci(v['difference_ci'])} | {v['n']} |"
-            for k, v in bench.items()]
-    return '\n'.join(['\n\n### Benchmarks (held-out split)\n', '| set | metric | policy | base | policy − base [95% CI] | n |',
-                      '|---|---|---|---|---|---|', *rows])
 
 # %% ../nbs/15_loop.ipynb #24efc86c
 def peak_rss_gib() -> float:
@@ -324,13 +318,14 @@ def run_round(cfg: RunConfig, run_dir, r: int, prompts: list[dict], pool: Pool, 
     if diag.get('n_pairs'):
         pool.release_all()  # training needs the memory (on a GPU, all of it)
         metrics = stage_train(cfg, run_dir, r, progress); release_memory(); done('train')  # the trainer's models go now
-        ev = stage_evaluate(cfg, run_dir, r, pool); done('evaluate')
+        ev = stage_evaluate(cfg, run_dir, r, pool, progress); done('evaluate')
         if not cfg.pool.keep_loaded: pool.release_all()  # the next round's review starts with nothing resident
     else: log.warning('round %d: the review made no preference pairs (dropped: %s); nothing is trained this round and '
                       'the policy stays as it was (see %s)', r, diag.get('dropped'), rd/'diagnostics.json')
     rec = {'round': r, 'actor': actor, 'trained': metrics is not None, 'policy': str(policy_of(run_dir, r) or cfg.pool.actor),
            'reference': cfg.reference if policy_of(run_dir, r - 1) else 'base', 'prompt_ids': [p['id'] for p in prompts],
            'n_pairs': diag['n_pairs'], 'seconds': sec, 'peak_rss_gib': rss, 'review': _review_summary(diag),
+           'cut_share': round_cut_share(diag, ev),
            'train': _train_summary(metrics or {}), 'eval': _eval_summary(ev)}
     write_atomic(rd/'round.json', json.dumps(rec, indent=1, default=str))
     return rec
@@ -414,140 +409,13 @@ def run(cfg: RunConfig|None=None, # the run config (default `RunConfig()`)
         if any(not (round_dir(run_dir, r)/'round.json').exists() for r in range(1, cfg.rounds + 1)):
             restore_policies(run_dir, progress)   # only a run with rounds left needs its policies
         with Pool(cfg.pool.dtype) as pool:
-            for r in range(1, cfg.rounds + 1): run_round(cfg, run_dir, r, prompts[r - 1], pool, progress)
+            for r in range(1, cfg.rounds + 1):
+                rec = run_round(cfg, run_dir, r, prompts[r - 1], pool, progress)
+                if progress: print(round_line(rec), flush=True)
+                if warn := cut_warning(rec): log.warning(warn)
         write_report(run_dir, cfg)
     finally: lock.release()
     return run_dir
-
-# %% ../nbs/15_loop.ipynb #b7455a0e
-def round_table(run_dir) -> list[dict]:
-    "One flat row per finished round: review, labels, training and evaluation figures."
-    rows = []
-    for p in sorted(Path(run_dir).glob('round-*/round.json'), key=lambda p: int(p.parent.name.split('-')[1])):
-        rec = json.loads(p.read_text())
-        ev = rec.get('eval') or {}
-        rows.append({'round': rec['round'], 'pairs': rec['n_pairs'], 'trained': rec.get('trained', True), **{k: rec['review'].get(k) for k in
-                     ('revision_win_rate', 'critic_agreement_tau', 'label_accuracy', 'n_checkable_pairs', 'acc_a0', 'acc_a1')},
-                     'train_loss': rec['train'].get('train_loss'), 'win_rate': ev.get('win_rate'), 'win_rate_ci': ev.get('win_rate_ci'),
-                     'accuracy_policy': ev.get('accuracy_candidate'), 'accuracy_base': ev.get('accuracy_baseline'),
-                     **{k: v for k, v in ev.items() if any(k.startswith(f'{b}_') for b in _bench_names(ev))},
-                     'seconds': round(sum(rec['seconds'].values()), 1), 'peak_rss_gib': max(rec['peak_rss_gib'].values())})
-    return rows
-
-def _bench_names(ev: dict) -> list[str]:
-    return [k[:-len('_policy')] for k in ev if k.endswith('_policy') and f"{k[:-len('_policy')]}_base" in ev]
-
-def _fmt(v) -> str:
-    if v is None: return '–'
-    if isinstance(v, float): return f'{v:.3f}'
-    if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v): return f'[{v[0]:.2f}, {v[1]:.2f}]'
-    return str(v)
-
-def markdown_table(rows: list[dict]) -> str:
-    "A Markdown table of `rows` (dicts with the same keys)."
-    if not rows: return '(no finished round)'
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    return '\n'.join(['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)] +
-                     ['| ' + ' | '.join(_fmt(r.get(c)) for c in cols) + ' |' for r in rows])
-
-# %% ../nbs/15_loop.ipynb #0524c1d1
-def plot_rounds(run_dir):
-    "Revision win rate, critic agreement, label accuracy, peer-judged win rate and accuracy across rounds."
-    import matplotlib; matplotlib.use('Agg')
-    import matplotlib.pyplot as plt, seaborn as sns, pandas as pd
-    rows = round_table(run_dir)
-    if not rows: raise UserError(f'{run_dir} has no finished round to plot')
-    df = pd.DataFrame(rows)
-    panels = [('review', ['revision_win_rate', 'label_accuracy', 'critic_agreement_tau']),
-              ('evaluation', ['win_rate', 'accuracy_policy', 'accuracy_base', *[c for c in df if c.endswith(('_policy', '_base'))
-                                                                                and c[:c.rfind('_')] + '_difference' in df]])]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, (title, cols) in zip(axes, panels):
-        long = df.melt(id_vars='round', value_vars=[c for c in cols if c in df and df[c].notna().any()])
-        if len(long): sns.lineplot(long, x='round', y='value', hue='variable', marker='o', ax=ax)
-        if title == 'evaluation' and df['win_rate_ci'].notna().any():
-            lo, hi = zip(*[c if c else (float('nan'),)*2 for c in df['win_rate_ci']])
-            ax.fill_between(df['round'], lo, hi, alpha=0.15)
-        ax.set(title=title, xlabel='round', ylabel='', xticks=list(df['round']), ylim=(-1.05 if title == 'review' else -0.05, 1.05))
-    fig.tight_layout()
-    return fig
-
-# %% ../nbs/15_loop.ipynb #986bad25
-def dataset_card(run_dir, cfg: RunConfig) -> str:
-    "A Hugging Face dataset card (README.md) for the pairs of every finished round of `run_dir`."
-    import yaml
-    rows = round_table(run_dir)
-    front = {'pretty_name': f'PULSE peer-review preference pairs ({Path(run_dir).name})', 'license': 'other',
-             'task_categories': ['text-generation'], 'language': ['en'], 'size_categories': ['n<1K'],
-             'tags': ['dpo', 'preference', 'synthetic', 'peer-review', 'pulse'],
-             'configs': [{'config_name': 'default', 'data_files': [{'split': f"round_{r['round']}", 'path': f"round-{r['round']}/pairs.parquet"} for r in rows]}]}
-    fam = lambda s: model_family(spec_model(s)) if spec_model(s) else 'server'
-    models = '\n'.join(f'- {role}: `{s}` ({fam(s)})' for role, ss in (('actor (round 1)', [cfg.pool.actor]), ('critic', cfg.pool.critics))
-                       for s in ss)
-    lines = ['---', yaml.safe_dump(front, sort_keys=False).strip(), '---', '',
-             f"# {front['pretty_name']}", '',
-             'Preference pairs made without human labels by PULSE peer review (pulse-nb): an actor model answered each',
-             'prompt, critic models of other families wrote feedback and scores, the actor revised its answer, and the',
-             'critics scored the revision. The critics, not the protocol, decide which answer is chosen: the answer with',
-             'the higher aggregated score. Each round\'s actor is the policy trained on the previous round\'s pairs.', '',
-             '## Models', '', models, '',
-             f'Scores are read from each critic\'s token distribution after `Score: ` (mode `{cfg.review.score_mode}`), '
-             f'aggregated with `{cfg.label.aggregator}`; pairs with a score gap under {cfg.label.min_margin} are dropped.', '',
-             '## Size and diagnostics', '', markdown_table([{k: r[k] for k in ('round', 'pairs', 'revision_win_rate',
-             'critic_agreement_tau', 'label_accuracy', 'n_checkable_pairs')} for r in rows]), '',
-             f'Prompts: `{cfg.review.prompts}`, {cfg.review.per_round} per round, disjoint across rounds.',
-             '`label_accuracy` is the share of pairs whose label agrees with the known answer, over the pairs where exactly',
-             'one of the two answers is correct (verifiable prompts only).', '',
-             '## Columns', '',
-             '`prompt`, `chosen`, `rejected` (chat messages, TRL\'s conversational format); `margin` (aggregated score gap),',
-             '`agreement` (share of critics whose own score gap agrees with the label), `delta_std`, `soft_label`,',
-             '`score_chosen`, `score_rejected`, per-critic scores, `chosen_is_revision`, `label_correct`.', '',
-             '## Licence', '', 'The texts were written by the models above; their use follows those models\' licences.']
-    return '\n'.join(lines) + '\n'
-
-def hub_files(run_dir) -> list[str]:
-    "The files `push_to_hub` publishes: the card, the config and each round's pairs and diagnostics."
-    d = Path(run_dir)
-    pats = ['README.md', 'config.yaml', 'round-*/pairs.parquet', 'round-*/pairs.jsonl', 'round-*/diagnostics.json']
-    return sorted(str(p.relative_to(d)) for pat in pats for p in d.glob(pat))
-
-def push_to_hub(run_dir, repo_id: str, private: bool=True, token: str|None=None) -> str:
-    "Publish the run's pairs and dataset card as a Hugging Face dataset repo; returns its URL."
-    from huggingface_hub import HfApi
-    files = hub_files(run_dir)
-    if 'README.md' not in files: raise RunError(f'{run_dir} has no dataset card (README.md): finish the run first')
-    api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type='dataset', private=private, exist_ok=True)
-    api.upload_folder(folder_path=str(run_dir), repo_id=repo_id, repo_type='dataset', allow_patterns=files)
-    return f'https://huggingface.co/datasets/{repo_id}'
-
-# %% ../nbs/15_loop.ipynb #57374b7f
-def write_report(run_dir, cfg: RunConfig) -> Path:
-    "summary.md, plots (across rounds and per round) and the dataset card of `run_dir`."
-    from pulse_nb.inspector import save_plots, write_inspect
-    run_dir = Path(run_dir); plots = run_dir/'plots'; plots.mkdir(exist_ok=True)
-    fig = plot_rounds(run_dir); fig.savefig(plots/'rounds.png', dpi=110)
-    import matplotlib.pyplot as plt; plt.close(fig)
-    rows, parts = round_table(run_dir), []
-    lab = {k: v for k, v in cfg.label.kwargs().items() if k != 'source'}  # the plots and the browser label by scores
-    page = write_inspect(run_dir, **lab)
-    for r in rows:
-        rd = round_dir(run_dir, r['round'])
-        pics = save_plots(rd/'review', plots/f"round-{r['round']}", train_dirs={f"round {r['round']}": rd/'train'}, **lab)
-        rec = json.loads((rd/'round.json').read_text())
-        parts += [f"## Round {r['round']}", '', f"- actor: `{rec['actor']}`; reference: {rec['reference']}; policy: `{rec['policy']}`",
-                  f"- seconds: {rec['seconds']}; peak RSS (GiB): {rec['peak_rss_gib']}",
-                  f"- review: {rec['review']}", '', (rd/'eval.md').read_text() if (rd/'eval.md').exists() else '', '']
-        parts += [f'![{p.stem}]({p.relative_to(run_dir)})' for p in pics] + ['']
-    head = [f'# PULSE run `{run_dir.name}`', '',
-            f'Actor `{cfg.pool.actor}`; critics {", ".join(f"`{c}`" for c in cfg.pool.critics)} (K = {cfg.pool.n_critics}); '
-            f'{cfg.rounds} round(s) of {cfg.review.per_round} prompts from `{cfg.review.prompts}`; training `{cfg.train.get("loss")}` '
-            f'(reference: {cfg.reference}); seed {cfg.seed}.', '', markdown_table(rows), '', '![rounds](plots/rounds.png)', '',
-            f'Every critique, with its feedback, scores and label: [{page.name}]({page.name}) '
-            '(opens offline in a browser; `pulse inspect RUN_DIR --open`).', '']
-    write_atomic(run_dir/'summary.md', '\n'.join(head + parts) + '\n')
-    write_atomic(run_dir/'README.md', dataset_card(run_dir, cfg))
-    return run_dir/'summary.md'
 
 # %% ../nbs/15_loop.ipynb #191fbea8
 def generate(prompts,                 # `builtin:NAME`, `bench:NAME`, a file, `hf:NAME:SPLIT`, or a list of prompts
@@ -602,3 +470,6 @@ def pairs_actor(data) -> str|None:
     model = spec_model(actors.pop())
     if model is None: raise ConfigError(f'{man}: the actor was a server (openai:), whose weights are unknown here; name them with --model')
     return model
+
+# %% ../nbs/15_loop.ipynb #3eb2697f
+__getattr__ = moved_names(__name__, dict.fromkeys(['round_table', 'markdown_table', 'plot_rounds', 'dataset_card', 'hub_files', 'push_to_hub'], 'pulse_nb.report'))

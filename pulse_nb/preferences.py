@@ -10,7 +10,7 @@ from itertools import combinations
 from pathlib import Path
 from .data import check_answer, load_pairs
 from .review import load_run
-from .core import UserError
+from .core import UserError, cut_share
 
 # %% auto #0
 __all__ = ['PAIR_COLUMNS', 'aggregate', 'critic_stats', 'pairwise_prefs', 'collect', 'sign', 'label', 'label_pairwise',
@@ -256,6 +256,7 @@ def diagnostics(run, pairs=None, **label_kw) -> dict:
             'unparsed_per_critic': per, 'kendall_tau': tau, 'critics': critic_report(run),
             'revision_win_rate': st.fmean([p['chosen_is_revision'] for p in pairs]) if pairs else None,
             'margin_hist': _hist([p['margin'] for p in pairs]),
+            'cut_share': {s: cut_share(run[s]) for s in ('answers', 'critiques', 'revisions', 'rescores')},
             'ground_truth': {'n_verifiable': len(gt),
                              'acc_a0': st.fmean([check_answer(it['a0'], it['answer']) for it in gt]) if gt else None,
                              'acc_a1': st.fmean([check_answer(it['a1'], it['answer']) for it in gt]) if gt else None,

@@ -137,6 +137,10 @@ def engine_score_mode(e, score_mode: str) -> str:
         return 'text'
     return score_mode
 
+def _ending(c) -> dict:
+    "How a completion ended: its length in tokens and `finish_reason` ('length' where the budget cut it)."
+    return {'n_tokens': c.n_tokens, 'finish_reason': c.finish_reason}
+
 def critique_work(chunk, seed, score_mode, scale, sampling: SamplingConfig, min_mass: float) -> list[dict]:
     "Feedback and a score from each item's critic: one engine call per engine (in log-prob mode the fused `generate_and_score`)."
     def run(e, its):
@@ -145,18 +149,18 @@ def critique_work(chunk, seed, score_mode, scale, sampling: SamplingConfig, min_
             sc = SamplingConfig(**{**asdict(sampling), 'seed': seed, 'stop': P.FEEDBACK_STOP})
             out = []
             for s in e.generate_and_score(convs, sc, P.scale_tokens(scale), P.score_after):
-                t, ro = s.generation.completions[0].text, s.readouts[0]
+                c, ro = s.generation.completions[0], s.readouts[0]
                 r = P.score_from_probs(ro.probs, ro.mass, min_mass)
-                out.append(dict(feedback=P.cut_score(t), raw=t, score=r.score, score_std=r.std, mass=r.mass,
-                                probs=r.probs, parsed=r.parsed, score_mode=mode))
+                out.append(dict(feedback=P.cut_score(c.text), raw=c.text, score=r.score, score_std=r.std, mass=r.mass,
+                                probs=r.probs, parsed=r.parsed, score_mode=mode, **_ending(c)))
             return out
         gens = e.generate(convs, SamplingConfig(**{**asdict(sampling), 'seed': seed}))
         out = []
         for it, g in zip(its, gens):
-            t = g.completions[0].text
-            r = P.parse_score(t, scale, exclude=[it['answer'], it.get('prompt', '')])  # a score echoed from either is not the critic's
-            out.append(dict(feedback=P.cut_score(t), raw=t, score=r.score, score_std=None, mass=None, probs=None,
-                            parsed=r.parsed, score_mode=mode))
+            c = g.completions[0]
+            r = P.parse_score(c.text, scale, exclude=[it['answer'], it.get('prompt', '')])  # a score echoed from either is not the critic's
+            out.append(dict(feedback=P.cut_score(c.text), raw=c.text, score=r.score, score_std=None, mass=None, probs=None,
+                            parsed=r.parsed, score_mode=mode, **_ending(c)))
         return out
     res = by_engine(chunk, run)
     return [{**it['rec'], **r} for it, r in zip(chunk, res)]
@@ -169,8 +173,7 @@ def answer_work(chunk, seed, sampling: SamplingConfig, clean=False) -> list[dict
     out = []
     for it, g in zip(chunk, by_engine(chunk, run)):
         c = g.completions[0]
-        out.append({**it['rec'], 'text': P.clean_revision(c.text) if clean else c.text.strip(), 'raw': c.text,
-                    'n_tokens': c.n_tokens, 'finish_reason': c.finish_reason})
+        out.append({**it['rec'], 'text': P.clean_revision(c.text) if clean else c.text.strip(), 'raw': c.text, **_ending(c)})
     return out
 
 def comparison_work(chunk, seed, score_mode, sampling: SamplingConfig, min_mass: float) -> list[dict]:
@@ -182,17 +185,17 @@ def comparison_work(chunk, seed, score_mode, sampling: SamplingConfig, min_mass:
             sc = SamplingConfig(**{**asdict(sampling), 'seed': seed, 'stop': P.PAIRWISE_STOP})
             out = []
             for s in e.generate_and_score(convs, sc, [ca, cb], P.verdict_after):
-                t, ro = s.generation.completions[0].text, s.readouts[0]
-                out.append(dict(feedback=P.cut_verdict(t), raw=t, p_a=ro.probs[ca], p_b=ro.probs[cb], mass=ro.mass,
-                                parsed=ro.mass >= min_mass, score_mode=mode))
+                c, ro = s.generation.completions[0], s.readouts[0]
+                out.append(dict(feedback=P.cut_verdict(c.text), raw=c.text, p_a=ro.probs[ca], p_b=ro.probs[cb], mass=ro.mass,
+                                parsed=ro.mass >= min_mass, score_mode=mode, **_ending(c)))
             return out
         gens = e.generate(convs, SamplingConfig(**{**asdict(sampling), 'seed': seed}))
         out = []
         for g in gens:
-            t = g.completions[0].text
-            v = P.parse_preference(t)
-            out.append(dict(feedback=P.cut_verdict(t), raw=t, p_a=float(v == 'A') if v else None,
-                            p_b=float(v == 'B') if v else None, mass=None, parsed=v is not None, score_mode=mode))
+            c = g.completions[0]
+            v = P.parse_preference(c.text)
+            out.append(dict(feedback=P.cut_verdict(c.text), raw=c.text, p_a=float(v == 'A') if v else None,
+                            p_b=float(v == 'B') if v else None, mass=None, parsed=v is not None, score_mode=mode, **_ending(c)))
         return out
     res = by_engine(chunk, run)
     return [{**it['rec'], **r} for it, r in zip(chunk, res)]

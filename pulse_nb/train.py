@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 import torch
 from datasets import Dataset
+from tqdm.auto import tqdm
 from transformers.trainer_callback import ProgressCallback
 from trl import DPOConfig
 from .losses import loss_keywords, pair_weights, soft_labels_from_scores, normalize_weights, WEIGHTINGS, LOSSES
@@ -271,7 +272,11 @@ def loss_options(cfg:TrainConfig) -> dict:
     return {k: v for k, v in dict(drdpo_beta=cfg.drdpo_beta, scale=cfg.savage_scale).items() if k in loss_keywords(cfg.loss)}
 
 class LossBar(ProgressCallback):
-    "The trainer's progress bar with the latest loss on it, instead of a printed dict of metrics at every logging step."
+    "The trainer's progress bar, named `desc`, with the latest loss on it, instead of a printed dict of metrics at every logging step."
+    def __init__(self, desc: str='train'): super().__init__(); self.desc = desc
+    def on_train_begin(self, args, state, control, **kw):
+        if state.is_world_process_zero: self.training_bar = tqdm(total=state.max_steps, dynamic_ncols=True, desc=self.desc)
+        self.current_step = 0
     def on_log(self, args, state, control, logs=None, **kw):
         if self.training_bar is not None and logs and 'loss' in logs: self.training_bar.set_postfix(loss=f"{logs['loss']:.4f}")
 
@@ -281,7 +286,7 @@ def make_trainer(pairs:Dataset, # training pairs from `prepare_pairs`
                  cfg:TrainConfig, # the run's config
                  output_dir, # where TRL writes its state (and tensorboard its events)
                  eval_pairs:Dataset|None=None, # held-out pairs from `prepare_pairs`
-                 progress:bool=True, # TRL's progress bar
+                 progress:bool|str=True, # the training bar (a string names it)
                  callbacks:list|None=None, # `transformers.TrainerCallback`s
                  **trl_overrides, # `trl.DPOConfig` fields that override `cfg`'s
                 ) -> PulseDPOTrainer:
@@ -300,7 +305,7 @@ def make_trainer(pairs:Dataset, # training pairs from `prepare_pairs`
                               beta_schedule=BetaSchedule(cfg.beta_schedule, cfg.beta, **cfg.beta_schedule_kwargs),
                               use_weights=cfg.weighting is not None, use_soft_labels=cfg.soft_labels,
                               init_adapter=cfg.init_adapter, adapter_dtype=None if adapter_dtype == torch.float32 else adapter_dtype)
-    if progress and trainer.pop_callback(ProgressCallback): trainer.add_callback(LossBar)
+    if progress and trainer.pop_callback(ProgressCallback): trainer.add_callback(LossBar(progress if isinstance(progress, str) else 'train'))
     return trainer
 
 # %% ../nbs/11_train.ipynb #835abfa8
@@ -379,7 +384,7 @@ def train(dataset, # Dataset, .parquet/.jsonl file, or review run folder (pairs.
           eval_dataset=None, # held-out pairs: TRL's eval metrics (e.g. eval_rewards/accuracies) after training
           tokenizer=None, # the tokenizer (None: the model's own)
           save:bool=True, # write the adapter/model to `out_dir`
-          progress:bool=True, # show TRL's progress bar
+          progress:bool|str=True, # the training bar (a string names it, e.g. 'round 1 train')
           num_threads:int|None=None, # CPU threads for torch (None: torch's default); 1 avoids thrashing on a busy CPU
           callbacks:list|None=None, # `transformers.TrainerCallback`s
           **overrides, # `TrainConfig` fields that override `config`'s

@@ -15,7 +15,7 @@ ORDER = ['core',                                   # UserError, atomic files, JS
          'prompts', 'review', 'preferences',
          'losses', 'trainer', 'train',
          'evaluate', 'benchmarks',
-         'config', 'inspector', 'loop',
+         'config', 'inspector', 'report', 'loop',
          'cli']
 
 
@@ -77,7 +77,9 @@ def test_the_checks_catch_an_upward_and_a_private_import(tmp_path):
     ('pulse_nb.benchmarks', 'math_equal', 'pulse_nb.graders'),
     ('pulse_nb.benchmarks', 'bench_file', 'pulse_nb.benchsets'),
     ('pulse_nb.evaluate', 'landlock_abi', 'pulse_nb.sandbox'),
-    ('pulse_nb.train', 'DeviceMetrics', 'pulse_nb.trainer')])
+    ('pulse_nb.train', 'DeviceMetrics', 'pulse_nb.trainer'),
+    ('pulse_nb.loop', 'round_table', 'pulse_nb.report'),
+    ('pulse_nb.loop', 'push_to_hub', 'pulse_nb.report')])
 def test_a_moved_name_still_imports_from_its_old_module_with_a_warning_naming_the_new(old, name, new):
     import importlib
     with pytest.warns(DeprecationWarning, match=f'moved to {new}.{name}'):
@@ -94,7 +96,7 @@ def test_names_the_old_modules_import_keep_their_paths_without_a_warning():
         from pulse_nb.benchmarks import grade_math, bench_prompts, BENCHMARKS, evaluate_bench
         from pulse_nb.evaluate import run_code, extract_code
         from pulse_nb.train import PulseDPOTrainer, BetaSchedule
-        from pulse_nb.loop import RunConfig, load_config, plan, PRESETS
+        from pulse_nb.loop import RunConfig, load_config, plan, PRESETS, write_report, round_dir
         from pulse_nb.review import write_atomic, read_jsonl, RunError
         from pulse_nb.models import sha256_file
         from pulse_nb.data import last_number

@@ -1,6 +1,6 @@
 """The PULSE loop end to end: two model families in one pool, rounds on the trained actor, kill and resume, the run
 config (file < flags, refusal of a changed config), dry runs of the shipped configs, the report and the dataset card."""
-import json, os, signal, subprocess, sys, time
+import json, os, re, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
 import yaml
@@ -43,6 +43,7 @@ def finished_run(tiny_config, tmp_path_factory):
     out = tmp_path_factory.mktemp('runs')/'b'
     r = pulse('run', '--config', tiny_config, '--out', out)
     assert str(out/'summary.md') in r.stdout
+    (out.parent/'terminal.out').write_text(r.stdout); (out.parent/'terminal.err').write_text(r.stderr)
     return out
 
 
@@ -182,6 +183,46 @@ def test_report_card_and_diagnostics_of_a_finished_run(finished_run):
     teq(sorted({j['judge_model'] for p in ev['win_rate']['pairs'] for j in p['judgements']}), sorted([SMOL, QWEN]))
 
 
+BAR = re.compile(r'^round \d+ (answers|critiques|revisions|rescores|train|evaluate): ')
+CUT = re.compile(r'^pulse_nb: round \d+: .* cut at the token budget \(over 10 %\)')
+
+
+@pytest.mark.slow
+def test_the_terminal_shows_a_bar_per_stage_a_line_per_round_and_nothing_else(finished_run):
+    "No library bars or warnings, no table: the stages' bars on stderr, one line per round and where the report is on stdout."
+    out, err = (finished_run.parent/'terminal.out').read_text(), (finished_run.parent/'terminal.err').read_text()
+    got = out.splitlines()
+    teq(len(got), 3)
+    assert re.match(r'round 1 done in [\d.]+ (s|min): \d pairs, \d decisive; .*cut at the budget: answers \d+ %, revisions \d+ %, evaluation \d+ %; '
+                    r'gsm8k policy − base [+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] \(n=2\)$', got[0]), got[0]
+    assert got[1].startswith('round 2 done in ') and got[2].startswith('PULSE run finished in ') and str(finished_run/'inspect.html') in got[2]
+    shown = [l for l in re.split(r'[\r\n]+', err) if l.strip()]
+    other = [l for l in shown if not BAR.match(l) and not CUT.match(l)]
+    assert not other, other                                                  # nothing but the bars and the cut warnings
+    teq(sorted({BAR.match(l)[1] for l in shown if BAR.match(l)}), ['answers', 'critiques', 'evaluate', 'rescores', 'revisions', 'train'])
+    teq(sum(bool(CUT.match(l)) for l in shown), 2)                             # 24/16-token budgets: both rounds say so
+
+
+@pytest.mark.slow
+def test_each_stage_records_its_cut_share_and_the_summary_reads_as_prose(finished_run):
+    "The share cut at the token budget per stage, as the records say; summary.md with a narrow table, no raw dicts; the card says what labels are worth."
+    rec = json.loads((finished_run/'round-1'/'round.json').read_text())
+    for stage in ('answers', 'critiques', 'revisions', 'rescores'):
+        recs = [json.loads(l) for l in lines(finished_run/'round-1'/'review'/f'{stage}.jsonl')]
+        assert recs and all(r['finish_reason'] in ('length', 'stop') for r in recs), stage
+        teq(rec['cut_share'][stage], sum(r['finish_reason'] == 'length' for r in recs) / len(recs))
+    ev = json.loads((finished_run/'round-1'/'eval.json').read_text())
+    items = ev['win_rate']['n_pairs'] + ev['accuracy']['candidate']['n'] + ev['bench']['gsm8k']['n']
+    cut = (ev['win_rate']['cut_by_budget']['candidate'] + ev['accuracy']['candidate']['cut_by_budget'] + ev['bench']['gsm8k']['cut_policy'])
+    teq((items, rec['cut_share']['evaluation']), (6, cut / 6))
+    summary = (finished_run/'summary.md').read_text()
+    assert "{'" not in summary and '| round | pairs | decisive pairs | label accuracy | answers cut | revisions cut |' in summary
+    assert max(len(l) for l in summary.splitlines() if l.startswith('| round |')) < 160
+    assert '**Review.** 2 prompts gave ' in summary and '**Cut at the token budget.** answers ' in summary
+    card = (finished_run/'README.md').read_text()
+    assert '## What the labels are worth' in card and ('**These labels are unchecked.**' in card or '**Label accuracy' in card)
+
+
 def test_rounds_train_in_the_pools_precision(finished_run):
     "With `pool.dtype: fast`, every round trains in bf16 autocast exactly where the hardware computes bfloat16."
     from pulse_nb.engines import fast_dtype
@@ -193,7 +234,7 @@ def test_rounds_train_in_the_pools_precision(finished_run):
 @pytest.mark.slow
 def test_push_to_hub_goes_as_far_as_the_network_call(finished_run):
     "Everything before the upload works: the files are chosen, and `pulse push` fails only at the hub, which is offline."
-    from pulse_nb.loop import hub_files
+    from pulse_nb.report import hub_files
     teq(hub_files(finished_run), ['README.md', 'config.yaml', 'round-1/diagnostics.json', 'round-1/pairs.jsonl',
                                   'round-1/pairs.parquet', 'round-2/diagnostics.json', 'round-2/pairs.jsonl',
                                   'round-2/pairs.parquet'])
@@ -217,7 +258,7 @@ def test_each_round_is_graded_on_the_benchmarks_held_out_items(finished_run):
     ev = json.loads((finished_run/'round-2'/'eval.json').read_text())['bench']['gsm8k']
     teq((ev['metric'], ev['n']), ('accuracy', 2))
     assert ev['difference_ci'][0] <= ev['difference'] <= ev['difference_ci'][1]
-    assert 'gsm8k_difference' in (finished_run/'summary.md').read_text()
+    assert '| gsm8k policy − base [95% CI] |' in (finished_run/'summary.md').read_text()
 
 
 # --- the run config and the command line (fast: nothing loads a model)
