@@ -69,7 +69,7 @@ def _generate_parser(sub):
                    help='critics per answer (K; default 2, or one per critic model)')
     g.add_argument('--rotate', action='store_true', help='every model of the pool acts on a share of the prompts')
     g.add_argument('--score-mode', dest='score_mode', choices=['logprobs', 'text'], default='logprobs')
-    g.add_argument('--max-new-tokens', dest='max_new_tokens', type=int, default=128)
+    g.add_argument('--max-new-tokens', dest='max_new_tokens', type=int, default=256)
     g.add_argument('--temperature', type=float, default=0.7); g.add_argument('--seed', type=int, default=0)
     g.add_argument('--rounds', type=int, default=1, help=argparse.SUPPRESS)
     g.add_argument('--batch-size', dest='batch_size', type=int, default=32,
@@ -107,7 +107,7 @@ def _evaluate_parser(sub):
     e.add_argument('--split', default='heldout', choices=['heldout', 'train', 'all'], help='the benchmark split to grade')
     e.add_argument('--n', type=int, default=16, help='items per benchmark set; without --bench, held-out prompts and arithmetic problems')
     e.add_argument('--max-new-tokens', dest='max_new_tokens', type=int, default=None,
-                   help='answer tokens (default 128; with --bench, a budget per set)')
+                   help='answer tokens (default 256; with --bench, a budget per set)')
     e.add_argument('--out', default=None, help='folder for eval.json and eval.md')
 
 def _push_parser(sub):
@@ -188,7 +188,7 @@ def cmd_evaluate(a) -> dict:
     if a.bench: return evaluate_benchmarks(a.model, a.bench, n=a.n, baseline=a.baseline, judges=a.judge, split=a.split,
                                            max_new_tokens=a.max_new_tokens, out=a.out)
     res = run_evaluation(a.model, baseline=a.baseline, judges=a.judge or PoolConfig().critics, n_prompts=a.n,
-                         max_new_tokens=a.max_new_tokens or 128, n_arith=a.n, out_dir=a.out)
+                         max_new_tokens=a.max_new_tokens or 256, n_arith=a.n, out_dir=a.out)
     print(summary_table(res))
     if a.out: print(f'written to {a.out}/eval.json')
     return res

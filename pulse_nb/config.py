@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, asdict, fields, replace
 from pathlib import Path
 from .data import load_prompts, check_disjoint, make_arithmetic, GENERAL_HELDOUT
 from .models import DEFAULT_MODEL, QWEN_05B, model_family
-from .core import write_atomic
+from .core import write_atomic, CUT_WARN
 from .engines import EngineError, parse_spec, check_options, choose_backend, fast_dtype
 from .train import ConfigError, TrainConfig
 from .losses import WEIGHTINGS
@@ -55,6 +55,13 @@ class PoolConfig:
         for i, c in enumerate(self.critics): _check_spec(f'pool.critics[{i}]', c)
         for i, j in enumerate(self.judges or []): _check_spec(f'pool.judges[{i}]', j)
         _one_of('pool.dtype', self.dtype, ('fast', 'auto', 'float32', 'bfloat16', 'float16'))
+        if parse_spec(self.actor)[0] == 'verify': raise ConfigError('pool.actor: a verifier cannot act; put verify:auto among pool.critics')
+        if any(parse_spec(j)[0] == 'verify' for j in self.judges or []):
+            raise ConfigError('pool.judges: a verifier cannot judge open instructions; name models as judges')
+
+    def judge_specs(self) -> list:
+        "The win rate's judges: `judges`, else the critics that are models (a verifier checks references, it does not judge)."
+        return list(self.judges or [c for c in self.critics if parse_spec(c)[0] != 'verify'])
 
 # %% ../nbs/13_config.ipynb #5549a843
 @dataclass
@@ -62,10 +69,13 @@ class ReviewConfig:
     "How each round's peer review runs."
     prompts: str = 'builtin:arithmetic' # prompt spec (`builtin:NAME`, `bench:NAME`, a file, `hf:NAME:SPLIT`)
     per_round: int = 8           # prompts reviewed per round; round r takes the r-th slice, so rounds never share a prompt
-    max_new_tokens: int = 128    # tokens per answer, feedback and revision
+    max_new_tokens: int = 256    # tokens per answer, feedback and revision (bench/cut_budget.py: 2 % of the actor's arithmetic answers cut at 256, 65 % at 128)
     temperature: float = 0.7     # sampling temperature (0 = greedy)
     score_mode: str = 'logprobs' # 'logprobs' (score from the critic's token distribution) or 'text'
     pairwise: bool = False       # critics also compare a0 and a1 in both orders (a fifth stage)
+    n_answers: int = 1           # answers sampled per prompt (best-of-n); the pair is the best against the worst candidate
+    critic_mode: str = 'direct'  # 'direct'; 'reference': each critic model solves the problem first and judges against it; 'self_consistent': the majority of its sampled solutions
+    critic_samples: int = 5      # self_consistent: solutions sampled per critic model and prompt
     batch_size: int = 32         # records per engine call and per checkpoint
     min_mass: float = 0.5        # log-prob mode: a score with less probability on the scale is unparsed
 
@@ -73,6 +83,11 @@ class ReviewConfig:
         if self.per_round < 1: raise ConfigError(f'review.per_round must be >= 1, got {self.per_round}')
         if self.max_new_tokens < 1: raise ConfigError(f'review.max_new_tokens must be >= 1, got {self.max_new_tokens}')
         if self.temperature < 0: raise ConfigError(f'review.temperature must be >= 0, got {self.temperature}')
+        if self.n_answers < 1: raise ConfigError(f'review.n_answers must be >= 1, got {self.n_answers}')
+        _one_of('review.critic_mode', self.critic_mode, ('direct', 'reference', 'self_consistent'))
+        if self.critic_mode == 'self_consistent' and (self.critic_samples < 2 or self.temperature == 0):
+            raise ConfigError('review.critic_mode self_consistent needs review.critic_samples >= 2 and review.temperature > 0')
+        if self.n_answers > 1 and self.temperature == 0: raise ConfigError('review.n_answers > 1 needs review.temperature > 0: greedy answers are all the same')
         _one_of('review.score_mode', self.score_mode, ('logprobs', 'text'))
 
 # %% ../nbs/13_config.ipynb #f2447125
@@ -103,10 +118,10 @@ class EvalConfig:
     "What each round's evaluation measures: the policy against the base model on a real benchmark's held-out items, and a peer-judged win rate."
     bench: str = 'gsm8k'        # benchmark sets graded on their held-out split ('gsm8k', 'gsm8k,ifeval'; '' = none)
     bench_n: int = 16           # items per benchmark set (the same items every round)
-    bench_max_new_tokens: int = 256 # answer tokens on the benchmark sets (greedy)
+    bench_max_new_tokens: int = 512 # answer tokens on the benchmark sets (greedy; bench/cut_budget.py: 4 % of GSM8K answers cut at 512, 60 % at 256)
     win_rate_prompts: int = 4   # held-out instructions (`builtin:general:heldout`, at most 16) for the peer-judged win rate
     arithmetic: int = 0         # held-out generated arithmetic problems for exact-answer accuracy (0 = skip)
-    max_new_tokens: int = 128   # tokens per answer of the win rate and arithmetic (greedy)
+    max_new_tokens: int = 256   # tokens per answer of the win rate and arithmetic (greedy)
     tie: bool = False           # let judges call a tie
     skip: bool = False          # no evaluation (review and training only)
 
@@ -162,11 +177,18 @@ class RunConfig:
 
 def check_fields_agree(cfg: RunConfig):
     "Refuse fields that contradict each other or do nothing in a run: checked when the config loads, before any model does."
+    if cfg.label.source == 'pairwise' and cfg.review.n_answers > 1:
+        raise ConfigError('label.source: pairwise compares each answer with its revision; best-of-n (review.n_answers > 1) is labelled from scores')
     if cfg.label.source == 'pairwise' and not cfg.review.pairwise:
         raise ConfigError('label.source: pairwise labels pairs by the critics\' pairwise verdicts, which only review.pairwise: true makes')
     if cfg.train.get('weighting') == 'weight':
         raise ConfigError("train.weighting: 'weight' reads a dataset's own weight column, which a run's pairs do not have; "
                           f"weight them by the critics with one of {list(WEIGHTINGS)}")
+    if not cfg.eval.skip and cfg.eval.win_rate_prompts and not cfg.pool.judge_specs():
+        raise ConfigError('the critics are all verifiers, which cannot judge the win rate: name pool.judges, or set eval.win_rate_prompts: 0')
+    if cfg.train.get('loss') == 'listwise' and cfg.train.get('weighting'):
+        raise ConfigError("train.loss: listwise learns each prompt's ranked candidates, which carry no pair margin or agreement: "
+                          "set train.weighting: null")
     if 'soft_label_tau' in cfg.train:
         raise ConfigError("train.soft_label_tau does nothing in a run: its pairs carry soft labels made with label.tau; set label.tau")
 
@@ -254,6 +276,7 @@ def round_dir(run_dir, r: int) -> Path:
 
 def spec_model(spec) -> str|None:
     kind, kw = parse_spec(spec)
+    if kind == 'verify': return None  # a verifier loads no model
     return kw.get('model') or (None if kind == 'openai' else DEFAULT_MODEL)
 
 def actor_model(cfg: RunConfig) -> str:
@@ -288,7 +311,7 @@ def memory_plan(cfg: RunConfig, # the run config
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     kind = parse_spec(cfg.pool.actor)[0]
     policy = f'{kind}:the trained policy' if kind != 'openai' else cfg.pool.actor
-    critics, judges = list(dict.fromkeys(cfg.pool.critics)), list(dict.fromkeys(cfg.pool.judges or cfg.pool.critics))
+    critics, judges = list(dict.fromkeys(cfg.pool.critics)), list(dict.fromkeys(cfg.pool.judge_specs()))
     spec_of = lambda s: cfg.pool.actor if s == policy else s  # the trained policy loads like the actor
     out, resident = [], []
     def use(stage, specs, release_after):
@@ -315,10 +338,10 @@ def plan(cfg: RunConfig) -> dict:
     "Models, stages, engine calls and an upper bound on generated tokens per round, without loading a model."
     hub = cfg.review.prompts.startswith('hf:')  # a hub dataset is only read when the run starts
     if not hub: check_heldout(cfg)
-    n, K, T = cfg.review.per_round, cfg.pool.n_critics, cfg.review.max_new_tokens
-    models = {'actor': cfg.pool.actor, 'critics': list(cfg.pool.critics), 'judges': list(cfg.pool.judges or cfg.pool.critics)}
+    n, K, T, m = cfg.review.per_round, cfg.pool.n_critics, cfg.review.max_new_tokens, cfg.review.n_answers
+    models = {'actor': cfg.pool.actor, 'critics': list(cfg.pool.critics), 'judges': cfg.pool.judge_specs()}
     fam = {s: model_family(spec_model(s)) if spec_model(s) else None for s in {cfg.pool.actor, *cfg.pool.critics, *models['judges']}}
-    stages = {'answers': n, 'critiques': n*K, 'revisions': n, 'rescores': n*K, **({'comparisons': 2*n*K} if cfg.review.pairwise else {})}
+    stages = {'answers': n*m, 'critiques': n*m*K, 'revisions': n*m, 'rescores': n*m*K, **({'comparisons': 2*n*m*K} if cfg.review.pairwise else {})}
     gen = sum(stages.values())
     tr = dict(cfg.train)
     bs = tr.get('batch_size', 4) * tr.get('gradient_accumulation_steps', 1)
@@ -327,13 +350,16 @@ def plan(cfg: RunConfig) -> dict:
     n_bench = len(ev.bench_sets()) * ev.bench_n
     ev_gen = 0 if ev.skip else 2 * (ev.win_rate_prompts + ev.arithmetic) + n_bench  # the base model's bench answers once per run
     ev_judge = 0 if ev.skip else 2 * ev.win_rate_prompts * len(models['judges'])
-    per_round = {'prompts': n, 'generations': gen, 'score_readouts': (2*n*K) if cfg.review.score_mode == 'logprobs' else 0,
+    per_round = {'prompts': n, 'candidates': n*m, 'generations': gen, 'score_readouts': (2*n*m*K) if cfg.review.score_mode == 'logprobs' else 0,
                  'max_generated_tokens': gen * T, 'train_steps_at_most': steps,
                  'eval_generations': ev_gen, 'eval_judgements': ev_judge,
                  'eval_generated_tokens_at_most': (ev_gen - n_bench) * ev.max_new_tokens + n_bench * ev.bench_max_new_tokens}
     rp = [] if hub else round_prompts(cfg)
     dtype = fast_dtype() if cfg.pool.dtype == 'fast' else cfg.pool.dtype
-    return {'models': models, 'families': fam, 'dtype': f'{cfg.pool.dtype} ({dtype} here)' if cfg.pool.dtype == 'fast' else dtype,
+    modes = {c: 'verifier (checks the reference; no score without one)' if parse_spec(c)[0] == 'verify'
+             else f'LLM critic ({cfg.review.critic_mode}' + (f', majority of {cfg.review.critic_samples} solutions' if cfg.review.critic_mode == 'self_consistent' else '')
+             + f'; score from {cfg.review.score_mode})' for c in cfg.pool.critics}
+    return {'models': models, 'families': fam, 'critic_modes': modes, 'cut_share_warning_above': CUT_WARN, 'dtype': f'{cfg.pool.dtype} ({dtype} here)' if cfg.pool.dtype == 'fast' else dtype,
             'rounds': cfg.rounds, 'reference': cfg.reference,
             'actor_per_round': [cfg.pool.actor] + [f'round-{r}/train/adapter (the policy trained in round {r})' for r in range(1, cfg.rounds)],
             'stages': stages, 'per_round': per_round, 'prompt_ids': [[p['id'] for p in ps] for ps in rp],

@@ -8,7 +8,7 @@ import functools, hashlib, importlib.metadata, importlib, json, os, tempfile, wa
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['LIBRARIES', 'UserError', 'RunError', 'repair_jsonl', 'read_jsonl', 'append_jsonl', 'write_atomic',
+__all__ = ['CUT_WARN', 'LIBRARIES', 'UserError', 'RunError', 'repair_jsonl', 'read_jsonl', 'append_jsonl', 'write_atomic',
            'clear_stale_temps', 'sha256_file', 'cut_share', 'quiet_libraries', 'entry_point', 'entry_point_names',
            'moved_names']
 
@@ -96,6 +96,9 @@ def sha256_file(path, chunk=1<<22) -> str:
     return h.hexdigest()
 
 # %% ../nbs/00_core.ipynb #c808db54
+CUT_WARN = 0.10
+"Above this share of answers, revisions or evaluation answers cut at the token budget, a run says so: its accuracies are then measured on unfinished answers."
+
 def cut_share(generations, # records (dicts) or completions with a `finish_reason`
              ) -> float|None:
     "The share of `generations` cut at the token budget (`finish_reason == 'length'`); None where none records a reason."

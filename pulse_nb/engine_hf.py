@@ -8,7 +8,7 @@ import inspect, json, math, os, time
 from pathlib import Path
 from .models import DEFAULT_MODEL, cache_dir, load_model, load_tokenizer, release_memory
 from .engines import (Engine, Generation, Completion, Scored, context_length, fit_context, render_ids, fast_dtype, length_buckets,
-                              trim_stop, common_prefix_len, prefix_groups, pack_groups, log)
+                              trim_stop, common_prefix_len, prefix_groups, pack_groups, cpu_model, log)
 
 # %% auto #0
 __all__ = ['CPU_GQA', 'WEIGHT_MAJOR_COLS', 'WEIGHT_MAJOR_ROWS', 'cpu_gqa_attention', 'use_cpu_gqa', 'weight_major_linear',
@@ -280,6 +280,14 @@ class HFEngine(BucketedGeneration, Engine):
     @property
     def capabilities(self) -> dict:
         return {**super().capabilities, 'shared_prefixes': self.share_prefixes, 'weight_major': self.weight_major}
+
+    def numerics(self) -> dict:
+        "Precision, device, CPU model and threads (CPU sums depend on both), the weight-major decision, batch size and prefix sharing."
+        import torch
+        cpu = self.lm.device.type == 'cpu'
+        return {'dtype': str(self.lm.dtype).removeprefix('torch.'), 'device': str(self.lm.device), 'cpu': cpu_model() if cpu else None,
+                'threads': torch.get_num_threads() if cpu else None, 'weight_major': bool(self.weight_major),
+                'batch_size': self.batch_size, 'share_prefixes': self.share_prefixes}
 
     def close(self):
         "Drop the model and free its memory."

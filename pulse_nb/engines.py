@@ -16,8 +16,8 @@ __all__ = ['log', 'ROLES', 'ENGINE_BACKENDS', 'SamplingConfig', 'Completion', 'G
            'EngineError', 'RequestError', 'NoLogprobsError', 'ContextLengthError', 'check_convs', 'check_candidates',
            'special_texts', 'keep_prefix_end', 'chat_text', 'render_ids', 'fit_context', 'context_length',
            'first_token_ids', 'readout', 'match_token', 'length_buckets', 'trim_stop', 'common_prefix_len',
-           'prefix_groups', 'pack_groups', 'Engine', 'cpu_flags', 'choose_backend', 'fast_dtype', 'engine_class',
-           'parse_spec', 'engine_options', 'check_options', 'make_engine']
+           'prefix_groups', 'pack_groups', 'Engine', 'cpu_flags', 'cpu_model', 'choose_backend', 'fast_dtype',
+           'engine_class', 'parse_spec', 'engine_options', 'check_options', 'make_engine']
 
 # %% ../nbs/06_engines.ipynb #15be476c
 @dataclass
@@ -269,6 +269,7 @@ class Engine:
     model: str = ''             # the reference the engine was built from
     supports_logprobs: bool = True
     fused_score: str = 'two calls'  # how `generate_and_score` reads its scores
+    verifies: bool = False      # a critic that checks answers against references (`pulse_nb.verifier`), not a model
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
     def close(self):
@@ -279,6 +280,10 @@ class Engine:
     def extra_options(cls) -> list[str]:
         "Options a spec may pass beyond the constructor's named arguments (vLLM: every `vllm.LLM` engine argument)."
         return []
+
+    def numerics(self) -> dict:
+        "What changes this engine's numbers for the same inputs (precision, kernels, threads, batch size): a review records it and refuses to resume with other numerics."
+        return {}
 
     @property
     def capabilities(self) -> dict:
@@ -343,6 +348,13 @@ def cpu_flags(path='/proc/cpuinfo') -> set[str]:
     except OSError: return set()
     return {f for line in text.splitlines() if line.startswith('flags') for f in line.split(':', 1)[1].split()}
 
+def cpu_model(path='/proc/cpuinfo') -> str:
+    "The CPU's model name (Linux `/proc/cpuinfo`), else `platform.processor()`: kernels and so sums differ between CPUs."
+    import platform
+    try: text = Path(path).read_text()
+    except OSError: text = ''
+    return next((l.split(':', 1)[1].strip() for l in text.splitlines() if l.startswith('model name')), platform.processor() or platform.machine())
+
 def _has_vllm() -> bool:
     import importlib.util
     return importlib.util.find_spec('vllm') is not None
@@ -374,7 +386,7 @@ def fast_dtype(flags: set[str]|None=None, cuda: bool|None=None) -> str:
     return 'bfloat16' if (cpu_flags() if flags is None else flags) & {'avx512_bf16', 'amx_bf16'} else 'float32'
 
 # %% ../nbs/06_engines.ipynb #05648d31
-ENGINE_BACKENDS = 'pulse_nb.engines'  # the entry-point group of engine backends: hf, vllm, openai, and any a package adds
+ENGINE_BACKENDS = 'pulse_nb.engines'  # the entry-point group of engine backends: hf, vllm, openai, verify, and any a package adds
 
 def engine_class(kind: str) -> type:
     "The `Engine` subclass registered as backend `kind` (loaded on first use)."

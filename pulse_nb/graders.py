@@ -13,7 +13,8 @@ from .core import UserError
 # %% auto #0
 __all__ = ['CODE_TIMEOUT', 'IFEVAL_CHECKS', 'last_number', 'last_boxed', 'extract_answer', 'normalize_math', 'verify_math',
            'math_equal', 'answer_number', 'grade_number', 'grade_math', 'code_program', 'grade_code', 'count_words',
-           'count_sentences', 'detect_language', 'check_instruction', 'loose_variants', 'grade_ifeval']
+           'sentence_spans', 'count_sentences', 'count_capital_words', 'detect_language', 'check_instruction',
+           'loose_variants', 'grade_ifeval']
 
 # %% ../nbs/02_graders.ipynb #599093b3
 _NUM = re.compile(r'-?\d[\d,]*(?:\.\d+)?')
@@ -211,22 +212,132 @@ def grade_code(item: dict,     # a `humaneval` or `mbpp` item
     return {**run_code(prog, item['meta']['tests'], timeout=timeout, mem_mb=mem_mb), 'program': prog}
 
 # %% ../nbs/02_graders.ipynb #0f80936c
-_ABBREV = re.compile(r'\b(?:Mr|Mrs|Ms|Dr|Prof|Sr|Jr|St|vs|etc|Inc|Ltd|Co|e\.g|i\.e|Ph\.D|U\.S|a\.m|p\.m|[A-Z])\.', re.I)
-
 def count_words(text: str) -> int:
     "Words as IFEval counts them: runs of `\\w` characters."
     return len(re.findall(r'\w+', text))
-
-def count_sentences(text: str) -> int:
-    "Sentences: runs of . ! ? followed by whitespace or the end (abbreviations, initials and decimals excluded)."
-    t = _ABBREV.sub(lambda m: m.group().replace('.', '<p>'), text)
-    t = re.sub(r'(\d)\.(\d)', r'\1<p>\2', t)
-    return len([s for s in re.split(r'[.!?]+["\'”’)\]]*(?=\s|$)', t) if re.search(r'\w', s)])
 
 def _cmp(n: int, relation: str, k: int) -> bool:
     if relation == 'less than': return n < k
     if relation == 'at least': return n >= k
     raise UserError(f"relation must be 'less than' or 'at least', got {relation!r}")
+
+# %% ../nbs/02_graders.ipynb #2421f6a6
+# NLTK's punkt_tab English model (Apache-2.0): the abbreviations it learned (lower case, final period dropped) ...
+_PUNKT_ABBREV = frozenset('''
+a.a a.c a.d a.g a.h a.m a.m.e a.s a.t adm ala ariz aug ave b.f b.v bros c c.i.t c.o.m.b c.v calif chg cie co col
+colo conn corp cos ct d d.c d.h d.w dec dr e e.f e.h e.l e.m f f.g f.j feb fla fri ft g g.d g.f g.k ga gen h h.c h.f
+h.m i.m.s ill inc j.b j.c j.j j.k j.p j.r jan jr k kan ky l l.a l.f l.p lt ltd m m.b.a m.d.c m.j maj messrs mg mich
+minn mr mrs ms n n.c n.d n.h n.j n.m n.v n.y nev nov oct ok okla ore p p.a.m p.m pa ph.d prof r r.a r.h r.i r.j r.k
+r.t rep reps s s.a s.a.y s.c s.g s.p.a s.s sen sep sept sr st sw t t.j tenn tues u.k u.n u.s u.s.a u.s.s.r v va vs
+vt w w.c w.r w.va w.w wash wed wis yr'''.split())
+# ... and its frequent sentence starters
+_PUNKT_STARTERS = frozenset('''
+according although among both but despite even he however i if in indeed instead it many meanwhile moreover most
+nevertheless nonetheless nor sales separately similarly since so some the there these they this though thus under
+when while yet'''.split())
+
+_NONWORD = r"""[)";}\]*:@'({\[?!]"""         # characters that cannot occur within a punkt word
+_MULTI = r"(?:-{2,}|\.{2,}|(?:\.\s){2,}\.)"  # dashes and ellipses
+_PUNKT_WORD = re.compile(rf"""{_MULTI}|(?=[^("`{{\[:;&\#*@)}}\]\-,])\S+?(?=\s|$|{_NONWORD}|{_MULTI}|"""
+                         rf""",(?=$|\s|{_NONWORD}|{_MULTI}))|\S""")
+
+def _punkt_words(text: str, # a piece of text
+                ) -> list[str]:
+    "Punkt's word tokens, line by line: punctuation other than periods split off, ellipses and dashes kept whole."
+    return [t for line in text.split('\n') for t in _PUNKT_WORD.findall(line)]
+
+# %% ../nbs/02_graders.ipynb #73658239
+_NUMBER = re.compile(r'-?[.,]?\d[\d,.-]*\.?')
+
+def _punkt_kind(tok: str, # one of `_punkt_words`
+               ) -> str|None:
+    "Punkt's first guess for a token: 'end' (. ? ! or a word ending in a period), 'abbrev', 'ellipsis', or None."
+    if tok in ('.', '?', '!'): return 'end'
+    if re.fullmatch(r'\.\.+', tok): return 'ellipsis'
+    if not tok.endswith('.') or tok.endswith('..'): return None
+    w = tok[:-1].lower()
+    return 'abbrev' if w in _PUNKT_ABBREV or w.split('-')[-1] in _PUNKT_ABBREV else 'end'
+
+def _ends_sentence(tok: str, # a word token
+                   nxt: str, # the token after it
+                  ) -> bool:
+    "Punkt's decision whether a sentence ends with `tok`; of its word statistics only: a lowercase word or a stop starts none."
+    kind = _punkt_kind(tok)
+    if not tok.endswith('.'): return kind == 'end'
+    initial, starts_none = re.fullmatch(r'[^\W\d]\.', tok), nxt in (';', ':', ',', '.', '!', '?') or nxt[0].islower()
+    if kind in ('abbrev', 'ellipsis') and not initial and nxt[0].isupper():  # 'U.S. It', not 'U.S. Army'
+        typ = nxt.lower()[:-1] if _punkt_kind(nxt) == 'end' and len(nxt) > 1 else nxt.lower()
+        if typ in _PUNKT_STARTERS: return True
+    if (initial or _NUMBER.fullmatch(tok)) and starts_none: return False  # 'A. smith', '3. and'
+    return kind == 'end'
+
+# %% ../nbs/02_graders.ipynb #a48ac09c
+def _has_break(context: str) -> bool:
+    "Whether punkt finds a sentence end in `context` (a word, a stop, what follows) with a token after it."
+    toks = _punkt_words(context)
+    return any(_ends_sentence(t, n) for t, n in zip(toks, toks[1:]))
+
+_END = re.compile(rf"[.?!](?=(?P<after>{_NONWORD}|\s+(?P<next>\S+)))")
+_REALIGN = re.compile(r'["\')\]}]+?(?:\s+|(?=--)|$)', re.M)
+_SPACE = ' \t\n\r\x0b\x0c'  # string.whitespace, NLTK's word separators here
+
+def _end_contexts(text: str):
+    "Punkt's candidate ends: (match of the stop, the word before + the stop + what follows); of two in one word, the last."
+    prev, prev_m = (0, 0), None
+    for m in _END.finditer(text):
+        i = max(text.rfind(c, prev[1], m.start()) for c in _SPACE)
+        word = (i + 1 if i > prev[1] else prev[0], m.start())
+        if prev_m and prev[1] <= word[0]: yield prev_m, text[prev[0]:prev[1]] + prev_m.group() + prev_m['after']
+        prev, prev_m = word, m
+    if prev_m: yield prev_m, text[prev[0]:prev[1]] + prev_m.group() + prev_m['after']
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    "(start, end) of each sentence of `text` as NLTK's punkt (English) splits it, but for its word statistics."
+    cuts, start = [], 0
+    for m, context in _end_contexts(text):
+        if _has_break(context):
+            cuts.append((start, m.end()))
+            start = m.start('next') if m['next'] else m.end()
+    cuts.append((start, len(text.rstrip())))
+    spans, shift = [], 0
+    for (s, e), nxt in zip(cuts, cuts[1:] + [None]):
+        s += shift
+        r = nxt and _REALIGN.match(text, *nxt)  # closing quotes or brackets after the stop: the sentence's own
+        if r: spans.append((s, nxt[0] + len(r.group().rstrip())))
+        elif e > s: spans.append((s, e))
+        shift = r.end() - nxt[0] if r else 0
+    return spans
+
+def count_sentences(text: str) -> int:
+    "Sentences as IFEval counts them (NLTK punkt, English; see above)."
+    return len(sentence_spans(text))
+
+# %% ../nbs/02_graders.ipynb #ed9f39db
+_TREEBANK = [(re.compile(p), r) for p, r in (  # NLTK's NLTKWordTokenizer (an improved Treebank), in its order
+    (r'([«“‘„]|[`]+)', r' \1 '), (r'^\"', r'``'), (r'(``)', r' \1 '), (r'([ \(\[{<])(\"|\'{2})', r'\1 `` '),
+    (r"(?i)(\')(?!re|ve|ll|m|t|s|d|n)(\w)\b", r'\1 \2'),
+    (r'([^\.])(\.)([\]\)}>"\'»”’ ]*)\s*$', r'\1 \2 \3 '), (r'([:,])([^\d])', r' \1 \2'), (r'([:,])$', r' \1 '),
+    (r'\.{2,}', r' \g<0> '), (r'[;@#$%&]', r' \g<0> '), (r'[\u2012-\u2015]', r' \g<0> '),
+    (r'([^\.])(\.)([\]\)}>"\']*)\s*$', r'\1 \2\3 '), (r'[?!]', r' \g<0> '), (r"([^'])' ", r"\1 ' "),
+    (r'[*]', r' \g<0> '), (r'[\]\[\(\)\{\}\<\>]', r' \g<0> '), (r'--', r' -- '))]
+_TREEBANK_PADDED = [(re.compile(p), r) for p, r in (  # then, on the sentence with a space added at each end
+    (r'([»”’])', r' \1 '), (r"''", " '' "), (r'"', " '' "), (r'\s+', ' '),
+    (r"([^' ])('[sS]|'[mM]|'[dD]|') ", r'\1 \2 '), (r"([^' ])('ll|'LL|'re|'RE|'ve|'VE|n't|N'T) ", r'\1 \2 '),
+    *((rf'(?i)\b({a})({b})\b', r' \1 \2 ') for a, b in (('can', 'not'), ('d', "'ye"), ('gim', 'me'), ('gon', 'na'),
+                                                          ('got', 'ta'), ('lem', 'me'), ('more', "'n"))),
+    (r'(?i)\b(wan)(na)(?=\s)', r' \1 \2 '), (r"(?i) ('t)(is)\b", r' \1 \2 '), (r"(?i) ('t)(was)\b", r' \1 \2 '))]
+
+def _treebank_words(sentence: str, # one sentence
+                   ) -> list[str]:
+    "NLTK's Treebank-style words of a sentence: contractions split (`DO` `N'T`), dotted abbreviations kept (`U.S.A.`)."
+    for p, r in _TREEBANK: sentence = p.sub(r, sentence)
+    sentence = f' {sentence} '
+    for p, r in _TREEBANK_PADDED: sentence = p.sub(r, sentence)
+    return sentence.split()
+
+def count_capital_words(text: str) -> int:
+    "Words in capitals as IFEval counts them: `nltk.word_tokenize` tokens (punkt sentences, Treebank words) that are upper case."
+    return sum(w.isupper() for s, e in sentence_spans(text) for w in _treebank_words(text[s:e]))
 
 # %% ../nbs/02_graders.ipynb #a93f869c
 def _letters(text): return [c for c in text if unicodedata.category(c).startswith('L')]
@@ -321,7 +432,7 @@ IFEVAL_CHECKS = {
     'change_case:english_lowercase': lambda r: r.islower() and _in_language(r, 'en'),
     'change_case:english_capital': lambda r: r.isupper() and _in_language(r, 'en'),
     'change_case:capital_word_frequency': lambda r, capital_frequency, capital_relation: _cmp(
-        sum(w.isupper() for w in re.findall(r"\w+(?:['’-]\w+)*", r)), capital_relation, capital_frequency),
+        count_capital_words(r), capital_relation, capital_frequency),
     'language:response_language': _language,
 }
 "One checker per IFEval instruction type: `(response, **kwargs) -> True | False | None` (None = cannot be checked here)."

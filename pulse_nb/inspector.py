@@ -47,7 +47,7 @@ def _run_record(it: dict, lab: dict) -> dict:
     both = [c for c in cs if c['c0'] and c['c1'] and c['c0']['parsed'] and c['c1']['parsed']]
     d = [c['c1']['score'] - c['c0']['score'] for c in both]
     s0, s1 = _fmean([c['c0']['score'] for c in both]), _fmean([c['c1']['score'] for c in both])
-    rec = {'id': f"r{it['round']}/{it['prompt_id']}", 'round': it['round'], 'prompt_id': it['prompt_id'],
+    rec = {'id': f"r{it['round']}/{it['prompt_id']}" + (f"~{it['sample']}" if it.get('sample') else ''), 'round': it['round'], 'prompt_id': it['prompt_id'],
            'prompt': it['prompt'], 'task': it.get('task'), 'answer': it.get('answer'), 'actor': it.get('actor'),
            'a0': it['a0'], 'a1': it['a1'], 'names': ('initial answer', 'revision'), 'critics': cs,
            'n_unparsed': sum(1 for c in cs for t in ('c0', 'c1') if c[t] is not None and not c[t]['parsed']),

@@ -20,10 +20,10 @@ from .config import (RunConfig, PoolConfig, ReviewConfig, LabelConfig, EvalConfi
                              check_heldout, check_not_heldout, all_heldout, plan, memory_plan)
 
 # %% auto #0
-__all__ = ['STAGE_OF', 'LazyEngine', 'Pool', 'policy_of', 'policy_spec', 'actor_spec', 'stage_review', 'weights_digest',
-           'policy_record', 'portable_args', 'resolve_arg', 'train_atomic', 'train_autocast', 'stage_train',
-           'restore_policies', 'stage_evaluate', 'stage_bench', 'peak_rss_gib', 'run_round', 'stage_of',
-           'stages_started', 'check_run_config', 'run', 'generate', 'pairs_actor']
+__all__ = ['STAGE_OF', 'LazyEngine', 'Pool', 'policy_of', 'policy_spec', 'actor_spec', 'listwise', 'training_data',
+           'stage_review', 'weights_digest', 'policy_record', 'portable_args', 'resolve_arg', 'train_atomic',
+           'train_autocast', 'stage_train', 'restore_policies', 'stage_evaluate', 'stage_bench', 'peak_rss_gib',
+           'run_round', 'stage_of', 'stages_started', 'check_run_config', 'run', 'generate', 'pairs_actor']
 
 # %% ../nbs/15_loop.ipynb #eac9ebc6
 class LazyEngine(Engine):
@@ -56,6 +56,8 @@ class LazyEngine(Engine):
     def loaded(self) -> bool: return self._engine is not None
     @property
     def supports_logprobs(self) -> bool: return self.engine.supports_logprobs
+    @property
+    def verifies(self) -> bool: return self.kind == 'verify'  # known from the spec: asking loads nothing
     @property
     def family(self) -> str|None:
         "The model family (`engine_family`), read from the spec while the model is not loaded: knowing it loads nothing."
@@ -128,9 +130,17 @@ def actor_spec(cfg: RunConfig, run_dir, r: int):
     return cfg.pool.actor if policy_of(run_dir, r - 1) is None else policy_spec(cfg, run_dir, r - 1)
 
 # %% ../nbs/15_loop.ipynb #1a64a50a
+def listwise(cfg: RunConfig) -> bool:
+    "Whether the run trains the listwise loss, on each prompt's ranked candidates (`lists.parquet`) instead of its pair."
+    return cfg.train.get('loss') == 'listwise'
+
+def training_data(cfg: RunConfig, rd: Path) -> Path:
+    "What round folder `rd` trains on: its ranked lists (listwise loss) or its pairs."
+    return rd/('lists.parquet' if listwise(cfg) else 'pairs.parquet')
+
 def stage_review(cfg: RunConfig, run_dir, r: int, prompts: list[dict], pool: Pool, progress: bool=True) -> dict:
     "Peer review of round `r`, then its pairs and diagnostics; returns the diagnostics."
-    from pulse_nb.preferences import build_pairs, save_pairs, diagnostics
+    from pulse_nb.preferences import build_pairs, build_lists, save_pairs, diagnostics
     rd = round_dir(run_dir, r)
     if (rd/'diagnostics.json').exists() and (rd/'pairs.parquet').exists(): return json.loads((rd/'diagnostics.json').read_text())
     actor = pool.get(actor_spec(cfg, run_dir, r))
@@ -139,10 +149,15 @@ def stage_review(cfg: RunConfig, run_dir, r: int, prompts: list[dict], pool: Poo
     rv = cfg.review
     review(prompts, [actor, *critics], n_critics=cfg.pool.n_critics, out_dir=rd/'review', first_round=r, actor='fixed',
            score_mode=rv.score_mode, seed=cfg.seed, max_new_tokens=rv.max_new_tokens, temperature=rv.temperature,
-           batch_size=rv.batch_size, min_mass=rv.min_mass, personas=cfg.pool.personas, pairwise=rv.pairwise,
+           batch_size=rv.batch_size, min_mass=rv.min_mass, personas=cfg.pool.personas, pairwise=rv.pairwise, n_answers=rv.n_answers,
+           critic_mode=rv.critic_mode, critic_samples=rv.critic_samples,
            release=not cfg.pool.keep_loaded, progress=progress)
     ds = build_pairs(rd/'review', **cfg.label.kwargs())
     diag = diagnostics(rd/'review', ds, **cfg.label.kwargs())
+    if listwise(cfg):  # the listwise loss learns each prompt's whole ranking of candidates
+        lists = build_lists(rd/'review', agg=cfg.label.aggregator, min_critics=cfg.label.min_critics)
+        save_pairs(lists, rd, name='lists')
+        diag['n_lists'] = len(lists)
     save_pairs(ds, rd)
     write_atomic(rd/'diagnostics.json', json.dumps(diag, indent=1, default=str))
     return diag
@@ -210,7 +225,7 @@ def stage_train(cfg: RunConfig, run_dir, r: int, progress: bool=True) -> dict:
     if cfg.report_to != 'none': kw.setdefault('report_to', cfg.report_to)
     kw.setdefault('seed', cfg.seed)
     if (bf16 := train_autocast(cfg)) is not None: kw['bf16'] = bf16
-    return train_atomic(rd/'pairs.parquet', rd/'train', model=model, progress=progress and f'round {r} train', **kw)
+    return train_atomic(training_data(cfg, rd), rd/'train', model=model, progress=progress and f'round {r} train', **kw)
 
 # %% ../nbs/15_loop.ipynb #975d378f
 def restore_policies(run_dir,              # a run directory whose trained rounds may lack their weights
@@ -233,7 +248,8 @@ def restore_policies(run_dir,              # a run directory whose trained round
         tmp, threads = t.with_name('.train-restore'), torch.get_num_threads()
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            train(rd/'pairs.parquet', out_dir=tmp, model=model, progress=progress, num_threads=rec['torch_threads'], **kw)
+            data = rd/('lists.parquet' if kw.get('loss') == 'listwise' else 'pairs.parquet')
+            train(data, out_dir=tmp, model=model, progress=progress, num_threads=rec['torch_threads'], **kw)
             got = weights_digest(tmp/rec['folder'])
             if got != rec['sha256']:
                 raise RunError(f"round {r}: the retrained policy's sha256 differs from {t/'policy.json'} (this machine computes "
@@ -257,7 +273,7 @@ def stage_evaluate(cfg: RunConfig, run_dir, r: int, pool: Pool, progress: bool=T
     ev = cfg.eval
     policy = pool.get(policy_spec(cfg, run_dir, r, served=False))
     base = pool.get(cfg.pool.actor)
-    judges = [pool.get(j) for j in (cfg.pool.judges or cfg.pool.critics)]
+    judges = [pool.get(j) for j in cfg.pool.judge_specs()]
     wr, ar = eval_prompts(cfg)
     parts = bool(wr or ar) + (2 - (Path(run_dir)/'base-bench'/'eval.json').exists() if ev.bench_sets() else 0)
     with tqdm(total=parts, desc=f'round {r} evaluate', unit='part', disable=not progress) as bar:
@@ -315,7 +331,7 @@ def run_round(cfg: RunConfig, run_dir, r: int, prompts: list[dict], pool: Pool, 
     actor = _actor_name(actor_spec(cfg, run_dir, r))
     diag = stage_review(cfg, run_dir, r, prompts, pool, progress); done('review')
     metrics = ev = None
-    if diag.get('n_pairs'):
+    if diag.get('n_lists' if listwise(cfg) else 'n_pairs'):
         pool.release_all()  # training needs the memory (on a GPU, all of it)
         metrics = stage_train(cfg, run_dir, r, progress); release_memory(); done('train')  # the trainer's models go now
         ev = stage_evaluate(cfg, run_dir, r, pool, progress); done('evaluate')
@@ -325,7 +341,7 @@ def run_round(cfg: RunConfig, run_dir, r: int, prompts: list[dict], pool: Pool, 
     rec = {'round': r, 'actor': actor, 'trained': metrics is not None, 'policy': str(policy_of(run_dir, r) or cfg.pool.actor),
            'reference': cfg.reference if policy_of(run_dir, r - 1) else 'base', 'prompt_ids': [p['id'] for p in prompts],
            'n_pairs': diag['n_pairs'], 'seconds': sec, 'peak_rss_gib': rss, 'review': _review_summary(diag),
-           'cut_share': round_cut_share(diag, ev),
+           'cut_share': round_cut_share(diag, ev, metrics),
            'train': _train_summary(metrics or {}), 'eval': _eval_summary(ev)}
     write_atomic(rd/'round.json', json.dumps(rec, indent=1, default=str))
     return rec
@@ -337,14 +353,15 @@ def _mean_tau(diag):
 
 def _review_summary(diag: dict) -> dict:
     gt = diag.get('ground_truth') or {}
-    return {'n_items': diag.get('n_items'), 'n_pairs': diag.get('n_pairs'), 'dropped': diag.get('dropped'),
+    return {'n_items': diag.get('n_items'), 'n_prompts': diag.get('n_prompts'), 'n_pairs': diag.get('n_pairs'), 'dropped': diag.get('dropped'),
             'unparsed_rate': diag.get('unparsed_rate'), 'revision_win_rate': diag.get('revision_win_rate'),
             'critic_agreement_tau': _mean_tau(diag), 'label_accuracy': gt.get('label_accuracy'),
             'n_checkable_pairs': gt.get('n_decisive_pairs'), 'acc_a0': gt.get('acc_a0'), 'acc_a1': gt.get('acc_a1'),
-            'self_preference': (diag.get('critics') or {}).get('self_preference')}
+            'revision_fixes': gt.get('revision_fixes'), 'revision_breaks': gt.get('revision_breaks'),
+            'verifier': diag.get('verifier'), 'self_preference': (diag.get('critics') or {}).get('self_preference')}
 
 def _train_summary(m: dict) -> dict:
-    keep = ('train_loss', 'train_runtime', 'wall_s', 'epoch')
+    keep = ('train_loss', 'train_runtime', 'wall_s', 'epoch', 'max_length', 'cut_share')
     return {k: m.get(k) for k in keep if k in m}
 
 def _eval_summary(ev: dict|None) -> dict|None:
@@ -382,7 +399,8 @@ def check_run_config(run_dir, cfg: RunConfig):
     path = Path(run_dir)/'config.yaml'
     if path.exists():
         old, new = _flat({**yaml_load(path.read_text()), 'rounds': None}), _flat({**config_dict(cfg), 'rounds': None})
-        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        added = _flat(config_dict(RunConfig()))  # a field added since the run began held its default there
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k, added.get(k)) != new.get(k))
         done = stages_started(run_dir)
         if late := [k for k in changed if stage_of(k) in done]:
             raise RunError(f'{run_dir} holds a run whose finished stages were made with another config:\n'

@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from .core import UserError
 
 # %% auto #0
-__all__ = ['WEIGHTINGS', 'PHI', 'LOSSES', 'TRL_NAMES', 'implicit_margin', 'check_epsilon', 'check_weights', 'normalize_weights',
-           'pair_weights', 'soft_labels_from_scores', 'phi_dpo', 'phi_cdpo', 'phi_rdpo', 'phi_hinge', 'phi_savage',
-           'strict_keywords', 'dpo_loss', 'cdpo_loss', 'rdpo_loss', 'hinge_loss', 'savage_loss', 'soft_loss',
-           'ipo_loss', 'drdpo_log_terms', 'drdpo_loss', 'get_loss', 'loss_keywords']
+__all__ = ['WEIGHTINGS', 'PHI', 'LOSSES', 'LIST_LOSSES', 'TRL_NAMES', 'implicit_margin', 'check_epsilon', 'check_weights',
+           'normalize_weights', 'pair_weights', 'soft_labels_from_scores', 'phi_dpo', 'phi_cdpo', 'phi_rdpo',
+           'phi_hinge', 'phi_savage', 'strict_keywords', 'dpo_loss', 'cdpo_loss', 'rdpo_loss', 'hinge_loss',
+           'savage_loss', 'soft_loss', 'ipo_loss', 'drdpo_log_terms', 'drdpo_loss', 'plackett_luce_nll', 'check_lists',
+           'listwise_loss', 'get_loss', 'is_listwise', 'loss_keywords']
 
 # %% ../nbs/10_losses.ipynb #f75a67fd
 def implicit_margin(policy_chosen_logps, # log π(y_w|x), shape [B]
@@ -104,16 +105,18 @@ def phi_savage(v, epsilon=0.0, scale=True):
 PHI = dict(dpo=phi_dpo, cdpo=phi_cdpo, rdpo=phi_rdpo, hinge=phi_hinge, savage=phi_savage)
 
 # %% ../nbs/10_losses.ipynb #cae37c3e
-def strict_keywords(loss:Callable, # a loss taking the four log-prob tensors, then keywords
+def strict_keywords(loss:Callable, # a loss taking its log-prob tensors (no defaults), then keywords (with defaults)
                    ) -> Callable:
     "Wrap `loss` so that a keyword it does not take raises `TypeError` naming it and listing the ones it takes."
-    names = [n for n, p in inspect.signature(loss).parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    ps = inspect.signature(loss).parameters.values()
+    names = [p.name for p in ps if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    keywords = [p.name for p in ps if p.default is not p.empty]
     @functools.wraps(loss)
     def checked(*args, **kw):
         if bad := [k for k in kw if k not in names]:
-            near = difflib.get_close_matches(bad[0], names[4:], n=1)
+            near = difflib.get_close_matches(bad[0], keywords, n=1)
             hint = f' (did you mean {near[0]!r}?)' if near else ''
-            raise TypeError(f'{loss.__name__}() got an unknown keyword {bad[0]!r}{hint}; it takes: {", ".join(names[4:])}')
+            raise TypeError(f'{loss.__name__}() got an unknown keyword {bad[0]!r}{hint}; it takes: {", ".join(keywords)}')
         return loss(*args, **kw)
     return checked
 
@@ -237,21 +240,65 @@ def drdpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref
     p = torch.where(ok, torch.exp(a - _safe(log_z)), torch.zeros_like(a)).detach()
     return value.detach().reshape(()) + (p * (per - per.detach())).sum()
 
+# %% ../nbs/10_losses.ipynb #c7e2fd33
+def plackett_luce_nll(rewards, # rᵢ of each answer, best first, shape [B, k]
+                      mask=None, # True where a list has an answer, shape [B, k] (None: every list is full)
+                     ) -> torch.Tensor:
+    "Per list, −Σᵢ log(exp rᵢ / Σ_{j≥i} exp rⱼ) over its answers in their order (masked ones drop out), shape [B]."
+    present = torch.ones_like(rewards, dtype=torch.bool) if mask is None else torch.as_tensor(mask, device=rewards.device).bool()
+    r = rewards.masked_fill(~present, torch.finfo(rewards.dtype).min)  # exp(min) = 0: in no denominator
+    below = torch.logcumsumexp(r.flip(-1), dim=-1).flip(-1)             # log Σ_{j≥i} exp rⱼ
+    return -torch.where(present, r - below, torch.zeros_like(r)).sum(-1)
+
+# %% ../nbs/10_losses.ipynb #8b7a40a6
+def check_lists(policy_logps, # log π(yᵢ|x), shape [B, k]
+                ref_logps, # log π_ref(yᵢ|x), shape [B, k]
+                mask=None, # True where a list has an answer, shape [B, k]
+               ) -> None:
+    "Raise `UserError` unless the log-probs are [B, k] tensors of one shape with k >= 2, and every list has 2 answers or more."
+    shape = tuple(policy_logps.shape)
+    if len(shape) != 2 or shape[1] < 2 or tuple(ref_logps.shape) != shape:
+        raise UserError(f'listwise log-probs are [B, k] tensors with k >= 2 (one row per prompt, best answer first); '
+                        f'got shapes {shape} and {tuple(ref_logps.shape)}')
+    if mask is None: return
+    m = torch.as_tensor(mask).bool()
+    if tuple(m.shape) != shape: raise UserError(f'the mask has shape {tuple(m.shape)}; the log-probs have {shape}')
+    if len(short := (m.sum(1) < 2).nonzero().flatten()):
+        raise UserError(f'list {short[0].item()} has {m[short[0]].sum().item()} answer(s); a ranked list needs at least 2 answers')
+
+@strict_keywords
+def listwise_loss(policy_logps, # log π(yᵢ|x) summed over each answer's tokens, shape [B, k], best answer first
+                  ref_logps, # the same under the reference, shape [B, k]
+                  beta=0.1, # DPO β
+                  weights=None, # per-list weights, shape [B], used as given
+                  mask=None, # True where a list has an answer, shape [B, k] (None: every list is full)
+                  validate=True, # check the shapes, the mask and the weights
+                 ):
+    "Listwise DPO (Plackett–Luce): the mean over lists of the ranking's negative log-likelihood under rᵢ = β(log π − log π_ref)."
+    if validate: check_lists(policy_logps, ref_logps, mask)
+    return _reduce(plackett_luce_nll(beta * (policy_logps - ref_logps), mask), weights, validate)
+
 # %% ../nbs/10_losses.ipynb #bd5ed679
 LOSSES: dict[str, Callable] = dict(dpo=dpo_loss, cdpo=cdpo_loss, rdpo=rdpo_loss, ipo=ipo_loss, hinge=hinge_loss,
-                                   savage=savage_loss, drdpo=drdpo_loss, soft=soft_loss)
+                                   savage=savage_loss, drdpo=drdpo_loss, soft=soft_loss)  # pair losses: four [B] tensors
+LIST_LOSSES: dict[str, Callable] = dict(listwise=listwise_loss)  # list losses: [B, k] policy and reference log-probs
 TRL_NAMES = dict(dpo='sigmoid', rdpo='robust', ipo='ipo', hinge='hinge')  # our name -> TRL 1.16 `loss_type`
 
-def get_loss(name:str, # one of `LOSSES` (or TRL's alias `sigmoid` / `robust`)
+def get_loss(name:str, # one of `LOSSES` or `LIST_LOSSES` (or TRL's alias `sigmoid` / `robust`)
             ) -> Callable:
     "The loss function registered under `name`; unknown names raise `ValueError` listing the known ones."
     alias = {v: k for k, v in TRL_NAMES.items()}
-    key = alias.get(name, name)
-    if key not in LOSSES: raise UserError(f'unknown loss {name!r}; choose one of {sorted(LOSSES)}')
-    return LOSSES[key]
+    key, known = alias.get(name, name), LOSSES | LIST_LOSSES
+    if key not in known: raise UserError(f'unknown loss {name!r}; choose one of {sorted(known)}')
+    return known[key]
+
+def is_listwise(name:str, # a name `get_loss` knows
+               ) -> bool:
+    "Whether loss `name` trains on ranked lists (`LIST_LOSSES`) rather than pairs."
+    return get_loss(name) in LIST_LOSSES.values()
 
 def loss_keywords(name:str, # a name `get_loss` knows
                  ) -> tuple[str, ...]:
-    "The keywords loss `name` takes after the four log-prob tensors."
-    ps = inspect.signature(get_loss(name)).parameters
-    return tuple(list(ps)[4:])
+    "The keywords loss `name` takes after its log-prob tensors (the parameters with a default)."
+    ps = inspect.signature(get_loss(name)).parameters.values()
+    return tuple(p.name for p in ps if p.default is not p.empty)

@@ -8,19 +8,22 @@ import json, math, os, statistics as st
 from collections import Counter
 from itertools import combinations
 from pathlib import Path
-from .data import check_answer, load_pairs
+from .data import verify_answer, load_pairs
 from .review import load_run
 from .core import UserError, cut_share
 
 # %% auto #0
-__all__ = ['PAIR_COLUMNS', 'aggregate', 'critic_stats', 'pairwise_prefs', 'collect', 'sign', 'label', 'label_pairwise',
-           'label_all', 'build_pairs', 'save_pairs', 'kendall_tau', 'pairwise_diagnostics', 'diagnostics',
-           'critic_report']
+__all__ = ['PAIR_COLUMNS', 'aggregate', 'critic_stats', 'pairwise_prefs', 'collect', 'sign', 'label', 'verified',
+           'label_pairwise', 'label_best_of', 'label_all', 'build_pairs', 'save_pairs', 'prompt_list', 'build_lists',
+           'kendall_tau', 'peers_only', 'verifier_check', 'pairwise_diagnostics', 'diagnostics', 'critic_report']
 
 # %% ../nbs/09_preferences.ipynb #2cd8de41
-def aggregate(scores: list[float], how: str='mean', trim: float=0.2) -> float:
-    "Combine critics' scores: 'mean', 'median' or 'trimmed' (drop int(K·`trim`), at least 1, from each end once K >= 3); 'zmean' expects z-scores."
+def aggregate(scores: list[float], how: str='mean', trim: float=0.2, weights: list[float]|None=None) -> float:
+    "Combine critics' scores: 'mean', 'median' or 'trimmed' (drop int(K·`trim`), at least 1, from each end once K >= 3); 'zmean' expects z-scores. `weights` (a verifier's): mean and zmean only."
     if not scores: raise UserError('no scores to aggregate')
+    if weights is not None and any(w != 1 for w in weights):
+        if how not in ('mean', 'zmean'): raise UserError(f"critic weights (a verifier's weight) need label.aggregator 'mean' or 'zmean', not {how!r}")
+        return sum(w * s for w, s in zip(weights, scores)) / sum(weights)
     if how in ('mean', 'zmean'): return sum(scores) / len(scores)
     if how == 'median': return float(st.median(scores))
     if how == 'trimmed':
@@ -49,39 +52,49 @@ def _p_rev(c):
 def pairwise_prefs(comparisons: list[dict]) -> dict:
     "(round, prompt_id) -> {critic: {'p_rev', 'orders', 'consistent'}} for critics with a parsed verdict in both orders."
     by = {}
-    for c in comparisons: by.setdefault((c['round'], c['prompt_id'], c['critic']), {})[c['first']] = _p_rev(c)
+    for c in comparisons: by.setdefault((c['round'], c['prompt_id'], c.get('sample', 0), c['critic']), {})[c['first']] = _p_rev(c)
     out = {}
-    for (r, pid, k), o in by.items():
+    for (r, pid, j, k), o in by.items():
         if o.get('a0') is None or o.get('a1') is None: continue
-        out.setdefault((r, pid), {})[k] = {'p_rev': (o['a0'] + o['a1']) / 2, 'orders': [o['a0'], o['a1']],
+        out.setdefault((r, pid) if j == 0 else (r, pid, j), {})[k] = {'p_rev': (o['a0'] + o['a1']) / 2, 'orders': [o['a0'], o['a1']],
                                            'consistent': (o['a0'] - 0.5) * (o['a1'] - 0.5) > 0}
     return out
 
 # %% ../nbs/09_preferences.ipynb #d14462a4
 def collect(run) -> list[dict]:
-    "One item per (round, prompt): texts of a0 and a1, and each critic's critique of both."
+    "One item per (round, prompt, sample): texts of the answer a0 and its revision a1, and each critic's critique of both."
     run = load_run(run) if isinstance(run, (str, Path)) else run
     prompts = {p['id']: p for p in run['prompts']}
     a1 = {r['key']: r for r in run['revisions']}
     crit = {}
-    for c in run['critiques'] + run['rescores']: crit.setdefault((c['round'], c['prompt_id']), {})[(c['target'], c['critic'])] = c
+    for c in run['critiques'] + run['rescores']:
+        crit.setdefault((c['round'], c['prompt_id'], c.get('sample', 0)), {})[(c['target'], c['critic'])] = c
     pw = pairwise_prefs(run.get('comparisons') or [])
     out = []
     for a in run['answers']:
-        if a['key'] not in a1: continue  # an unfinished run: no revision yet
-        p, cs = prompts[a['prompt_id']], crit.get((a['round'], a['prompt_id']), {})
-        critics = sorted({k for t, k in cs})
-        out.append({'round': a['round'], 'prompt_id': a['prompt_id'], 'prompt': p['prompt'], 'task': p.get('task'),
-                    'answer': p.get('answer'), 'actor': a['actor'], 'a0': a['text'], 'a1': a1[a['key']]['text'],
-                    'c0': {k: cs[('a0', k)] for k in critics if ('a0', k) in cs},
-                    'c1': {k: cs[('a1', k)] for k in critics if ('a1', k) in cs},
-                    'pw': pw.get((a['round'], a['prompt_id']), {})})
+        for j, x in enumerate(a.get('samples') or [a]):  # best-of-n: every sample is a candidate with its own revision
+            key = a['key'] if j == 0 else f"{a['key']}~{j}"
+            if key not in a1: continue  # an unfinished run: no revision yet
+            p, cs = prompts[a['prompt_id']], crit.get((a['round'], a['prompt_id'], j), {})
+            critics = sorted({k for t, k in cs})
+            out.append({'round': a['round'], 'prompt_id': a['prompt_id'], 'prompt': p['prompt'], 'task': p.get('task'),
+                        'answer': p.get('answer'), 'meta': p.get('meta'), 'actor': a['actor'], 'a0': x['text'], 'a1': a1[key]['text'],
+                        'c0': {k: cs[('a0', k)] for k in critics if ('a0', k) in cs},
+                        'c1': {k: cs[('a1', k)] for k in critics if ('a1', k) in cs},
+                        'pw': pw.get((a['round'], a['prompt_id']) if j == 0 else (a['round'], a['prompt_id'], j), {}),
+                        **({'sample': j} if a.get('samples') else {})})
     return out
 
 # %% ../nbs/09_preferences.ipynb #9ec439e3
 def sign(x: float) -> int:
     "-1, 0 or 1: the direction of a score difference (the inspector's too)."
     return (x > 0) - (x < 0)
+
+def _z(k, s, agg, stats):
+    "Critic `k`'s score `s`, as a z-score under agg='zmean'."
+    if agg != 'zmean': return s
+    m, sd = (stats or {}).get(k, (0.0, 1.0))
+    return (s - m) / sd
 
 def label(item: dict, agg: str='mean', stats: dict|None=None, min_margin: float=0.0, min_critics: int=1,
           max_disagreement: float|None=None, tau: float=1.0, trim: float=0.2, source: str='scores') -> dict:
@@ -91,13 +104,10 @@ def label(item: dict, agg: str='mean', stats: dict|None=None, min_margin: float=
     ks = [k for k in item['c0'] if k in item['c1'] and item['c0'][k]['parsed'] and item['c1'][k]['parsed']]
     if len(ks) < max(1, min_critics): return {'drop': 'too_few_critics'}
     if item['a0'].strip() == item['a1'].strip(): return {'drop': 'identical'}
-    def z(k, s):
-        if agg != 'zmean': return s
-        m, sd = (stats or {}).get(k, (0.0, 1.0))
-        return (s - m) / sd
-    s0 = [z(k, item['c0'][k]['score']) for k in ks]
-    s1 = [z(k, item['c1'][k]['score']) for k in ks]
-    S0, S1 = aggregate(s0, agg, trim), aggregate(s1, agg, trim)
+    s0 = [_z(k, item['c0'][k]['score'], agg, stats) for k in ks]
+    s1 = [_z(k, item['c1'][k]['score'], agg, stats) for k in ks]
+    w = [item['c0'][k].get('weight', 1.0) for k in ks]
+    S0, S1 = aggregate(s0, agg, trim, w), aggregate(s1, agg, trim, w)
     dS = S1 - S0
     if dS == 0 or abs(dS) < min_margin: return {'drop': 'margin'}
     d = [b - a for a, b in zip(s0, s1)]
@@ -111,11 +121,15 @@ def label(item: dict, agg: str='mean', stats: dict|None=None, min_margin: float=
                  score_chosen=max(S0, S1), score_rejected=min(S0, S1), soft_label=1 / (1 + math.exp(-abs(dS) / tau)),
                  score_uncertainty=st.fmean(stds), critics=ks, sc=sc, sr=sr)
 
+def verified(item: dict, text: str) -> bool|None:
+    "Whether `text` passes every reference check of the collected `item` (`data.verify_answer`); None: no reference."
+    v = verify_answer({'task': item.get('task'), 'answer': item.get('answer'), 'meta': item.get('meta')}, text)
+    return None if v is None else v == 1
+
 def _correct(item, rev):
     "On a verifiable task where exactly one answer is right: whether the chosen one is (else None)."
-    if item.get('answer') is None: return None
-    ok0, ok1 = check_answer(item['a0'], item['answer']), check_answer(item['a1'], item['answer'])
-    return (ok1 if rev else ok0) if ok0 != ok1 else None
+    ok0, ok1 = verified(item, item['a0']), verified(item, item['a1'])
+    return (ok1 if rev else ok0) if ok0 is not None and ok0 != ok1 else None
 
 def _pair(item, rev, margin, agreement, delta_std, score_chosen, score_rejected, soft_label, score_uncertainty, critics, sc, sr):
     "The pair record (TRL columns + confidence metadata) for `item`, with a1 chosen if `rev`."
@@ -152,16 +166,39 @@ PAIR_COLUMNS = ['prompt', 'chosen', 'rejected', 'pair_id', 'prompt_id', 'round',
                 'delta_std', 'score_chosen', 'score_rejected', 'soft_label', 'score_uncertainty', 'n_critics', 'critics',
                 'critic_scores_chosen', 'critic_scores_rejected', 'chosen_is_revision', 'label_correct']
 
+def label_best_of(group: list[dict], # the collected items of one prompt, one per sample (`collect`)
+                  agg: str='mean', stats: dict|None=None, min_critics: int=1, trim: float=0.2, **label_kw) -> dict:
+    "A best-of-n prompt's pair: its best and worst candidates (every sample and every revision) by the pool's aggregated scores, labelled by `label`."
+    scored = []
+    for it in group:
+        for t, c in (('a0', 'c0'), ('a1', 'c1')):
+            ks = [k for k, x in it[c].items() if x['parsed']]
+            if len(ks) >= max(1, min_critics):
+                s = aggregate([_z(k, it[c][k]['score'], agg, stats) for k in ks], agg, trim, [it[c][k].get('weight', 1.0) for k in ks])
+                scored.append((s, it, t))
+    if len(scored) < 2: return {'drop': 'too_few_critics'}
+    (sb, bi, bt), (sw, wi, wt) = max(scored, key=lambda x: x[0]), min(scored, key=lambda x: x[0])
+    if sb == sw: return {'drop': 'margin'}
+    item = {**group[0], 'a0': wi[wt], 'a1': bi[bt], 'c0': wi['c' + wt[1]], 'c1': bi['c' + bt[1]], 'pw': {}}
+    pair = label(item, agg, stats, min_critics=min_critics, trim=trim, **label_kw)
+    if 'drop' in pair: return pair
+    return {**pair, 'chosen_is_revision': (bt if pair['chosen_is_revision'] else wt) == 'a1'}
+
 def label_all(run, agg='mean', min_margin=0.0, min_critics=1, max_disagreement=None, tau=1.0, trim=0.2,
               source='scores') -> tuple[list, Counter]:
-    "Label every item of `run`: (pairs, Counter of drop reasons)."
+    "Label every prompt of `run` (best-of-n: its best against its worst candidate): (pairs, Counter of drop reasons)."
     run = load_run(run) if isinstance(run, (str, Path)) else run
     if source == 'pairwise' and not run.get('comparisons'):
         raise UserError("source='pairwise' needs a run made with review(..., pairwise=True): comparisons.jsonl is empty")
     stats = critic_stats(run['critiques'] + run['rescores']) if agg == 'zmean' else None
     pairs, drops = [], Counter()
-    for it in collect(run):
-        r = label(it, agg, stats, min_margin, min_critics, max_disagreement, tau, trim, source)
+    groups = {}
+    for it in collect(run): groups.setdefault((it['round'], it['prompt_id']), []).append(it)
+    for g in groups.values():
+        if len(g) > 1 and source == 'pairwise':
+            raise UserError("source='pairwise' compares each answer with its revision; a best-of-n run (n_answers > 1) is labelled from scores")
+        r = (label(g[0], agg, stats, min_margin, min_critics, max_disagreement, tau, trim, source) if len(g) == 1 else
+             label_best_of(g, agg, stats, min_critics, trim, min_margin=min_margin, max_disagreement=max_disagreement, tau=tau))
         if 'drop' in r: drops[r['drop']] += 1
         else: pairs.append(r)
     return pairs, drops
@@ -189,6 +226,35 @@ def save_pairs(ds, out_dir, name: str='pairs') -> dict:
     ds.to_json(str(out/f'.{name}.jsonl.tmp'), lines=True, force_ascii=False); os.replace(out/f'.{name}.jsonl.tmp', jl)
     return {'parquet': pq, 'jsonl': jl}
 
+# %% ../nbs/09_preferences.ipynb #c8a31d44
+def prompt_list(group: list[dict], # the collected items of one prompt (`collect`)
+                agg: str='mean', stats: dict|None=None, min_critics: int=1, trim: float=0.2) -> dict|None:
+    "One listwise row: the prompt, its distinct candidates best first and their aggregated scores (None: fewer than 2 scored)."
+    best = {}
+    for it in group:
+        for t, c in (('a0', 'c0'), ('a1', 'c1')):
+            ks = [k for k, x in it[c].items() if x['parsed']]
+            if len(ks) < max(1, min_critics): continue
+            s = aggregate([_z(k, it[c][k]['score'], agg, stats) for k in ks], agg, trim, [it[c][k].get('weight', 1.0) for k in ks])
+            text = it[t].strip()
+            if text and (text not in best or s > best[text]): best[text] = s
+    ranked = sorted(best.items(), key=lambda x: -x[1])
+    if len(ranked) < 2 or ranked[0][1] == ranked[-1][1]: return None
+    it = group[0]
+    return {'prompt': [{'role': 'user', 'content': it['prompt']}], 'completions': [[{'role': 'assistant', 'content': t}] for t, _ in ranked],
+            'scores': [float(s) for _, s in ranked], 'prompt_id': it['prompt_id'], 'round': it['round'], 'task': it.get('task') or ''}
+
+def build_lists(run, # a run directory or the dict from `load_run`
+                agg: str='mean', min_critics: int=1, trim: float=0.2):
+    "Listwise rows of a run (one per prompt with two or more scored, distinct candidates), as a `datasets.Dataset`."
+    from datasets import Dataset
+    run = load_run(run) if isinstance(run, (str, Path)) else run
+    stats = critic_stats(run['critiques'] + run['rescores']) if agg == 'zmean' else None
+    groups = {}
+    for it in collect(run): groups.setdefault((it['round'], it['prompt_id']), []).append(it)
+    rows = [r for g in groups.values() if (r := prompt_list(g, agg, stats, min_critics, trim)) is not None]
+    return Dataset.from_list(rows) if rows else Dataset.from_dict({c: [] for c in ('prompt', 'completions', 'scores', 'prompt_id', 'round', 'task')})
+
 # %% ../nbs/09_preferences.ipynb #46bf4d39
 def kendall_tau(x: list[float], y: list[float]) -> float|None:
     "Kendall's τ-b of two paired score lists (`None` if undefined)."
@@ -203,6 +269,26 @@ def kendall_tau(x: list[float], y: list[float]) -> float|None:
         else: d += 1
     den = math.sqrt((c + d + tx) * (c + d + ty))
     return (c - d) / den if den else None
+
+# %% ../nbs/09_preferences.ipynb #6ae76685
+def peers_only(item: dict) -> dict:
+    "The collected `item` with the verifier critics' critiques left out."
+    keep = lambda cs: {k: c for k, c in cs.items() if not c.get('verifier')}
+    return {**item, 'c0': keep(item['c0']), 'c1': keep(item['c1'])}
+
+def verifier_check(items: list[dict], # collected items (`collect`)
+                   **label_kw) -> dict|None:
+    "How often the LLM critics' own label agrees with the verifier's verdict, where the verifier tells the answers apart (None: no verifier)."
+    names = sorted({k for it in items for k, c in it['c0'].items() if c.get('verifier')})
+    if not names: return None
+    n = agree = 0
+    for it in items:
+        v0, v1 = [[it[t][k]['score'] for k in names if k in it[t] and it[t][k]['parsed']] for t in ('c0', 'c1')]
+        if not v0 or len(v0) != len(v1) or sum(v0) == sum(v1): continue
+        peer = label(peers_only(it), **label_kw)
+        if 'drop' in peer: continue
+        n += 1; agree += peer['chosen_is_revision'] == (sum(v1) > sum(v0))
+    return {'verifiers': names, 'n_checked': n, 'n_agree': agree, 'peer_label_accuracy': agree / n if n else None}
 
 # %% ../nbs/09_preferences.ipynb #6ef5f287
 def _hist(v, bins=10):
@@ -247,20 +333,21 @@ def diagnostics(run, pairs=None, **label_kw) -> dict:
     labelled, drops = label_all(run, **label_kw)
     pairs = labelled if pairs is None else (pairs.to_list() if hasattr(pairs, 'to_list') else list(pairs))
     items = collect(run)
-    gt = [it for it in items if it.get('answer') is not None]
+    gt = [v for v in ((verified(it, it['a0']), verified(it, it['a1'])) for it in items) if v[0] is not None]
     lc = [p['label_correct'] for p in pairs if p.get('label_correct') is not None]
     n_unp = sum(not c['parsed'] for c in crit)
     return {**({'pairwise': pairwise_diagnostics(run)} if run.get('comparisons') else {}),
-            'n_items': len(items), 'n_pairs': len(pairs), 'dropped': dict(drops),
+            'n_items': len(items), 'n_prompts': len({(it['round'], it['prompt_id']) for it in items}), 'n_pairs': len(pairs), 'dropped': dict(drops),
             'n_critiques': len(crit), 'n_unparsed': n_unp, 'unparsed_rate': n_unp / max(1, len(crit)),
             'unparsed_per_critic': per, 'kendall_tau': tau, 'critics': critic_report(run),
             'revision_win_rate': st.fmean([p['chosen_is_revision'] for p in pairs]) if pairs else None,
             'margin_hist': _hist([p['margin'] for p in pairs]),
             'cut_share': {s: cut_share(run[s]) for s in ('answers', 'critiques', 'revisions', 'rescores')},
-            'ground_truth': {'n_verifiable': len(gt),
-                             'acc_a0': st.fmean([check_answer(it['a0'], it['answer']) for it in gt]) if gt else None,
-                             'acc_a1': st.fmean([check_answer(it['a1'], it['answer']) for it in gt]) if gt else None,
-                             'n_decisive_pairs': len(lc), 'label_accuracy': st.fmean(lc) if lc else None}}
+            'ground_truth': {'n_verifiable': len(gt), 'acc_a0': st.fmean([a for a, _ in gt]) if gt else None,
+                             'acc_a1': st.fmean([b for _, b in gt]) if gt else None,
+                             'revision_fixes': sum(b and not a for a, b in gt), 'revision_breaks': sum(a and not b for a, b in gt),
+                             'n_decisive_pairs': len(lc), 'label_accuracy': st.fmean(lc) if lc else None},
+            'verifier': verifier_check(items, **label_kw)}
 
 # %% ../nbs/09_preferences.ipynb #3a29297a
 def _model_ref(engine_id: str) -> str:

@@ -10,11 +10,11 @@ from .core import UserError
 
 # %% auto #0
 __all__ = ['ACTOR_TEMPLATE', 'REVISION_TEMPLATE', 'PERSONAS', 'SCALE', 'CRITIC_SYSTEM', 'CRITIC_TEMPLATE', 'RESCORE_TEMPLATE',
-           'SCORE_PREFIX', 'FEEDBACK_STOP', 'PAIRWISE_TEMPLATE', 'PAIRWISE_PREFIX', 'PAIRWISE_CANDIDATES',
-           'PAIRWISE_STOP', 'PERSONA_FIRST', 'TEXT_SCALE', 'LOGPROB_SCALE', 'actor_conv', 'format_feedback',
-           'revision_conv', 'clean_revision', 'critic_conv', 'score_prefix', 'score_conv', 'cut_score', 'score_after',
-           'pairwise_convs', 'cut_verdict', 'verdict_after', 'parse_preference', 'ScoreResult', 'parse_score',
-           'scale_tokens', 'normalize_score', 'ProbScore', 'score_from_probs']
+           'REFERENCE_CRITIC_TEMPLATE', 'SCORE_PREFIX', 'FEEDBACK_STOP', 'PAIRWISE_TEMPLATE', 'PAIRWISE_PREFIX',
+           'PAIRWISE_CANDIDATES', 'PAIRWISE_STOP', 'PERSONA_FIRST', 'TEXT_SCALE', 'LOGPROB_SCALE', 'actor_conv',
+           'format_feedback', 'revision_conv', 'clean_revision', 'critic_conv', 'score_prefix', 'score_conv',
+           'cut_score', 'score_after', 'pairwise_convs', 'cut_verdict', 'verdict_after', 'parse_preference',
+           'ScoreResult', 'parse_score', 'scale_tokens', 'normalize_score', 'ProbScore', 'score_from_probs']
 
 # %% ../nbs/07_prompts.ipynb #f018665c
 ACTOR_TEMPLATE = '{prompt}'
@@ -86,17 +86,40 @@ RESCORE_TEMPLATE = CRITIC_TEMPLATE
 """The critic's user turn for the revision. Deliberately the same as `CRITIC_TEMPLATE`: if the two differed (say, by
 telling the critic the answer is a revision), the template itself would move the scores and bias the labels."""
 
+REFERENCE_CRITIC_TEMPLATE = """Review the answer below to the user's request. Be impartial and specific: point out mistakes, \
+missing information and unclear parts, and say how to fix them.
+
+[Request]
+{prompt}
+
+[Reference solution]
+{reference}
+[End of reference solution]
+
+The reference solution was written independently and may itself be wrong: check the answer against it step by step, \
+and trust a calculation you can verify over either text.
+
+[Answer]
+{answer}
+[End of answer]
+
+Review it as {persona}. Write your feedback in a few sentences. Then, on the last line, rate the answer from {lo} \
+(very poor) to {hi} (excellent) in the form "Score: N"."""
+"""The critic's user turn when it judges against a solution of its own (`review(critic_mode='reference')` or
+`'self_consistent'`), as MT-Bench grades math. Fields: those of `CRITIC_TEMPLATE`, and `reference`."""
+
 SCORE_PREFIX = 'Score: '
 "The start of the critic's reply after its feedback; the score is read at the next token."
 
 # %% ../nbs/07_prompts.ipynb #69a71bd4
 def critic_conv(prompt: str, answer: str, persona: str, scale=SCALE, template: str=CRITIC_TEMPLATE,
-                system: str=CRITIC_SYSTEM) -> list[dict]:
-    "The chat in which a critic with `persona` reviews `answer` to `prompt`."
+                system: str=CRITIC_SYSTEM, reference: str|None=None) -> list[dict]:
+    "The chat in which a critic with `persona` reviews `answer` to `prompt` (against its own `reference` solution, if the template has one)."
     lo, hi = scale
     persona = PERSONAS.get(persona, persona)
+    if '{reference}' in template and reference is None: raise UserError('this critic template judges against a reference solution: pass `reference`')
     return [{'role': 'system', 'content': system.format(persona=persona)},
-            {'role': 'user', 'content': template.format(prompt=prompt, answer=answer, persona=persona, lo=lo, hi=hi)}]
+            {'role': 'user', 'content': template.format(prompt=prompt, answer=answer, persona=persona, lo=lo, hi=hi, reference=reference)}]
 
 def score_prefix(feedback: str, prefix: str=SCORE_PREFIX) -> str:
     "The critic's reply up to its score: the feedback, a blank line, then `prefix` (the score is the next token)."

@@ -6,15 +6,15 @@
 from __future__ import annotations
 import json
 from pathlib import Path
-from .core import UserError, RunError, write_atomic
+from .core import UserError, RunError, write_atomic, CUT_WARN
 from .models import model_family
 from .evaluate import exact_ci
 from .config import RunConfig, round_dir, spec_model
 
 # %% auto #0
-__all__ = ['CUT_WARN', 'STAGE_NAMES', 'pct', 'signed', 'duration', 'bench_names', 'eval_cut_share', 'round_cut_share',
-           'cut_warning', 'round_line', 'round_table', 'markdown_table', 'headline_rows', 'plot_rounds',
-           'round_section', 'label_worth', 'dataset_card', 'hub_files', 'push_to_hub', 'write_report', 'bench_section']
+__all__ = ['STAGE_NAMES', 'pct', 'signed', 'duration', 'bench_names', 'eval_cut_share', 'round_cut_share', 'cut_warning',
+           'peer_line', 'round_line', 'round_table', 'markdown_table', 'headline_rows', 'plot_rounds', 'round_section',
+           'label_worth', 'dataset_card', 'hub_files', 'push_to_hub', 'write_report', 'bench_section']
 
 # %% ../nbs/14a_report.ipynb #0738b7ed
 def pct(v: float|None) -> str:
@@ -36,9 +36,6 @@ def bench_names(ev: dict) -> list[str]:
     return [k[:-len('_policy')] for k in ev if k.endswith('_policy') and f"{k[:-len('_policy')]}_base" in ev]
 
 # %% ../nbs/14a_report.ipynb #57282b1e
-CUT_WARN = 0.10
-"Above this share of answers, revisions or evaluation answers cut at the token budget, a round says so: its accuracies are then measured on unfinished answers."
-
 def eval_cut_share(ev: dict|None, # a round's evaluation (`eval.json`)
                    who: str='policy', # 'policy' or 'base'
                   ) -> float|None:
@@ -53,9 +50,11 @@ def eval_cut_share(ev: dict|None, # a round's evaluation (`eval.json`)
 
 def round_cut_share(diag: dict, # the round's review diagnostics (`preferences.diagnostics`)
                     ev: dict|None, # its evaluation, if any
+                    metrics: dict|None=None, # its training metrics (`cut_share`: rows longer than the `max_length` trained on)
                    ) -> dict:
-    "The share cut at the budget in each stage of a round: the review's four and the evaluation's, of the policy and of the base."
-    return {**(diag.get('cut_share') or {}), 'evaluation': eval_cut_share(ev, 'policy'), 'evaluation_base': eval_cut_share(ev, 'base')}
+    "The share cut at the budget in each stage of a round: the review's four, training's, and the evaluation's, of the policy and of the base."
+    return {**(diag.get('cut_share') or {}), 'training': (metrics or {}).get('cut_share'),
+            'evaluation': eval_cut_share(ev, 'policy'), 'evaluation_base': eval_cut_share(ev, 'base')}
 
 def cut_warning(rec: dict, # a round record (`round.json`)
                 limit: float=CUT_WARN,
@@ -68,6 +67,13 @@ def cut_warning(rec: dict, # a round record (`round.json`)
             'eval.max_new_tokens or eval.bench_max_new_tokens')
 
 # %% ../nbs/14a_report.ipynb #7c208816
+def peer_line(check: dict|None, # `preferences.verifier_check`'s result (None: no verifier in the pool)
+             ) -> str:
+    "The LLM critics' agreement with the verifier, in words ('' without a verifier)."
+    if not check: return ''
+    if not check['n_checked']: return 'LLM critics vs verifier: no pair to check'
+    return f"LLM critics agree with the verifier {pct(check['peer_label_accuracy'])} (n={check['n_checked']})"
+
 def round_line(rec: dict, # a round record (`round.json`)
               ) -> str:
     "The terminal's line on a finished round."
@@ -75,6 +81,7 @@ def round_line(rec: dict, # a round record (`round.json`)
     la, n_dec = rv.get('label_accuracy'), rv.get('n_checkable_pairs') or 0
     parts = [f"{rec['n_pairs']} pairs, {n_dec} decisive",
              f'label accuracy {pct(la)}' if la is not None else '',
+             peer_line(rv.get('verifier')),
              'cut at the budget: ' + ', '.join(f'{k} {pct(cut[k])}' for k in ('answers', 'revisions', 'evaluation') if cut.get(k) is not None)
              if any(cut.get(k) is not None for k in ('answers', 'revisions', 'evaluation')) else '',
              *[f"{b} policy − base {signed(ev.get(f'{b}_difference'), ev.get(f'{b}_difference_ci'))} (n={ev.get(f'{b}_n')})"
@@ -156,7 +163,7 @@ def _self_pref_table(sp: dict|None) -> list[str]:
             *[f"| `{c}` | {s.get('family')} | {f(s.get('offset_own_family'))} ({s.get('n_own')}) | {f(s.get('offset_other_family'))} ({s.get('n_other')}) |"
               for c, s in sp.items()]]
 
-STAGE_NAMES = {'rescores': 're-scores', 'evaluation': "the policy's evaluation answers", 'evaluation_base': "the base model's"}
+STAGE_NAMES = {'rescores': 're-scores', 'training': 'the rows trained on (prompt + answer over `max_length`)', 'evaluation': "the policy's evaluation answers", 'evaluation_base': "the base model's"}
 
 def round_section(rec: dict, # a round record (`round.json`)
                   eval_md: str='', # the round's evaluation tables (`eval.md`)
@@ -171,13 +178,21 @@ def round_section(rec: dict, # a round record (`round.json`)
         lo, hi = exact_ci(round(la * n_dec), n_dec)
         check = (f'on the {n_dec} pairs with exactly one right answer the label chose the right one {pct(la)} of the time '
                  f'(95 % CI {pct(lo)} to {pct(hi)}; chance is 50 %)')
-    acc = (f"the actor's first answers were right {pct(rv['acc_a0'])} of the time and its revisions {pct(rv.get('acc_a1'))}; "
-           if rv.get('acc_a0') is not None else '')
+    acc = (f"the actor's first answers were right {pct(rv['acc_a0'])} of the time and its revisions {pct(rv.get('acc_a1'))}"
+           + (f" (revisions fixed {rv['revision_fixes']} wrong answers and broke {rv['revision_breaks']} right ones)"
+              if rv.get('revision_fixes') is not None else '') + '; ' if rv.get('acc_a0') is not None else '')
+    if (vc := rv.get('verifier')) and vc['n_checked']:
+        lo, hi = exact_ci(vc['n_agree'], vc['n_checked'])
+        check += (f". Without the verifier ({', '.join(f'`{v}`' for v in vc['verifiers'])}), the LLM critics' own labels agree with its "
+                  f"verdict on {vc['n_agree']} of {vc['n_checked']} pairs it tells apart ({pct(vc['peer_label_accuracy'])}, 95 % CI "
+                  f"{pct(lo)} to {pct(hi)})")
     lines = [f"## Round {rec['round']}", '',
              f"Actor `{rec['actor']}`; reference model: {rec['reference']}; policy after the round: `{rec['policy']}`.", '',
              '**Time.** ' + ', '.join(f'{k} {duration(v)}' for k, v in sec.items()) + f' ({duration(sum(sec.values()))} in all); '
              f"peak memory {max(rec['peak_rss_gib'].values()):.2f} GiB.", '',
-             f"**Review.** {rv.get('n_items')} prompts gave {rec['n_pairs']} pairs ({dropped}). The revision was chosen in "
+             f"**Review.** {rv.get('n_prompts') or rv.get('n_items')} prompts"
+             + (f" ({rv['n_items']} candidates: best-of-n)" if (rv.get('n_prompts') or rv.get('n_items')) != rv.get('n_items') else '')
+             + f" gave {rec['n_pairs']} pairs ({dropped}). The revision was chosen in "
              f"{pct(rv.get('revision_win_rate'))} of pairs; the critics' scores agree with Kendall τ = "
              f"{'–' if tau is None else f'{tau:+.2f}'}; {pct(rv.get('unparsed_rate'))} of critiques gave no readable score. "
              f'{acc.capitalize() if acc else ""}{check}.', '',

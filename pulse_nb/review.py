@@ -11,6 +11,7 @@ import logging
 from tqdm.auto import tqdm
 from filelock import FileLock, Timeout
 from .data import load_prompts
+from .graders import extract_answer, answer_number, normalize_math
 from .engines import Engine, SamplingConfig, ContextLengthError, make_engine
 from . import prompts as P
 from .core import UserError, RunError, repair_jsonl, read_jsonl, append_jsonl, write_atomic, clear_stale_temps
@@ -18,9 +19,10 @@ from .core import UserError, RunError, repair_jsonl, read_jsonl, append_jsonl, w
 log = logging.getLogger('pulse_nb')
 
 # %% auto #0
-__all__ = ['log', 'STAGES', 'versions', 'config_diff', 'check_manifest', 'engine_id', 'Slot', 'assign', 'derive_seed',
-           'run_stage', 'by_engine', 'engine_score_mode', 'critique_work', 'answer_work', 'comparison_work', 'review',
-           'record_engines', 'load_run', 'unparsed_rate', 'score_answers']
+__all__ = ['log', 'LATE_KEYS', 'CRITIC_MODES', 'STAGES', 'versions', 'config_diff', 'check_manifest', 'engine_id', 'Slot',
+           'is_verifier', 'assign', 'derive_seed', 'run_stage', 'by_engine', 'engine_score_mode', 'critique_work',
+           'answer_work', 'comparison_work', 'final_key', 'majority_reference', 'solution_work', 'review',
+           'record_engines', 'check_numerics', 'candidate_key', 'load_run', 'unparsed_rate', 'score_answers']
 
 # %% ../nbs/08_review.ipynb #7b095ca0
 def versions() -> dict:
@@ -36,14 +38,18 @@ def config_diff(old: dict, new: dict) -> list[str]:
     return [f'  {k}: {old.get(k)!r} (in the run dir) vs {new.get(k)!r} (now)'
             for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
+LATE_KEYS = {'critics', 'batch_size'}  # manifest fields added after runs were made: absent, they are recorded on resume
+
 def check_manifest(run_dir, round_: int, config: dict) -> dict:
     "Load or create `run_dir/manifest.json`; raise `RunError` if round `round_` was made with another config."
     path = Path(run_dir)/'manifest.json'
     man = json.loads(path.read_text()) if path.exists() else {'format': 1, 'created': time.time(), 'rounds': {}}
     old = man['rounds'].get(str(round_))
-    if old is not None and 'critics' not in old['config'] and 'critics' in config:  # written before the critic slots were recorded
-        same = lambda c: {k: v for k, v in c.items() if k not in ('personas', 'critics')}
-        if same(old['config']) == same(config):  # the same assignment ran: record what it was
+    late = LATE_KEYS - set(old['config']) if old is not None else set()
+    if 'critics' in late: late.add('personas')  # recorded with the critics: before, the configured personas, not those that ran
+    if late:  # written before these were recorded
+        same = lambda c: {k: v for k, v in c.items() if k not in late}
+        if same(old['config']) == same(config):  # the same run: record what it was
             old['config'] = config; write_atomic(path, json.dumps(man, indent=1))
     if old is not None and old['config'] != config:
         raise RunError(f'{run_dir} already holds round {round_} made with a different config:\n'
@@ -65,26 +71,34 @@ class Slot:
     engine: object
     persona: str
     @property
-    def critic(self) -> str: return f'{Path(str(self.engine.model)).name}/{self.persona}'
+    def critic(self) -> str:
+        return self.engine.critic_name if is_verifier(self.engine) else f'{Path(str(self.engine.model)).name}/{self.persona}'
+
+def is_verifier(e) -> bool:
+    "Whether engine `e` is a verifier critic (`verify:auto`), which checks answers against references and never acts."
+    return bool(getattr(e, 'verifies', False))
 
 def assign(n_prompts: int, pool: list, n_critics: int=2, actor='rotate', personas=None) -> list[tuple]:
     "For each prompt, (actor engine, [critic Slot, ...]) from the pool."
     personas = list(personas or P.PERSONAS)
     if n_critics > len(personas): raise UserError(f'n_critics={n_critics} but only {len(personas)} personas; pass more personas')
     if not pool: raise UserError('the peer pool is empty')
+    models, verifiers = [e for e in pool if not is_verifier(e)], [e for e in pool if is_verifier(e)]
+    if not models: raise UserError('the peer pool holds only verifiers: name a model to act')
     out = []
     for i in range(n_prompts):
         if isinstance(actor, Engine) or hasattr(actor, 'generate'): a = actor
-        elif actor == 'rotate': a = pool[i % len(pool)]
+        elif actor == 'rotate': a = models[i % len(models)]
         elif actor == 'fixed': a = pool[0]
         elif isinstance(actor, int): a = pool[actor]
         else: raise UserError(f"actor must be 'rotate', 'fixed', a pool index or an Engine, got {actor!r}")
-        others = [e for e in pool if e is not a] or [a]
-        picks = [others[(i + k) % len(others)] for k in range(n_critics)]
+        if is_verifier(a): raise UserError(f'{a.critic_name} cannot act: the actor must be a model (put the verifier among the critics)')
+        others = [e for e in models if e is not a] or ([] if verifiers else [a])
+        picks = [others[(i + k) % len(others)] for k in range(n_critics)] if others else []
         if len(others) >= n_critics:  # distinct models: each keeps one persona, so its critic id is stable
             slots = [Slot(e, personas[next(j for j, x in enumerate(pool) if x is e) % len(personas)]) for e in picks]
         else: slots = [Slot(e, personas[k]) for k, e in enumerate(picks)]  # repeated models: persona k per slot
-        out.append((a, slots))
+        out.append((a, slots + [Slot(v, '') for v in verifiers]))  # every verifier checks every answer
     return out
 
 # %% ../nbs/08_review.ipynb #f9db2368
@@ -144,6 +158,7 @@ def _ending(c) -> dict:
 def critique_work(chunk, seed, score_mode, scale, sampling: SamplingConfig, min_mass: float) -> list[dict]:
     "Feedback and a score from each item's critic: one engine call per engine (in log-prob mode the fused `generate_and_score`)."
     def run(e, its):
+        if is_verifier(e): return [e.critique(it['item'], it['answer'], scale, it['cut']) for it in its]
         convs, mode = [it['conv'] for it in its], engine_score_mode(e, score_mode)
         if mode == 'logprobs':
             sc = SamplingConfig(**{**asdict(sampling), 'seed': seed, 'stop': P.FEEDBACK_STOP})
@@ -167,13 +182,13 @@ def critique_work(chunk, seed, score_mode, scale, sampling: SamplingConfig, min_
 
 
 def answer_work(chunk, seed, sampling: SamplingConfig, clean=False) -> list[dict]:
-    "One completion per item from its engine (one generate call per engine)."
+    "`sampling.n` completions per item from its engine (one generate call per engine): the first as the record, all n in `samples` when n > 1."
     def run(e, its):
         return e.generate([it['conv'] for it in its], SamplingConfig(**{**asdict(sampling), 'seed': seed}))
     out = []
     for it, g in zip(chunk, by_engine(chunk, run)):
-        c = g.completions[0]
-        out.append({**it['rec'], 'text': P.clean_revision(c.text) if clean else c.text.strip(), 'raw': c.text, **_ending(c)})
+        done = [{'text': P.clean_revision(c.text) if clean else c.text.strip(), 'raw': c.text, **_ending(c)} for c in g.completions]
+        out.append({**it['rec'], **done[0], **({'samples': done} if len(done) > 1 else {})})
     return out
 
 def comparison_work(chunk, seed, score_mode, sampling: SamplingConfig, min_mass: float) -> list[dict]:
@@ -199,6 +214,37 @@ def comparison_work(chunk, seed, score_mode, sampling: SamplingConfig, min_mass:
         return out
     res = by_engine(chunk, run)
     return [{**it['rec'], **r} for it, r in zip(chunk, res)]
+
+# %% ../nbs/08_review.ipynb #e21451b0
+CRITIC_MODES = ('direct', 'reference', 'self_consistent')
+
+def final_key(text: str):
+    "What two solutions must share to count as the same answer: the stated number, else the normalised final answer (None: none stated)."
+    got = extract_answer(text)
+    if not got: return None
+    n = answer_number(got)
+    return n if n is not None else normalize_math(got) or None
+
+def majority_reference(texts: list[str], # sampled solutions of one problem
+                      ) -> dict:
+    "The self-consistent reference: the first solution whose final answer is the most common (`reference`, `majority`, `votes`)."
+    keys = [final_key(t) for t in texts]
+    counts = {}
+    for k in keys:
+        if k is not None: counts[k] = counts.get(k, 0) + 1
+    if not counts: return {'reference': texts[0], 'majority': None, 'votes': 0}
+    top = max(counts, key=counts.get)  # ties: the answer met first
+    return {'reference': texts[keys.index(top)], 'majority': str(top), 'votes': counts[top]}
+
+# %% ../nbs/08_review.ipynb #03f48042
+def solution_work(chunk, seed, sampling: SamplingConfig) -> list[dict]:
+    "Each critic model's own solution of each item's prompt: greedy (reference mode) or the majority of `sampling.n` samples."
+    recs = answer_work(chunk, seed, sampling)
+    out = []
+    for r in recs:
+        texts = [s['text'] for s in r.get('samples') or [r]]
+        out.append({**r, **majority_reference(texts)} if len(texts) > 1 else {**r, 'reference': r['text'], 'majority': None, 'votes': 1})
+    return out
 
 # %% ../nbs/08_review.ipynb #3e3ec932
 def _as_pool(pool) -> tuple[list, list]:
@@ -233,6 +279,9 @@ def review(prompts, # prompt records, strings, or a spec for `load_prompts` (`bu
            personas=None, # persona names or texts of the critic slots (default `prompts.PERSONAS`)
            templates: dict|None=None, # overrides of 'actor', 'critic', 'rescore', 'revision', 'critic_system', 'pairwise'
            pairwise: bool=False, # also ask each critic to compare a0 and a1 in both orders (a fifth stage)
+           n_answers: int=1, # answers sampled per prompt (best-of-n): each is a candidate, critiqued, revised and re-scored
+           critic_mode: str='direct', # 'direct', 'reference' (each critic model solves first) or 'self_consistent' (majority of samples)
+           critic_samples: int=5, # self_consistent: solutions sampled per critic model and prompt
            stop_after: str|None=None, # end each round after this stage ('answers', 'critiques', 'revisions'); a later call resumes
            release: bool=False, # after each stage, release every pool engine that can be released (models that do not fit together)
            progress: bool=True, # tqdm bar per stage
@@ -240,11 +289,16 @@ def review(prompts, # prompt records, strings, or a spec for `load_prompts` (`bu
     "Run the peer-review protocol over `prompts` with the peer `pool`; returns the run directory."
     if score_mode not in ('logprobs', 'text'): raise UserError(f"score_mode must be 'logprobs' or 'text', got {score_mode!r}")
     if stop_after not in (None, *STAGES): raise UserError(f'stop_after must be one of {STAGES} or None, got {stop_after!r}')
+    if not (isinstance(n_answers, int) and n_answers >= 1): raise UserError(f'n_answers must be an integer >= 1, got {n_answers!r}')
+    if n_answers > 1 and temperature == 0: raise UserError('n_answers > 1 needs sampling: set temperature > 0 (greedy answers are all the same)')
+    if critic_mode not in CRITIC_MODES: raise UserError(f'critic_mode must be one of {CRITIC_MODES}, got {critic_mode!r}')
+    if critic_mode == 'self_consistent' and (critic_samples < 2 or temperature == 0):
+        raise UserError('critic_mode self_consistent needs critic_samples >= 2 and temperature > 0 (a majority of one greedy solution is the reference mode)')
     scale = tuple(scale or P.SCALE)
     if score_mode == 'logprobs': P.scale_tokens(scale)
     T = {'actor': P.ACTOR_TEMPLATE, 'critic': P.CRITIC_TEMPLATE, 'rescore': P.RESCORE_TEMPLATE,
          'revision': P.REVISION_TEMPLATE, 'critic_system': P.CRITIC_SYSTEM, **({'pairwise': P.PAIRWISE_TEMPLATE} if pairwise else {}),
-         **(templates or {})}
+         **({'reference_critic': P.REFERENCE_CRITIC_TEMPLATE} if critic_mode != 'direct' else {}), **(templates or {})}
     recs = load_prompts(prompts, limit=limit)  # built-in sets use their default seed: `seed` is for sampling only
     if not recs: raise UserError('no prompts to review')
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
@@ -262,15 +316,18 @@ def review(prompts, # prompt records, strings, or a spec for `load_prompts` (`bu
         config = dict(prompt_ids=_hash([r['id'] for r in recs]), n_prompts=len(recs), pool=[engine_id(e) for e in engines],
                       actor=engine_id(actor) if hasattr(actor, 'generate') else actor, n_critics=n_critics,
                       score_mode=score_mode, scale=list(scale), seed=seed, max_new_tokens=max_new_tokens,
-                      temperature=temperature, min_mass=min_mass, templates=_hash(T),
-                      personas=sorted({c['persona'] for c in ran.values()}, key=personas.index),  # the personas that ran
+                      temperature=temperature, min_mass=min_mass, templates=_hash(T), batch_size=batch_size,
+                      personas=sorted({c['persona'] for c in ran.values() if c['persona']}, key=personas.index),  # the personas that ran
                       critics=dict(sorted(ran.items())),  # each critic id: the engine and persona its slots used
-                      **({'pairwise': True} if pairwise else {}))
+                      **({'pairwise': True} if pairwise else {}), **({'n_answers': n_answers} if n_answers > 1 else {}),
+                      **({'critic_mode': critic_mode} if critic_mode != 'direct' else {}),
+                      **({'critic_samples': critic_samples} if critic_mode == 'self_consistent' else {}))
         for r in range(first_round, first_round + rounds): check_manifest(out, r, config)  # refuse before writing
         _write_prompts(out, recs)
         for r in range(first_round, first_round + rounds):
             _round(out, r, recs, plan, T, score_mode, scale, sampling, seed, batch_size, min_mass, progress, pairwise, stop_after,
-                   after=(lambda: [e.release() for e in engines if hasattr(e, 'release')]) if release else None)
+                   after=(lambda: [e.release() for e in engines if hasattr(e, 'release')]) if release else None, n_answers=n_answers,
+                   critic_mode=critic_mode, critic_samples=critic_samples)
             record_engines(out, r, engines)
         return out
     finally:
@@ -292,64 +349,108 @@ def _write_prompts(out: Path, recs: list[dict]):
     if new != old: write_atomic(out/'prompts.jsonl', ''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in new.values()))
 
 # %% ../nbs/08_review.ipynb #0c8cb1d7
+def check_numerics(out, r: int, chunk: list[dict]):
+    "Before a chunk runs: record each of its engines' `numerics()` for round `r`, or refuse, naming what differs, if they differ from the records'."
+    engines = {engine_id(it['engine']): it['engine'] for it in chunk}
+    now = {eid: e.numerics() for eid, e in engines.items() if hasattr(e, 'numerics') and not is_verifier(e)}
+    if not any(now.values()): return
+    path = Path(out)/'manifest.json'
+    man = json.loads(path.read_text())
+    had = man['rounds'][str(r)].setdefault('numerics', {})
+    for eid, num in now.items():
+        if eid in had and had[eid] != num:
+            diff = ', '.join(f'{k} {had[eid].get(k)!r} then, {num.get(k)!r} now' for k in sorted(set(had[eid]) | set(num)) if had[eid].get(k) != num.get(k))
+            raise RunError(f'{out}: round {r} began with {eid} computing differently ({diff}); resuming would mix results: '
+                           'resume with the same settings, threads and machine, or use another output directory')
+    if any(eid not in had for eid in now):
+        had.update({eid: num for eid, num in now.items() if eid not in had})
+        write_atomic(path, json.dumps(man, indent=1))
+
+def candidate_key(prompt_id: str, sample: int) -> str:
+    "A candidate's part of a record key: the prompt id for the first sample (a single-answer run's key), `id~j` for sample j."
+    return prompt_id if sample == 0 else f'{prompt_id}~{sample}'
+
+def _solutions(out, r, recs, plan, T, sampling, critic_mode, k, seed, stage, kw) -> dict:
+    "Round `r`'s solutions by each critic model of each prompt (a stage): {(prompt id, critic engine id): reference text}."
+    its = []
+    for p, (_, slots) in zip(recs, plan):
+        writers = {engine_id(s.engine): s.engine for s in slots if not is_verifier(s.engine)}
+        its += [{'key': f"r{r}/{p['id']}/solution/{eid}", 'engine': e, 'conv': P.actor_conv(p['prompt'], T['actor']),
+                 'rec': {'key': f"r{r}/{p['id']}/solution/{eid}", 'round': r, 'prompt_id': p['id'], 'critic_model': eid,
+                         'critic_mode': critic_mode}} for eid, e in writers.items()]
+    sc = SamplingConfig(**{**asdict(sampling), **({'n': k} if critic_mode == 'self_consistent' else {'temperature': 0.0})})
+    sols = stage(out/'solutions.jsonl', its, lambda ch, s: solution_work(ch, s, sc), seed=seed, desc=f'round {r} solutions', **kw)
+    return {(s['prompt_id'], s['critic_model']): s['reference'] for s in sols}
+
 def _round(out, r, recs, plan, T, score_mode, scale, sampling, seed, batch_size, min_mass, progress, pairwise=False,
-           stop_after=None, after=None):
+           stop_after=None, after=None, n_answers=1, critic_mode='direct', critic_samples=5):
     "The four stages of round `r` (five with `pairwise`), or those up to `stop_after`; `after()` runs after each stage."
     kw = dict(batch_size=batch_size, progress=progress)
-    def stage(*a, **k):
-        out_ = run_stage(*a, **k)
+    def stage(path, items, work, **k):
+        out_ = run_stage(path, items, lambda ch, s: (check_numerics(out, r, ch), work(ch, s))[1], **k)
         if after: after()
         return out_
     base = lambda p, a: {'round': r, 'prompt_id': p['id'], 'actor': engine_id(a)}
     items = [{'key': f"r{r}/{p['id']}", 'engine': a, 'conv': P.actor_conv(p['prompt'], T['actor']),
               'rec': {'key': f"r{r}/{p['id']}", **base(p, a)}} for p, (a, _) in zip(recs, plan)]
-    a0 = stage(out/'answers.jsonl', items, lambda ch, s: answer_work(ch, s, sampling), seed=seed,
+    several = SamplingConfig(**{**asdict(sampling), 'n': n_answers})
+    a0 = stage(out/'answers.jsonl', items, lambda ch, s: answer_work(ch, s, several), seed=seed,
                    desc=f'round {r} answers', **kw)
     if stop_after == 'answers': return
+    # every sample is a candidate, critiqued, revised and re-scored on its own
+    cands = [(p, a, slots, j, x) for p, (a, slots), ans in zip(recs, plan, a0) for j, x in enumerate(ans.get('samples') or [ans])]
+    tag = (lambda j: {'sample': j}) if n_answers > 1 else (lambda j: {})
+    refs = {} if critic_mode == 'direct' else _solutions(out, r, recs, plan, T, sampling, critic_mode, critic_samples, seed, stage, kw)
 
     def crit_items(answers, target, template):
         its = []
-        for p, (a, slots), ans in zip(recs, plan, answers):
+        for (p, a, slots, j, _), ans in zip(cands, answers):
             for s in slots:
-                key = f"r{r}/{p['id']}/{target}/{s.critic}"
-                conv = P.critic_conv(p['prompt'], ans['text'], s.persona, scale, template, T['critic_system'])
+                key, v = f"r{r}/{candidate_key(p['id'], j)}/{target}/{s.critic}", is_verifier(s.engine)
+                conv = None if v else P.critic_conv(p['prompt'], ans['text'], s.persona, scale, T.get('reference_critic', template),
+                                                    T['critic_system'], reference=refs.get((p['id'], engine_id(s.engine))))
                 its.append({'key': key, 'engine': s.engine, 'conv': conv, 'answer': ans['text'], 'prompt': p['prompt'],
-                            'rec': {'key': key, 'round': r, 'prompt_id': p['id'], 'target': target, 'critic': s.critic,
-                                    'critic_model': engine_id(s.engine), 'persona': s.persona, 'score_mode': score_mode}})
+                            'item': p, 'cut': ans.get('finish_reason') == 'length',
+                            'rec': {'key': key, 'round': r, 'prompt_id': p['id'], **tag(j), 'target': target, 'critic': s.critic,
+                                    'critic_model': engine_id(s.engine), 'persona': s.persona,
+                                    'score_mode': 'verifier' if v else score_mode, **({'verifier': True} if v else {}),
+                                    **({'critic_mode': critic_mode} if refs and not v else {})}})
         return its
     cw = lambda ch, s: critique_work(ch, s, score_mode, scale, sampling, min_mass)
-    crit = stage(out/'critiques.jsonl', crit_items(a0, 'a0', T['critic']), cw, seed=seed, desc=f'round {r} critiques', **kw)
+    crit = stage(out/'critiques.jsonl', crit_items([x for *_, x in cands], 'a0', T['critic']), cw, seed=seed,
+                 desc=f'round {r} critiques', **kw)
     if stop_after == 'critiques': return
 
     fb = {}
-    for c in crit: fb.setdefault(c['prompt_id'], []).append(c['feedback'])
-    items = [{'key': f"r{r}/{p['id']}", 'engine': a,
-              'conv': P.revision_conv(p['prompt'], ans['text'], fb[p['id']], T['revision'], T['actor']),
-              'rec': {'key': f"r{r}/{p['id']}", **base(p, a)}} for p, (a, _), ans in zip(recs, plan, a0)]
+    for c in crit: fb.setdefault((c['prompt_id'], c.get('sample', 0)), []).extend([c['feedback']] if c['feedback'] or not c.get('verifier') else [])
+    items = [{'key': f"r{r}/{candidate_key(p['id'], j)}", 'engine': a,
+              'conv': P.revision_conv(p['prompt'], x['text'], fb.get((p['id'], j), []), T['revision'], T['actor']),
+              'rec': {'key': f"r{r}/{candidate_key(p['id'], j)}", **base(p, a), **tag(j)}} for p, a, _, j, x in cands]
     a1 = stage(out/'revisions.jsonl', items, lambda ch, s: answer_work(ch, s, sampling, clean=True), seed=seed,
                    desc=f'round {r} revisions', **kw)
     if stop_after == 'revisions': return
     stage(out/'rescores.jsonl', crit_items(a1, 'a1', T['rescore']), cw, seed=seed, desc=f'round {r} rescores', **kw)
     if not pairwise: return
     its = []
-    for p, (a, slots), x0, x1 in zip(recs, plan, a0, a1):
-        for s in slots:
+    for (p, a, slots, j, x0), x1 in zip(cands, a1):
+        for s in (s for s in slots if not is_verifier(s.engine)):  # a verifier's verdicts are its scores
             for first, conv in zip(('a0', 'a1'), P.pairwise_convs(p['prompt'], x0['text'], x1['text'], s.persona,
                                                                   T['pairwise'], T['critic_system'])):
-                key = f"r{r}/{p['id']}/pair/{s.critic}/{first}"
+                key = f"r{r}/{candidate_key(p['id'], j)}/pair/{s.critic}/{first}"
                 its.append({'key': key, 'engine': s.engine, 'conv': conv,
-                            'rec': {'key': key, 'round': r, 'prompt_id': p['id'], 'critic': s.critic, 'first': first,
+                            'rec': {'key': key, 'round': r, 'prompt_id': p['id'], **tag(j), 'critic': s.critic, 'first': first,
                                     'critic_model': engine_id(s.engine), 'persona': s.persona, 'score_mode': score_mode}})
     stage(out/'comparisons.jsonl', its, lambda ch, s_: comparison_work(ch, s_, score_mode, sampling, min_mass),
               seed=seed, desc=f'round {r} comparisons', **kw)
 
 # %% ../nbs/08_review.ipynb #fe41860e
 def load_run(run_dir) -> dict:
-    "The manifest, prompts and every stage's records of a run directory."
+    "The manifest, prompts and every stage's records of a run directory (the critics' `solutions` and `comparisons` where made)."
     d = Path(run_dir)
     if not (d/'manifest.json').exists(): raise RunError(f'{d} is not a pulse run directory (no manifest.json)')
     return {'manifest': json.loads((d/'manifest.json').read_text()), 'prompts': read_jsonl(d/'prompts.jsonl'),
-            **{s: read_jsonl(d/f'{s}.jsonl') for s in STAGES}, 'comparisons': read_jsonl(d/'comparisons.jsonl')}
+            **{s: read_jsonl(d/f'{s}.jsonl') for s in STAGES}, 'comparisons': read_jsonl(d/'comparisons.jsonl'),
+            'solutions': read_jsonl(d/'solutions.jsonl')}
 
 def unparsed_rate(run_dir) -> dict:
     "Per stage of critiques, the number of critiques and the fraction without a usable score."

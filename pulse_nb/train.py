@@ -13,16 +13,16 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers.trainer_callback import ProgressCallback
 from trl import DPOConfig
-from .losses import loss_keywords, pair_weights, soft_labels_from_scores, normalize_weights, WEIGHTINGS, LOSSES
-from .trainer import PulseDPOTrainer, BetaSchedule, BETA_SCHEDULES, REF_COLUMNS
+from .losses import loss_keywords, pair_weights, soft_labels_from_scores, normalize_weights, WEIGHTINGS, LOSSES, LIST_LOSSES, is_listwise
+from .trainer import PulseDPOTrainer, BetaSchedule, BETA_SCHEDULES, REF_COLUMNS, LIST_COLUMN, longest_sequences
 from .core import UserError, moved_names
 
 # %% auto #0
 __all__ = ['DTYPES', 'REPORTERS', 'SCHEDULE_OPTIONS', 'TRL_FIELDS', 'MANAGED', 'ConfigError', 'TrainConfig', 'check_known',
-           'check_train_config', 'validate_pairs', 'add_pair_columns', 'has_reference_logps', 'prepare_pairs',
-           'dpo_config', 'apply_fused_kernels', 'lora_config', 'loss_options', 'LossBar', 'make_trainer', 'TrainResult',
-           'check_environment', 'load_policy', 'record_base', 'save_run', 'train', 'with_reference_logps', 'train_many',
-           'load_trained']
+           'check_train_config', 'validate_lists', 'validate_pairs', 'add_pair_columns', 'has_reference_logps',
+           'check_rows_fit_loss', 'prepare_pairs', 'dpo_config', 'length_plan', 'apply_fused_kernels', 'lora_config',
+           'loss_options', 'LossBar', 'make_trainer', 'TrainResult', 'check_environment', 'load_policy', 'record_base',
+           'save_run', 'train', 'with_reference_logps', 'train_many', 'load_trained']
 
 # %% ../nbs/11_train.ipynb #3a85278c
 class ConfigError(UserError, TypeError):
@@ -44,7 +44,7 @@ MANAGED = dict(learning_rate='lr', num_train_epochs='epochs', max_steps='max_ste
 class TrainConfig:
     "Everything that defines a training run; a YAML run config's `train:` section maps onto it one to one."
     # the loss
-    loss: str = 'savage'                 # a name in `pulse_nb.losses.LOSSES`
+    loss: str = 'savage'                 # a name in `pulse_nb.losses.LOSSES`, or 'listwise' (ranked lists; pairs are lists of two)
     beta: float = 0.1                    # DPO β (the base value of the schedule)
     beta_schedule: str = 'constant'      # one of `BETA_SCHEDULES`
     beta_schedule_kwargs: dict = field(default_factory=dict)  # `BetaSchedule` options: start, end, warmup_frac, alpha, momentum, min_beta
@@ -56,7 +56,8 @@ class TrainConfig:
     weight_scale: float = 1.0            # margin (score units) at which a pair's margin weight reaches 1 − 1/e
     soft_labels: bool = False            # train on soft labels η (implied by loss='soft')
     soft_label_tau: float = 1.0          # temperature (score units) turning critic score gaps into η
-    max_length: int = 256                # truncate prompt + answer to this many tokens
+    max_length: int|None = None         # cut prompt + answer at this many tokens (None: the longest row's, up to max_length_cap)
+    max_length_cap: int = 1024           # the most tokens that max_length=None trains on
     # the model
     lora: bool = True                    # train a LoRA adapter (reference: the model without it); False: full fine-tuning
     lora_r: int = 16                     # LoRA rank
@@ -98,10 +99,11 @@ _RANGES = {  # field: (test, what the value must be)
     'beta': (_POSITIVE, '> 0'), 'drdpo_beta': (_POSITIVE, '> 0'), 'weight_scale': (_POSITIVE, '> 0'),
     'soft_label_tau': (_POSITIVE, '> 0'), 'lr': (_POSITIVE, '> 0'), 'epochs': (_POSITIVE, '> 0'),
     'lora_alpha': (_POSITIVE, '> 0'), 'epsilon': (lambda v: 0 <= v < 0.5, 'in [0, 0.5)'),
-    'lora_dropout': (lambda v: 0 <= v < 1, 'in [0, 1)'), 'max_length': (lambda v: v >= 8, '>= 8'),
+    'lora_dropout': (lambda v: 0 <= v < 1, 'in [0, 1)'), 'max_length': (lambda v: v is None or v >= 8, '>= 8 or None'),
+    'max_length_cap': (lambda v: v >= 8, '>= 8'),
     'max_steps': (lambda v: v == -1 or v >= 1, '-1 or >= 1'), 'seed': (lambda v: v >= 0, '>= 0'),
     **{k: (lambda v: v >= 1, '>= 1') for k in ('lora_r', 'batch_size', 'gradient_accumulation_steps', 'logging_steps')}}
-_CHOICES = {'loss': tuple(LOSSES), 'beta_schedule': BETA_SCHEDULES, 'weighting': (None, 'weight', *WEIGHTINGS),
+_CHOICES = {'loss': (*LOSSES, *LIST_LOSSES), 'beta_schedule': BETA_SCHEDULES, 'weighting': (None, 'weight', *WEIGHTINGS),
             'dtype': DTYPES, 'adapter_dtype': DTYPES}
 
 def check_known(options:dict) -> None:
@@ -132,6 +134,7 @@ def check_train_config(c:TrainConfig) -> None:
         if k in MANAGED: raise ConfigError(f'TrainConfig.trl_args[{k!r}]: set TrainConfig.{MANAGED[k]} instead')
         if k not in TRL_FIELDS: raise ConfigError(f'TrainConfig.trl_args: {k!r} is not a trl.DPOConfig field')
     if c.init_adapter is not None and not c.lora: raise ConfigError('TrainConfig.init_adapter continues a LoRA adapter: it needs lora=True')
+    if c.soft_labels and is_listwise(c.loss): raise ConfigError(f'TrainConfig.soft_labels: loss {c.loss!r} ranks whole lists and takes no soft labels')
 
 # %% ../nbs/11_train.ipynb #2b255138
 from .data import load_pairs  # one reader of pairs files for training, the inspector and the CLI
@@ -146,18 +149,36 @@ def _is_empty(x) -> bool:
         return _is_empty(last.get('content')) if isinstance(last, dict) else False
     return False
 
-def validate_pairs(ds:Dataset, # the pairs
+def validate_lists(ds:Dataset, # ranked lists: `prompt`, `completions` and optionally `scores`
+                  ) -> None:
+    "Raise `UserError` naming the row when a ranked list cannot be trained on."
+    if 'prompt' not in ds.column_names: raise UserError(f'ranked lists need a `prompt` column beside `completions`; the dataset has {sorted(ds.column_names)}')
+    scores = ds['scores'] if 'scores' in ds.column_names else [None] * len(ds)
+    for i, (p, answers, s) in enumerate(zip(ds['prompt'], ds[LIST_COLUMN], scores)):
+        if _is_empty(p): raise UserError(f"row {i}: column 'prompt' is empty")
+        n = len(answers) if isinstance(answers, list) else 0
+        if n < 2: raise UserError(f'row {i}: `completions` holds {n} answer(s); a ranked list needs at least 2, best first')
+        if bad := [j for j, a in enumerate(answers) if _is_empty(a) or isinstance(a, str) != isinstance(p, str)]:
+            raise UserError(f'row {i}: answer {bad[0]} of `completions` is empty or not of the prompt\'s kind (text or messages)')
+        if s is not None and len(s) != n: raise UserError(f'row {i}: `scores` has {len(s)} values for {n} completions')
+        if s is not None and (not all(x is not None and math.isfinite(x) for x in s) or any(a < b for a, b in zip(s, s[1:]))):
+            raise UserError(f'row {i}: `scores` must be finite and sorted high to low (the best answer first), got {s}')
+
+def validate_pairs(ds:Dataset, # the pairs (or ranked lists: a `completions` column)
                    weighting:str|None=None, # None, 'weight' (use the column) or one of `WEIGHTINGS`
                    soft_labels:bool=False, # whether soft labels are needed
                   ) -> None:
     "Raise `ValueError` naming the column or row when `ds` cannot be trained on."
     if len(ds) == 0: raise UserError('the preference dataset is empty')
     cols = set(ds.column_names)
-    need = {'chosen', 'rejected'} | ({'prompt'} if 'chosen' in cols and isinstance(ds[0]['chosen'], str) else set())
+    pairs = LIST_COLUMN not in cols  # else ranked lists
+    if not pairs: validate_lists(ds)
+    if soft_labels and not pairs: raise UserError('soft labels are for pairs; ranked lists (`completions`) take none')
+    need = {'chosen', 'rejected'} | ({'prompt'} if 'chosen' in cols and isinstance(ds[0]['chosen'], str) else set()) if pairs else set()
     if missing := sorted(need - cols):
         raise UserError(f'the preference dataset is missing column(s) {missing}; it needs prompt/chosen/rejected '
                          f'(strings or message lists), and has {sorted(cols)}')
-    for c in ('prompt', 'chosen', 'rejected'):
+    for c in ('prompt', 'chosen', 'rejected') if pairs else ():
         if c not in cols: continue
         for i, x in enumerate(ds[c]):
             if _is_empty(x): raise UserError(f'row {i}: column {c!r} is empty')
@@ -205,8 +226,16 @@ def add_pair_columns(ds:Dataset, # validated pairs
     return ds
 
 def has_reference_logps(ds:Dataset) -> bool:
-    "Whether the pairs `ds` carry their reference log-probs (`REF_COLUMNS`), so the trainer skips its reference pass."
-    return set(REF_COLUMNS) <= set(ds.column_names)
+    "Whether the pairs `ds` carry their reference log-probs (`REF_COLUMNS`, or `ref_logps` for lists), so the trainer skips its reference pass."
+    return set(REF_COLUMNS) <= set(ds.column_names) or 'ref_logps' in ds.column_names
+
+def check_rows_fit_loss(ds:Dataset, # pairs or ranked lists
+                        loss:str, # the run's loss
+                       ) -> None:
+    "Refuse ranked lists for a pair loss, saying what to do instead."
+    if LIST_COLUMN in ds.column_names and not is_listwise(loss):
+        raise UserError(f"the rows are ranked lists (`completions`): train them with loss='listwise', or make pairs of them "
+                        f"first (e.g. best against worst) for loss={loss!r}")
 
 def prepare_pairs(dataset, # anything `load_pairs` reads
                   cfg:TrainConfig, # the run's config (weighting, soft labels)
@@ -214,10 +243,10 @@ def prepare_pairs(dataset, # anything `load_pairs` reads
                  ) -> tuple[Dataset, Dataset|None]:
     "The checked training pairs with the trainer's columns, and the held-out pairs (or None)."
     soft = cfg.soft_labels or cfg.loss == 'soft'
-    ds = load_pairs(dataset); validate_pairs(ds, cfg.weighting, soft)
+    ds = load_pairs(dataset); check_rows_fit_loss(ds, cfg.loss); validate_pairs(ds, cfg.weighting, soft)
     ds = add_pair_columns(ds, cfg.weighting, soft, cfg.weight_scale, cfg.soft_label_tau)
     if eval_dataset is None: return ds, None
-    ev = load_pairs(eval_dataset); validate_pairs(ev)
+    ev = load_pairs(eval_dataset); check_rows_fit_loss(ev, cfg.loss); validate_pairs(ev)
     if has_reference_logps(ds) != has_reference_logps(ev):
         raise UserError(f"the {'training' if has_reference_logps(ds) else 'held-out'} pairs carry reference log-probs "
                          f"({', '.join(REF_COLUMNS)}) and the others do not: give them for both or neither")
@@ -235,11 +264,23 @@ def dpo_config(output_dir, # where TRL writes its state
     kw = dict(output_dir=str(output_dir), per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
               learning_rate=cfg.lr or (1e-4 if cfg.lora else 5e-6), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
               gradient_accumulation_steps=cfg.gradient_accumulation_steps, beta=cfg.beta, seed=cfg.seed, bf16=bf16,
-              max_length=cfg.max_length, gradient_checkpointing=cfg.gradient_checkpointing,
+              max_length=cfg.max_length if cfg.max_length is not None else cfg.max_length_cap, gradient_checkpointing=cfg.gradient_checkpointing,
               precompute_ref_log_probs=cfg.precompute_ref_logps, logging_steps=cfg.logging_steps, report_to=cfg.report_to,
               save_strategy='no', use_cpu=not torch.cuda.is_available(), disable_tqdm=not progress,
               dataloader_num_workers=0, label_smoothing=cfg.epsilon, logging_nan_inf_filter=False)
     return DPOConfig(**{**kw, **cfg.trl_args, **overrides})
+
+def length_plan(pairs:Dataset, # training pairs or ranked lists
+                tokenizer, # the policy's tokenizer
+                max_length:int|None=None, # an explicit cut, or None: the longest row's prompt + answer, up to `cap`
+                cap:int=1024, # the most tokens that max_length=None keeps
+                eval_pairs:Dataset|None=None, # held-out rows: their longest counts too
+               ) -> dict:
+    "The `max_length` a run trains with, the longest training row, and `cut_share`: the share of training rows longer than `max_length`."
+    lengths = longest_sequences(pairs, tokenizer)
+    longest = max(lengths + (longest_sequences(eval_pairs, tokenizer) if eval_pairs is not None else []))
+    used = max_length if max_length is not None else min(longest, cap)
+    return {'max_length': used, 'cut_share': sum(n > used for n in lengths) / len(lengths), 'longest_sequence': max(lengths)}
 
 # %% ../nbs/11_train.ipynb #29924e24
 def apply_fused_kernels(model, # a transformers causal LM on a GPU
@@ -290,21 +331,24 @@ def make_trainer(pairs:Dataset, # training pairs from `prepare_pairs`
                  callbacks:list|None=None, # `transformers.TrainerCallback`s
                  **trl_overrides, # `trl.DPOConfig` fields that override `cfg`'s
                 ) -> PulseDPOTrainer:
-    "A `PulseDPOTrainer` for `cfg`: LoRA (fresh or from `init_adapter`) or full fine-tuning, and the speed options."
+    "A `PulseDPOTrainer` for `cfg`: LoRA (fresh or from `init_adapter`) or full fine-tuning, the speed options, and `max_length` from `length_plan`."
     bf16 = cfg.bf16 if cfg.bf16 is not None else policy.dtype == torch.bfloat16
     if cfg.fused_kernels: apply_fused_kernels(policy)
     given = has_reference_logps(pairs)  # the pairs carry the reference log-probs: no reference pass, no reference model
     ref_model = None if cfg.lora or cfg.precompute_ref_logps or given else copy.deepcopy(policy).eval().requires_grad_(False)
+    plan = length_plan(pairs, tokenizer, trl_overrides.pop('max_length', cfg.max_length), cfg.max_length_cap, eval_pairs)
     if given: trl_overrides = dict(trl_overrides, precompute_ref_log_probs=False)
     adapter_dtype = None
     if cfg.lora: adapter_dtype = policy.dtype if cfg.adapter_dtype == 'auto' else getattr(torch, cfg.adapter_dtype)
-    trainer = PulseDPOTrainer(policy, ref_model=ref_model, args=dpo_config(output_dir, cfg, bf16, progress, **trl_overrides),
-                              train_dataset=pairs, eval_dataset=eval_pairs, processing_class=tokenizer, callbacks=callbacks,
+    args = dpo_config(output_dir, cfg, bf16, progress, max_length=plan['max_length'], **trl_overrides)
+    trainer = PulseDPOTrainer(policy, ref_model=ref_model, args=args, train_dataset=pairs, eval_dataset=eval_pairs,
+                              processing_class=tokenizer, callbacks=callbacks,
                               peft_config=lora_config(cfg) if cfg.lora else None,
                               loss=cfg.loss, epsilon=cfg.epsilon, loss_kwargs=loss_options(cfg),
                               beta_schedule=BetaSchedule(cfg.beta_schedule, cfg.beta, **cfg.beta_schedule_kwargs),
                               use_weights=cfg.weighting is not None, use_soft_labels=cfg.soft_labels,
                               init_adapter=cfg.init_adapter, adapter_dtype=None if adapter_dtype == torch.float32 else adapter_dtype)
+    trainer.length_plan = plan  # the max_length used and the share of rows cut: `train` records them
     if progress and trainer.pop_callback(ProgressCallback): trainer.add_callback(LossBar(progress if isinstance(progress, str) else 'train'))
     return trainer
 
@@ -321,6 +365,8 @@ class TrainResult:
     model: Any = field(default=None, repr=False)      # the trained model, still in memory
     tokenizer: Any = field(default=None, repr=False)
     trainer: Any = field(default=None, repr=False)    # the `PulseDPOTrainer` (to evaluate more data)
+    max_length: int|None = None   # the prompt + answer tokens trained on (`TrainConfig.max_length` resolved by `length_plan`)
+    cut_share: float|None = None  # the share of training rows with a prompt + answer longer than that: cut in training
 
     @property
     def losses(self) -> list[float]:
@@ -389,7 +435,7 @@ def train(dataset, # Dataset, .parquet/.jsonl file, or review run folder (pairs.
           callbacks:list|None=None, # `transformers.TrainerCallback`s
           **overrides, # `TrainConfig` fields that override `config`'s
          ) -> TrainResult:
-    "Train `model` on preference pairs with a robust DPO-family loss; save adapter/model, config and metrics."
+    "Train `model` on preference pairs (or ranked lists, loss='listwise') with a DPO-family loss; save adapter/model, config and metrics."
     check_known(overrides)
     base = TrainConfig.from_dict(config) if isinstance(config, dict) else config or TrainConfig()
     cfg = replace(base, **overrides)
@@ -400,7 +446,7 @@ def train(dataset, # Dataset, .parquet/.jsonl file, or review run folder (pairs.
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     trainer = make_trainer(pairs, policy, tok, cfg, out/'trainer', eval_pairs, progress, callbacks)
     t0 = time.perf_counter()
-    metrics = dict(trainer.train().metrics, wall_s=time.perf_counter() - t0)
+    metrics = dict(trainer.train().metrics, wall_s=time.perf_counter() - t0, **trainer.length_plan)
     if eval_pairs is not None: metrics['eval'] = trainer.evaluate()
     adapter_dir, model_dir = save_run(trainer, tok, out, cfg.lora) if save else (None, None)
     from pulse_nb.models import portable_ref, model_sha256
@@ -408,7 +454,8 @@ def train(dataset, # Dataset, .parquet/.jsonl file, or review run folder (pairs.
     config = dict(asdict(cfg), model=base['base'], model_sha256=base['sha256'])  # the base as given: no path of this machine
     (out/'config.json').write_text(json.dumps(config, indent=1))
     (out/'metrics.json').write_text(json.dumps(dict(metrics=metrics, log_history=trainer.state.log_history), indent=1))
-    return TrainResult(out, adapter_dir, model_dir, metrics, trainer.state.log_history, config, trainer.model, tok, trainer)
+    return TrainResult(out, adapter_dir, model_dir, metrics, trainer.state.log_history, config, trainer.model, tok, trainer,
+                       max_length=metrics['max_length'], cut_share=metrics['cut_share'])
 
 # %% ../nbs/11_train.ipynb #ca3436cd
 def with_reference_logps(dataset, # anything `load_pairs` reads
@@ -425,13 +472,15 @@ def with_reference_logps(dataset, # anything `load_pairs` reads
     base = TrainConfig.from_dict(config) if isinstance(config, dict) else config or TrainConfig()
     cfg = replace(base, **overrides, loss='dpo', weighting=None, soft_labels=False, init_adapter=None, precompute_ref_logps=True)
     ds = load_pairs(dataset)
+    if LIST_COLUMN in ds.column_names: raise UserError('with_reference_logps takes pairs; a listwise run on ranked lists computes its own (precompute_ref_logps)')
     ds = ds.remove_columns([c for c in REF_COLUMNS if c in ds.column_names])
     pairs, _ = prepare_pairs(ds, cfg)
     if num_threads: torch.set_num_threads(num_threads)
     policy, tok, _ = load_policy(model, cfg, tokenizer)
-    with tempfile.TemporaryDirectory() as tmp: got = make_trainer(pairs, policy, tok, cfg, tmp, progress=progress).train_dataset
+    with tempfile.TemporaryDirectory() as tmp: trainer = make_trainer(pairs, policy, tok, cfg, tmp, progress=progress)
+    got = trainer.train_dataset
     if len(got) != len(ds):
-        raise UserError(f'{len(ds) - len(got)} of {len(ds)} pairs have prompts longer than max_length={cfg.max_length}; '
+        raise UserError(f'{len(ds) - len(got)} of {len(ds)} pairs have prompts longer than max_length={trainer.args.max_length}; '
                          f'training would drop them: raise max_length or remove them first')
     return ds.add_column(REF_COLUMNS[0], got[REF_COLUMNS[0]]).add_column(REF_COLUMNS[1], got[REF_COLUMNS[1]])
 

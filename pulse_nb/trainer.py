@@ -4,19 +4,23 @@
 
 # %% ../nbs/10a_trainer.ipynb #53affed3
 from __future__ import annotations
-import contextlib
+import contextlib, json
 from collections import defaultdict
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 import torch
 from trl import DPOTrainer
-from .losses import get_loss, loss_keywords, check_epsilon, drdpo_log_terms
+from trl.data_utils import common_prefix_length, extract_prompt
+from .losses import get_loss, loss_keywords, check_epsilon, drdpo_log_terms, is_listwise
 from .core import UserError
 
 # %% auto #0
-__all__ = ['LOSS_COLUMNS', 'REF_COLUMNS', 'BETA_SCHEDULES', 'STEP_KEYS', 'TRL_BATCH_KEYS', 'PairCollator', 'BetaSchedule',
-           'split_batch', 'compact_lm_head', 'policy_logps', 'dpo_metrics', 'DeviceMetrics', 'drdpo_step_stats',
-           'check_trl_options', 'load_adapter_weights', 'cast_trainable', 'PulseDPOTrainer']
+__all__ = ['LOSS_COLUMNS', 'REF_COLUMNS', 'LIST_COLUMN', 'LIST_KEYS', 'BETA_SCHEDULES', 'STEP_KEYS', 'TRL_BATCH_KEYS',
+           'PairCollator', 'tokenize_candidates', 'pair_as_list', 'as_lists', 'longest_sequences', 'ListCollator',
+           'to_lists', 'BetaSchedule', 'split_batch', 'compact_lm_head', 'sequence_logps', 'policy_logps',
+           'dpo_metrics', 'DeviceMetrics', 'drdpo_step_stats', 'list_ends', 'check_trl_options', 'load_adapter_weights',
+           'cast_trainable', 'PulseDPOTrainer']
 
 # %% ../nbs/10a_trainer.ipynb #5f2a75fb
 LOSS_COLUMNS = ('weight', 'soft_label')  # the per-pair dataset columns a loss reads
@@ -30,6 +34,77 @@ class PairCollator:
         for c in LOSS_COLUMNS:
             if c in examples[0]: out[c] = torch.tensor([float(e[c]) for e in examples], dtype=torch.float32)
         return out
+
+# %% ../nbs/10a_trainer.ipynb #64533e09
+LIST_COLUMN = 'completions'  # a ranked list's answers, best first
+LIST_KEYS = ('list_mask', 'ref_logps')  # the keys of a list batch that are neither model inputs nor TRL's
+
+def _token_ids(tokenizer, text_or_messages, **chat_kw) -> list[int]:
+    "Token ids of a string, or of messages through the chat template (as TRL tokenises)."
+    if isinstance(text_or_messages, str): return tokenizer(text=text_or_messages)['input_ids']
+    return tokenizer.apply_chat_template(text_or_messages, tokenize=True, return_dict=True, **chat_kw)['input_ids']
+
+def tokenize_candidates(example:dict, # a row with `prompt` and `completions` (strings, or message lists)
+                        tokenizer, # the policy's tokenizer
+                       ) -> dict:
+    "`prompt_ids`, and `completion_ids` holding one token list per answer, tokenised as TRL tokenises a pair's answers."
+    prompt, answers, tools = example['prompt'], example[LIST_COLUMN], example.get('tools')
+    if isinstance(prompt, str):
+        eos = tokenizer.eos_token
+        p, full = _token_ids(tokenizer, prompt), [_token_ids(tokenizer, prompt + a + ('' if a.endswith(eos) else eos)) for a in answers]
+    else:
+        kw = {'tools': json.loads(tools) if isinstance(tools, str) else tools, **(example.get('chat_template_kwargs') or {})}
+        p, full = _token_ids(tokenizer, prompt, add_generation_prompt=True, **kw), [_token_ids(tokenizer, prompt + a, **kw) for a in answers]
+    n = min(common_prefix_length(p, f) for f in full)
+    return {'prompt_ids': p[:n], 'completion_ids': [f[n:] for f in full]}
+
+def pair_as_list(row:dict, # a pair (`chosen`, `rejected`, and `prompt` unless implicit) or a ranked list
+                ) -> dict:
+    "A pair as a ranked list of two: `completions` = [chosen, rejected], given reference log-probs as `ref_logps`; a list as it is."
+    if LIST_COLUMN in row: return row
+    p = row if row.get('prompt') is not None else {**row, **extract_prompt(row)}
+    return {'prompt': p['prompt'], LIST_COLUMN: [p['chosen'], p['rejected']],
+            **({'ref_logps': [p[c] for c in REF_COLUMNS]} if REF_COLUMNS[0] in p else {})}
+
+def as_lists(ds, # a `datasets.Dataset` of pairs or of ranked lists
+            ):
+    "The dataset's pairs as ranked lists of two (`pair_as_list`), its other columns kept; lists as they are."
+    cols = ds.column_names
+    if LIST_COLUMN in cols: return ds
+    return ds.map(pair_as_list, remove_columns=[c for c in ('chosen', 'rejected', *REF_COLUMNS) if c in cols])
+
+def longest_sequences(ds, # pairs or ranked lists
+                      tokenizer, # the policy's tokenizer
+                     ) -> list[int]:
+    "Per row, its longest prompt + answer in tokens, tokenised as training does (`tokenize_candidates`)."
+    return [max(len(t['prompt_ids']) + len(c) for c in t['completion_ids'])
+            for t in (tokenize_candidates(pair_as_list(row), tokenizer) for row in ds)]
+
+# %% ../nbs/10a_trainer.ipynb #91b34d4e
+class ListCollator:
+    "Pads tokenised ranked lists into one batch of sequences (each row's answers after its prompt, row after row) with a `list_mask` [B, k]."
+    def __init__(self, pad_token_id:int, # the tokenizer's padding token
+                 max_length:int|None=None): # cut each sequence to this many tokens (TRL's `keep_start`)
+        self.pad_token_id, self.max_length = pad_token_id, max_length
+    def __call__(self, examples:list[dict]) -> dict:
+        keep = slice(None, self.max_length)
+        seqs = [(e['prompt_ids'] + c, [0] * len(e['prompt_ids']) + [1] * len(c)) for e in examples for c in e['completion_ids']]
+        ids, answer = [torch.tensor(s[keep]) for s, _ in seqs], [torch.tensor(m[keep]) for _, m in seqs]
+        k = max(len(e['completion_ids']) for e in examples)
+        mask = torch.tensor([[i < len(e['completion_ids']) for i in range(k)] for e in examples])
+        pad = lambda xs, value: torch.nn.utils.rnn.pad_sequence(xs, batch_first=True, padding_value=value)
+        out = {'input_ids': pad(ids, self.pad_token_id), 'attention_mask': pad([torch.ones_like(i) for i in ids], 0),
+               'completion_mask': pad(answer, 0), 'list_mask': mask}
+        for c in LOSS_COLUMNS:
+            if c in examples[0]: out[c] = torch.tensor([float(e[c]) for e in examples], dtype=torch.float32)
+        if 'ref_logps' in examples[0]: out['ref_logps'] = to_lists(torch.tensor([x for e in examples for x in e['ref_logps']]), mask)
+        return out
+
+def to_lists(flat, # one value per sequence, row after row (a `ListCollator` batch's order)
+             list_mask, # [B, k], True where a row has an answer
+            ) -> torch.Tensor:
+    "The per-sequence values as a [B, k] tensor, 0 where a row has no answer (differentiable, no host sync)."
+    return torch.zeros(list_mask.shape, dtype=flat.dtype, device=flat.device).masked_scatter(list_mask.to(flat.device), flat)
 
 # %% ../nbs/10a_trainer.ipynb #47455c56
 BETA_SCHEDULES = ('constant', 'linear_warmup', 'linear_decay', 'beta_dpo')
@@ -85,13 +160,18 @@ def compact_lm_head():
     try: yield
     finally: trl_utils._use_triton = before
 
-def policy_logps(model, batch:dict):
-    "Summed completion log-probs of the chosen and the rejected half of TRL's `batch` under `model`, and the model's outputs."
+def sequence_logps(model, batch:dict):
+    "Summed completion log-probs of every sequence of `batch` under `model` (TRL's fused LM head), and the model's outputs."
     labels = batch['input_ids'].masked_fill(batch['completion_mask'] == 0, -100)
-    model_inputs = {k: v for k, v in batch.items() if k not in TRL_BATCH_KEYS}
+    model_inputs = {k: v for k, v in batch.items() if k not in (*TRL_BATCH_KEYS, *LIST_KEYS)}
     with compact_lm_head(): out = model(**model_inputs, labels=labels, use_cache=False, fused_lm_head=True)
     seq_len = batch['completion_mask'].size(1) - 1  # the fused head scores positions 1.. (shifted labels)
-    chosen, rejected = out.log_probs[:, -seq_len:].sum(dim=1).chunk(2, dim=0)
+    return out.log_probs[:, -seq_len:].sum(dim=1), out
+
+def policy_logps(model, batch:dict):
+    "Summed completion log-probs of the chosen and the rejected half of TRL's `batch` under `model`, and the model's outputs."
+    logps, out = sequence_logps(model, batch)
+    chosen, rejected = logps.chunk(2, dim=0)
     return chosen, rejected, out
 
 # %% ../nbs/10a_trainer.ipynb #746dbec2
@@ -219,11 +299,12 @@ class _PulseLoss:
 # %% ../nbs/10a_trainer.ipynb #90e3d74f
 class _PulseMetrics:
     "The metrics side of `PulseDPOTrainer`: TRL's metrics plus `beta` and weighted ones, on the device until `log`."
-    def record_metrics(self, mode:str, outputs, batch:dict, beta, policy:tuple, reference:tuple, pair:dict):
-        "Keep one micro-batch's metrics in `self.device_metrics[mode]`."
+    def record_metrics(self, mode:str, outputs, batch:dict, beta, policy:tuple, reference:tuple, pair:dict, tokens=None):
+        "Keep one micro-batch's metrics in `self.device_metrics[mode]` (`tokens`: the attended tokens, when `batch` is not all of them)."
         m = self.device_metrics[mode]
         vals = dpo_metrics(self.accelerator, outputs, batch, beta, policy, reference)
-        tokens = vals.pop('tokens')
+        counted = vals.pop('tokens')
+        tokens = counted if tokens is None else tokens
         if mode == 'train': self._total_train_tokens = self._total_train_tokens + tokens // self._tp_size
         m.add(**vals, beta=beta); m.set(num_tokens=self._total_train_tokens)
         weights, _ = self.pair_inputs(pair)
@@ -239,6 +320,76 @@ class _PulseMetrics:
         mode = 'train' if self.model.training else 'eval'
         self._metrics[mode] = defaultdict(list, {k: [v] for k, v in self.device_metrics[mode].read().items()})
         super().log(logs, start_time)
+
+# %% ../nbs/10a_trainer.ipynb #856397e2
+def list_ends(list_mask) -> tuple[torch.Tensor, torch.Tensor]:
+    "The sequence indices of each row's first answers, then of its last ones (TRL's chosen-then-rejected layout), and the column of each row's last answer."
+    n = list_mask.sum(1)
+    start = n.cumsum(0) - n
+    return torch.cat([start, start + n - 1]), n - 1
+
+class _PulseLists:
+    "The ranked-list side of `PulseDPOTrainer`, active with a list loss: tokenising, collating, log-probs, loss and metrics of lists."
+    def list_collator(self) -> ListCollator: return ListCollator(self._tokenizer.pad_token_id, self.args.max_length)
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        if LIST_COLUMN in dataset.column_names and not self.listwise:
+            raise UserError(f"the {dataset_name} rows are ranked lists (`completions`): use loss='listwise', or make pairs of them first")
+        if not self.listwise: return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+        if 'completion_ids' in dataset.column_names: return dataset  # tokenised already
+        dataset = as_lists(dataset).map(tokenize_candidates, fn_kwargs={'tokenizer': self._tokenizer}, desc=f'Tokenizing {dataset_name} lists')
+        if args.max_length is None: return dataset
+        return dataset.filter(lambda e: len(e['prompt_ids']) < args.max_length)  # as TRL: no answer token would be left
+
+    def list_reference_logps(self, batch:dict, model=None):
+        "The reference's summed log-probs of every answer of `batch`'s lists, [B, k]: given in the batch, else TRL's reference pass."
+        if 'ref_logps' in batch: return batch['ref_logps']
+        model = model if model is not None else self.model if self.ref_model is None else self.ref_model
+        flat = torch.cat(self.compute_ref_log_probs(model, {k: v for k, v in batch.items() if k not in LIST_KEYS}))
+        return to_lists(flat, batch['list_mask'])
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        if not self.listwise: return super()._precompute_ref_logps(dataset, name, batch_size)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=self.list_collator(), shuffle=False)
+        model, got = self.model if self.ref_model is None else self.ref_model, []
+        for b in loader:
+            b, _ = split_batch({k: v.to(self.accelerator.device) for k, v in b.items() if k != 'ref_logps'})
+            ref = self.list_reference_logps(b, model).cpu()
+            got += [r[m].tolist() for r, m in zip(ref, b['list_mask'].cpu())]
+        return dataset.add_column('ref_logps', got)
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        if not self.listwise: return super()._compute_loss(model, inputs, return_outputs)
+        mode = 'train' if self.model.training else 'eval'
+        batch, pair = split_batch(inputs)
+        mask = batch['list_mask']
+        flat, outputs = sequence_logps(model, batch)
+        policy, reference = to_lists(flat, mask), self.list_reference_logps(batch)
+        index, last = list_ends(mask)
+        ends = lambda x: (x[:, 0], x.gather(1, last[:, None])[:, 0])
+        (pf, pl), (rf, rl) = ends(policy), ends(reference)
+        beta = self.current_beta((pf - rf) - (pl - rl), update=mode == 'train')
+        weights, _ = self.pair_inputs(pair)
+        loss = get_loss(self.loss_name)(policy, reference, beta=beta, weights=weights, mask=mask, validate=False, **self.loss_kwargs)
+        self.record_list_metrics(mode, outputs, batch, beta, policy, reference, pair, index, ends)
+        if return_outputs:  # as for pairs: `compute_metrics` gets a plain forward's logits
+            with torch.no_grad(): outputs = model(**{k: v for k, v in batch.items() if k not in (*TRL_BATCH_KEYS, *LIST_KEYS)}, use_cache=False)
+            return loss, outputs
+        return loss
+
+    def record_list_metrics(self, mode:str, outputs, batch:dict, beta, policy, reference, pair:dict, index, ends):
+        "TRL's metrics on each list's first (`chosen`) and last (`rejected`) answer, and `rewards/pair_accuracy` over all its answer pairs."
+        view = SimpleNamespace(**{k: getattr(outputs, k)[index] for k in ('entropy', 'mean_logits', 'is_top1')})
+        tokens = self.accelerator.gather(batch['attention_mask'].sum().double()[None]).sum()
+        self.record_metrics(mode, view, {k: batch[k][index] for k in ('completion_mask', 'attention_mask')}, beta,
+                            ends(policy), ends(reference), pair, tokens=tokens)
+        with torch.no_grad():
+            r, mask = beta * (policy - reference).detach(), batch['list_mask']
+            k = mask.shape[1]
+            both = mask[:, :, None] & mask[:, None, :] & torch.ones(k, k, dtype=torch.bool, device=mask.device).triu(1)
+            s = torch.stack([((r[:, :, None] > r[:, None, :]) & both).sum(), both.sum()]).double()
+            s = self.accelerator.gather(s[None]).sum(0)
+        self.device_metrics[mode].add_ratio('rewards/pair_accuracy', s[0], s[1])
 
 # %% ../nbs/10a_trainer.ipynb #1293fa7b
 def check_trl_options(trainer) -> None:
@@ -265,10 +416,10 @@ def cast_trainable(model, dtype:torch.dtype) -> None:
         if p.requires_grad and p.dtype != dtype: p.data = p.data.to(dtype)
 
 # %% ../nbs/10a_trainer.ipynb #af42a0d1
-class PulseDPOTrainer(_PulseLoss, _PulseMetrics, DPOTrainer):
+class PulseDPOTrainer(_PulseLists, _PulseLoss, _PulseMetrics, DPOTrainer):
     "TRL's `DPOTrainer` with `pulse_nb.losses`, per-pair weights / soft labels from dataset columns, and β schedules."
     def __init__(self, *args,
-                 loss:str='savage', # a name in `pulse_nb.losses.LOSSES`
+                 loss:str='savage', # a name in `pulse_nb.losses.LOSSES` or `LIST_LOSSES`
                  epsilon:float=0.1, # assumed label-flip rate (cdpo, rdpo)
                  beta_schedule:str|BetaSchedule='constant', # a name in `BETA_SCHEDULES` or a `BetaSchedule`
                  use_weights:bool=False, # weight pairs by the `weight` column (normalised over the dataset)
@@ -281,17 +432,20 @@ class PulseDPOTrainer(_PulseLoss, _PulseMetrics, DPOTrainer):
         if bad := [k for k in self.loss_kwargs if k not in loss_keywords(loss)]:
             raise UserError(f'loss {loss!r} takes no option {bad[0]!r}; it takes {loss_keywords(loss)}')
         self.use_weights, self.use_soft_labels = use_weights, use_soft_labels or loss == 'soft'
+        self.listwise = is_listwise(loss)
+        if self.listwise and self.use_soft_labels: raise UserError(f'loss {loss!r} ranks whole lists: it takes no soft labels')
         super().__init__(*args, **kwargs)
         check_trl_options(self)
         self.beta_schedule = beta_schedule if isinstance(beta_schedule, BetaSchedule) else BetaSchedule(beta_schedule, self.args.beta)
-        self.data_collator = PairCollator(self.data_collator)
+        self.data_collator = self.list_collator() if self.listwise else PairCollator(self.data_collator)
         if init_adapter is not None: load_adapter_weights(self.model, init_adapter)
         if adapter_dtype is not None: cast_trainable(self.model, adapter_dtype)
         self.device_metrics = {'train': DeviceMetrics(), 'eval': DeviceMetrics()}
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        self._signature_columns = [*self._signature_columns, *[c for c in LOSS_COLUMNS if c not in self._signature_columns]]
+        ours = (*LOSS_COLUMNS, *(('completion_ids', 'ref_logps') if self.listwise else ()))
+        self._signature_columns = [*self._signature_columns, *[c for c in ours if c not in self._signature_columns]]
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         "An optimizer step's micro-batches, as `transformers.Trainer` fetches them; for a split Dr. DPO step, with its statistics."

@@ -11,7 +11,7 @@ LIB = Path(__file__).resolve().parents[1]/'pulse_nb'
 ORDER = ['core',                                   # UserError, atomic files, JSONL records, checksums, plug-in lookup
          'sandbox', 'graders', 'data', 'benchsets',  # pure functions and data: no model, no engine
          'models',
-         'engines', 'engine_hf', 'engine_vllm', 'engine_openai', 'scaleout',
+         'engines', 'engine_hf', 'engine_vllm', 'engine_openai', 'scaleout', 'verifier',
          'prompts', 'review', 'preferences',
          'losses', 'trainer', 'train',
          'evaluate', 'benchmarks',
@@ -109,7 +109,7 @@ def test_plugins_are_found_by_name():
     from pulse_nb.core import entry_point_names
     from pulse_nb.engines import engine_class, parse_spec
     from pulse_nb.data import load_prompts
-    assert entry_point_names('pulse_nb.engines') == ['hf', 'openai', 'vllm']
+    assert entry_point_names('pulse_nb.engines') == ['hf', 'openai', 'verify', 'vllm']
     assert engine_class('hf').__module__ == 'pulse_nb.engine_hf'
     assert load_prompts('bench:gsm8k:heldout', limit=2)[0]['task'] == 'gsm8k'
-    with pytest.raises(ValueError, match='use hf, openai, vllm or auto'): parse_spec('tgi:x')
+    with pytest.raises(ValueError, match='use hf, openai, verify, vllm or auto'): parse_spec('tgi:x')

@@ -22,7 +22,7 @@ def test_wheel_installs_and_imports_without_nbdev(tmp_path):
     r = subprocess.run([str(py), '-c', code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert 'pulse_nb.models' in r.stdout and 'pulse_nb.cli' in r.stdout
-    assert "['hf', 'openai', 'vllm'] ['bench']" in r.stdout, 'the wheel does not register the engine backends and prompt sources'
+    assert "['hf', 'openai', 'verify', 'vllm'] ['bench']" in r.stdout, 'the wheel does not register the engine backends and prompt sources'
     # no exported module imports the development tools
     for f in (ROOT/'pulse_nb').glob('*.py'):
         src = f.read_text()

