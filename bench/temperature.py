@@ -8,21 +8,14 @@ draws one answer. Writes bench/temperature.json.
 
     python bench/temperature.py --n 48 --k 4 --temperatures 0,0.3,0.7,1.0 --max-new-tokens 512
 """
-import argparse, json, math, platform, time
+import argparse, json, platform, time
 from pathlib import Path
-
-
-def wilson(k, n, z=1.96):
-    "95 % Wilson interval of k successes in n."
-    if not n: return (None, None)
-    p, d = k / n, 1 + z * z / n
-    c, h = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, c - h), min(1.0, c + h))
 
 
 def measure(engine, items, t, k, budget, seed):
     from pulse_nb.engines import SamplingConfig
     from pulse_nb.graders import grade_number
+    from pulse_nb.evaluate import exact_ci
     n = 1 if t == 0 else k
     t0 = time.time()
     gens = engine.generate([[{'role': 'user', 'content': it['prompt']}] for it in items],
@@ -32,7 +25,7 @@ def measure(engine, items, t, k, budget, seed):
     cut = [c.finish_reason == 'length' for g in gens for c in g.completions]
     n_right, n_all = sum(map(sum, right)), sum(map(len, right))
     mixed = sum(0 < sum(r) < len(r) for r in right)
-    return {'temperature': t, 'samples_per_prompt': n, 'accuracy': n_right / n_all, 'accuracy_ci': wilson(n_right, n_all),
+    return {'temperature': t, 'samples_per_prompt': n, 'accuracy': n_right / n_all, 'accuracy_ci': exact_ci(n_right, n_all),
             'n_answers': n_all, 'mixed_prompts': mixed / len(items) if n > 1 else None,
             'any_right': sum(any(r) for r in right) / len(items), 'cut': sum(cut) / len(cut), 'seconds': round(secs, 1)}
 

@@ -14,8 +14,9 @@ from .core import UserError, cut_share
 
 # %% auto #0
 __all__ = ['PAIR_COLUMNS', 'aggregate', 'critic_stats', 'pairwise_prefs', 'collect', 'sign', 'label', 'verified',
-           'label_pairwise', 'label_best_of', 'label_all', 'build_pairs', 'save_pairs', 'prompt_list', 'build_lists',
-           'kendall_tau', 'peers_only', 'verifier_check', 'pairwise_diagnostics', 'diagnostics', 'critic_report']
+           'label_pairwise', 'candidate_scores', 'label_best_of', 'label_all', 'build_pairs', 'save_pairs',
+           'prompt_list', 'build_lists', 'kendall_tau', 'peers_only', 'verifier_check', 'pairwise_diagnostics',
+           'diagnostics', 'critic_report']
 
 # %% ../nbs/09_preferences.ipynb #2cd8de41
 def aggregate(scores: list[float], how: str='mean', trim: float=0.2, weights: list[float]|None=None) -> float:
@@ -166,9 +167,9 @@ PAIR_COLUMNS = ['prompt', 'chosen', 'rejected', 'pair_id', 'prompt_id', 'round',
                 'delta_std', 'score_chosen', 'score_rejected', 'soft_label', 'score_uncertainty', 'n_critics', 'critics',
                 'critic_scores_chosen', 'critic_scores_rejected', 'chosen_is_revision', 'label_correct']
 
-def label_best_of(group: list[dict], # the collected items of one prompt, one per sample (`collect`)
-                  agg: str='mean', stats: dict|None=None, min_critics: int=1, trim: float=0.2, **label_kw) -> dict:
-    "A best-of-n prompt's pair: its best and worst candidates (every sample and every revision) by the pool's aggregated scores, labelled by `label`."
+def candidate_scores(group: list[dict], # the collected items of one prompt, one per sample (`collect`)
+                     agg: str='mean', stats: dict|None=None, min_critics: int=1, trim: float=0.2) -> list[tuple]:
+    "(aggregated score, item, 'a0' or 'a1') of every candidate of a prompt that at least `min_critics` critics scored."
     scored = []
     for it in group:
         for t, c in (('a0', 'c0'), ('a1', 'c1')):
@@ -176,6 +177,12 @@ def label_best_of(group: list[dict], # the collected items of one prompt, one pe
             if len(ks) >= max(1, min_critics):
                 s = aggregate([_z(k, it[c][k]['score'], agg, stats) for k in ks], agg, trim, [it[c][k].get('weight', 1.0) for k in ks])
                 scored.append((s, it, t))
+    return scored
+
+def label_best_of(group: list[dict], # the collected items of one prompt, one per sample (`collect`)
+                  agg: str='mean', stats: dict|None=None, min_critics: int=1, trim: float=0.2, **label_kw) -> dict:
+    "A best-of-n prompt's pair: its best and worst candidates (every sample and every revision) by the pool's aggregated scores, labelled by `label`."
+    scored = candidate_scores(group, agg, stats, min_critics, trim)
     if len(scored) < 2: return {'drop': 'too_few_critics'}
     (sb, bi, bt), (sw, wi, wt) = max(scored, key=lambda x: x[0]), min(scored, key=lambda x: x[0])
     if sb == sw: return {'drop': 'margin'}
@@ -231,13 +238,9 @@ def prompt_list(group: list[dict], # the collected items of one prompt (`collect
                 agg: str='mean', stats: dict|None=None, min_critics: int=1, trim: float=0.2) -> dict|None:
     "One listwise row: the prompt, its distinct candidates best first and their aggregated scores (None: fewer than 2 scored)."
     best = {}
-    for it in group:
-        for t, c in (('a0', 'c0'), ('a1', 'c1')):
-            ks = [k for k, x in it[c].items() if x['parsed']]
-            if len(ks) < max(1, min_critics): continue
-            s = aggregate([_z(k, it[c][k]['score'], agg, stats) for k in ks], agg, trim, [it[c][k].get('weight', 1.0) for k in ks])
-            text = it[t].strip()
-            if text and (text not in best or s > best[text]): best[text] = s
+    for s, it, t in candidate_scores(group, agg, stats, min_critics, trim):
+        text = it[t].strip()
+        if text and (text not in best or s > best[text]): best[text] = s
     ranked = sorted(best.items(), key=lambda x: -x[1])
     if len(ranked) < 2 or ranked[0][1] == ranked[-1][1]: return None
     it = group[0]

@@ -1,9 +1,9 @@
 """Best-of-n review on the embedded model: n sampled answers per prompt, each critiqued, revised and re-scored; one pair
 per prompt from the best and the worst candidate by the pool's scores; every candidate kept in the records."""
-import json, statistics as st
+import statistics as st
 import pytest
 from pulse_nb.review import review, load_run, STAGES
-from pulse_nb.preferences import build_pairs, diagnostics, collect
+from pulse_nb.preferences import build_pairs, diagnostics
 from pulse_nb.verifier import VerifierEngine
 from pulse_nb.core import UserError
 from pulse_nb.loop import LazyEngine

@@ -7,15 +7,7 @@ from datasets import Dataset
 from pulse_nb.losses import listwise_loss, dpo_loss, plackett_luce_nll
 from pulse_nb.train import train, TrainConfig, dpo_config, ConfigError
 from pulse_nb.trainer import to_lists, split_batch, sequence_logps
-from test_train import word_pairs, tiny_train, tiny_tokenizer, WORDS
-
-
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    "The CI box has 2 shared cores; more than one torch thread on a busy CPU is ~10x slower."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from test_train import word_pairs, tiny_train, tiny_tokenizer, WORDS, one_thread  # noqa: F401 -- one_thread: test_train's autouse fixture, one torch thread
 
 
 # ---------------------------------------------------------------- the loss, against the ranking's probability by hand

@@ -1,7 +1,6 @@
 """`pulse run` with the signal switches on, end to end on the embedded models: best-of-n candidates, a hybrid pool
 (the verifier beside an LLM critic of another family), and the listwise loss on each prompt's ranked candidates."""
 import json, os, subprocess, sys
-from pathlib import Path
 import pytest
 import yaml
 
