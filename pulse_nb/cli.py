@@ -101,7 +101,7 @@ def _evaluate_parser(sub):
     e.add_argument('--model', required=True, help='engine spec, model folder, or a LoRA adapter folder')
     e.add_argument('--baseline', default=None, help="engine spec of the baseline (default: an adapter's base model, else auto)")
     e.add_argument('--judge', action='append', default=None,
-                   help='engine spec of a judge (repeatable; default: the default critic pool, never the model itself)')
+                   help='engine spec of a judge (repeatable; default: the embedded judges that are neither the model nor the baseline)')
     e.add_argument('--bench', default=None, help="benchmark sets to grade, e.g. 'gsm8k,ifeval' (see pulse_nb.benchsets.BENCHMARKS); "
                    'with --baseline, also the paired difference')
     e.add_argument('--split', default='heldout', choices=['heldout', 'train', 'all'], help='the benchmark split to grade')
@@ -183,11 +183,10 @@ def cmd_train(a) -> Path:
 def cmd_evaluate(a) -> dict:
     "`pulse evaluate`: benchmark sets (`--bench`), or the win rate vs a baseline (position-swapped, judged by peers) + exact-answer accuracy."
     from pulse_nb.evaluate import run_evaluation, summary_table
-    from pulse_nb.config import PoolConfig
     _positive('--n', a.n); _positive('--max-new-tokens', a.max_new_tokens)
     if a.bench: return evaluate_benchmarks(a.model, a.bench, n=a.n, baseline=a.baseline, judges=a.judge, split=a.split,
                                            max_new_tokens=a.max_new_tokens, out=a.out)
-    res = run_evaluation(a.model, baseline=a.baseline, judges=a.judge or PoolConfig().critics, n_prompts=a.n,
+    res = run_evaluation(a.model, baseline=a.baseline, judges=a.judge or None, n_prompts=a.n,
                          max_new_tokens=a.max_new_tokens or 256, n_arith=a.n, out_dir=a.out)
     print(summary_table(res))
     if a.out: print(f'written to {a.out}/eval.json')
@@ -197,19 +196,20 @@ def evaluate_benchmarks(model: str,          # engine spec, model reference or a
                         bench: str,          # benchmark sets, e.g. 'gsm8k,ifeval'
                         n: int|None=16,      # items per set
                         baseline: str|None=None, # also grade this model and report the paired difference
-                        judges: list|None=None,  # judge specs (judged sets; default: the default critic pool)
+                        judges: list|None=None,  # judge specs (judged sets; default: `DEFAULT_JUDGES` that are neither side)
                         split: str='heldout', max_new_tokens: int|None=None, out=None,
                        ) -> dict:
     "Grade `model` (and `baseline`) on benchmark sets; print the table (and the paired differences); write eval.json."
     from pulse_nb.benchmarks import evaluate_bench, compare_bench, bench_markdown, JUDGED, bench_names
-    from pulse_nb.evaluate import eval_engine
-    from pulse_nb.config import PoolConfig
+    from pulse_nb.evaluate import eval_engine, independent_judges, DEFAULT_JUDGES
     names = bench_names(bench)
     built = []
     def get(spec):
         built.append(eval_engine(spec)); return built[-1]
     try:
-        js = [get(j) for j in (judges or PoolConfig().critics)] if any(k in JUDGED for k in names) else []
+        if any(k in JUDGED for k in names) and not judges and not (judges := independent_judges(DEFAULT_JUDGES, model, *[baseline] * bool(baseline))):
+            raise UserError(f'every default judge ({", ".join(DEFAULT_JUDGES)}) shares a model with {model} or {baseline}: name --judge')
+        js = [get(j) for j in judges] if any(k in JUDGED for k in names) else []
         kw = dict(names=names, n=n, judges=js, split=split, max_new_tokens=max_new_tokens, progress=True)
         res = evaluate_bench(get(model), out_dir=out, **kw)
         base = evaluate_bench(get(baseline), out_dir=Path(out)/'baseline' if out else None, **kw) if baseline else None

@@ -13,6 +13,7 @@ from .core import write_atomic, CUT_WARN
 from .engines import EngineError, parse_spec, check_options, choose_backend, fast_dtype
 from .train import ConfigError, TrainConfig
 from .losses import WEIGHTINGS
+from .evaluate import independent_judges
 
 # %% auto #0
 __all__ = ['PRESETS', 'PoolConfig', 'ReviewConfig', 'LabelConfig', 'EvalConfig', 'check_train', 'RunConfig', 'check_fields_agree',
@@ -40,7 +41,7 @@ class PoolConfig:
     critics: list = field(default_factory=lambda: [f'hf:{DEFAULT_MODEL}', f'hf:{QWEN_05B}']) # critic models (other families first)
     n_critics: int = 2             # critics per answer (K); personas fill K beyond the critic models
     personas: list|None = None     # persona names or texts of the critic slots (default `prompts.PERSONAS`)
-    judges: list|None = None       # evaluation judges; None = the critics (the policy never judges itself)
+    judges: list|None = None       # evaluation judges; None = the critic models that are not the actor's model (no model judges itself)
     rotate: bool = False           # every model acts on a share of the prompts (review only: refused with training)
     keep_loaded: bool = True       # False: each model is loaded for the stage that uses it and released after
     actor_model: str|None = None   # the weights to train when the actor is a server (`openai:`): a model reference
@@ -60,8 +61,10 @@ class PoolConfig:
             raise ConfigError('pool.judges: a verifier cannot judge open instructions; name models as judges')
 
     def judge_specs(self) -> list:
-        "The win rate's judges: `judges`, else the critics that are models (a verifier checks references, it does not judge)."
-        return list(self.judges or [c for c in self.critics if parse_spec(c)[0] != 'verify'])
+        """The win rate's judges: `judges`, else the critics that are models (a verifier checks references, it does not
+        judge) and share no model with the actor, whose model is both sides of the win rate (the policy and its base)."""
+        if self.judges: return list(self.judges)
+        return independent_judges([c for c in self.critics if parse_spec(c)[0] != 'verify'], self.actor_model or self.actor)
 
 # %% ../nbs/13_config.ipynb #5549a843
 @dataclass
@@ -185,7 +188,8 @@ def check_fields_agree(cfg: RunConfig):
         raise ConfigError("train.weighting: 'weight' reads a dataset's own weight column, which a run's pairs do not have; "
                           f"weight them by the critics with one of {list(WEIGHTINGS)}")
     if not cfg.eval.skip and cfg.eval.win_rate_prompts and not cfg.pool.judge_specs():
-        raise ConfigError('the critics are all verifiers, which cannot judge the win rate: name pool.judges, or set eval.win_rate_prompts: 0')
+        raise ConfigError('no critic can judge the win rate (a verifier does not judge, and no model judges its own answers, '
+                          f'here {cfg.pool.actor_model or cfg.pool.actor}\'s): name pool.judges, or set eval.win_rate_prompts: 0')
     if cfg.train.get('loss') == 'listwise' and cfg.train.get('weighting'):
         raise ConfigError("train.loss: listwise learns each prompt's ranked candidates, which carry no pair margin or agreement: "
                           "set train.weighting: null")

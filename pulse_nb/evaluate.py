@@ -20,7 +20,7 @@ __all__ = ['JUDGE_TEMPLATE', 'CHOICES', 'CHOICES_TIE', 'JUDGE_PREFIX', 'OUTCOME_
            'bootstrap_ci', 'exact_ci', 'fit_length_logit', 'length_features', 'lc_win_rate', 'summarise_judgements',
            'engine_family', 'judge_matrix', 'self_preference', 'prompt_texts', 'answers', 'heldout_prompts', 'win_rate',
            'answer_accuracy', 'merge_adapter', 'adapter_base', 'eval_engine', 'code_eval', 'evaluate', 'summary_table',
-           'run_evaluation']
+           'model_of', 'independent_judges', 'run_evaluation']
 
 # %% ../nbs/12_evaluate.ipynb #1747b474
 JUDGE_TEMPLATE = """Compare two answers to the user's question and decide which one is better: more correct, helpful \
@@ -534,7 +534,26 @@ def summary_table(res: dict) -> str:
     return '\n'.join(l for l in lines if l)
 
 DEFAULT_JUDGES = ('hf:smollm2-135m-instruct', 'hf:qwen2.5-coder-0.5b-instruct')
-"The judges `run_evaluation` uses when none are named: one embedded model per family (llama, qwen2)."
+"The judges `run_evaluation` draws on when none are named: one embedded model per family (llama, qwen2)."
+
+def model_of(x) -> str|None:
+    "The model behind an engine, an engine spec, a model reference or an adapter folder (its base); None for a server or a verifier."
+    from pulse_nb.engines import parse_spec
+    from pulse_nb.models import DEFAULT_MODEL
+    if isinstance(x, Engine): x = getattr(x, 'model', None)
+    if x is None: return None
+    if base := adapter_base(x): return model_of(base)
+    try: kind, kw = parse_spec(x)
+    except (TypeError, ValueError): return str(x)  # a model reference or a folder, not a spec
+    if kind in ('openai', 'verify'): return None
+    return str(kw.get('model') or DEFAULT_MODEL)
+
+def independent_judges(judges: list, # judge specs or engines
+                       *sides,       # the two sides of the comparison (specs, engines, model references or adapter folders)
+                      ) -> list:
+    "The `judges` that share no model with any side (a judge whose model is unknown, such as a server, is kept)."
+    taken = {m for s in sides if (m := model_of(s))}
+    return [j for j in judges if model_of(j) not in taken]
 
 def _spec_key(spec) -> str:
     "One key per distinct engine: 'hf' and 'hf:smollm2-135m-instruct' name the same one."
@@ -547,7 +566,7 @@ def _spec_key(spec) -> str:
 
 def run_evaluation(candidate,                # engine spec, model reference, adapter folder or Engine
                    baseline=None,            # same kinds; None = the adapter's base model, else the default ('auto')
-                   judges: list|None=None,   # specs of peer judges (the critic pool); None = DEFAULT_JUDGES
+                   judges: list|None=None,   # specs of peer judges (the critic pool); None = `DEFAULT_JUDGES` that are neither side
                    prompts=None,             # prompt spec for `pulse_nb.data.load_prompts`, list, or None = held-out built-ins
                    n_prompts: int=16,        # how many prompts
                    max_new_tokens: int=256,  # answer length
@@ -564,15 +583,18 @@ def run_evaluation(candidate,                # engine spec, model reference, ada
         if key not in built: built[key] = eval_engine(spec)
         return built[key]
     if baseline is None: baseline = adapter_base(candidate) or 'auto'
+    if judges is None and not (judges := independent_judges(DEFAULT_JUDGES, candidate, baseline)):
+        raise UserError(f'every default judge ({", ".join(DEFAULT_JUDGES)}) shares a model with {candidate} or {baseline}, '
+                        'and no model judges its own answers: name judges')
     try:
         cand, base = get(candidate), get(baseline)
-        js = [get(j) for j in (DEFAULT_JUDGES if judges is None else judges)]
+        js = [get(j) for j in judges]
         ps = heldout_prompts(n_prompts) if prompts is None else load_prompts(prompts, limit=n_prompts, seed=seed) if isinstance(prompts, str) else list(prompts)[:n_prompts]
         res = evaluate(cand, base, js, ps, sampling=SamplingConfig(temperature=0, max_new_tokens=max_new_tokens), tie=tie,
                        mode=mode, n_arith=n_arith, code=code, n_boot=n_boot, seed=seed)
     finally:
         for e in built.values(): e.close()
-    res['config'] = {'candidate': str(candidate), 'baseline': str(baseline), 'judges': [str(j) for j in (DEFAULT_JUDGES if judges is None else judges)],
+    res['config'] = {'candidate': str(candidate), 'baseline': str(baseline), 'judges': [str(j) for j in judges],
                      'prompts': prompts if prompts is None or isinstance(prompts, str) else f'{len(ps)} given', 'n_prompts': len(ps),
                      'max_new_tokens': max_new_tokens, 'n_arith': n_arith, 'code': code, 'tie': tie, 'mode': mode, 'seed': seed}
     if out_dir:

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from fastcore.test import test_eq as teq, test_close as tclose
 from pulse_nb.engines import SamplingConfig
+from pulse_nb.core import UserError
 from pulse_nb.data import check_answer, make_arithmetic
 from pulse_nb.evaluate import (probs_verdict, parse_verdict, order_verdict, combine_orders, judge_conv, pair_scores,
     bootstrap_ci, lc_win_rate, length_features, fit_length_logit, summarise_judgements, win_rate, answer_accuracy,
@@ -264,9 +265,12 @@ def test_adapter_base_is_read_from_config(tmp_path):
 
 @pytest.mark.slow
 def test_run_evaluation_from_specs_writes_report(tmp_path, model_path):
-    "The CLI entry point: specs -> engines -> eval.json + eval.md, judged by the default two-family pool."
+    """The CLI entry point: specs -> engines -> eval.json + eval.md, judged by the two families named as judges (by default
+    neither would judge: each shares a model with one side)."""
     from pulse_nb.evaluate import run_evaluation, DEFAULT_JUDGES
-    res = run_evaluation('hf', 'hf:qwen2.5-coder-0.5b-instruct', n_prompts=2, max_new_tokens=8, n_arith=1, n_boot=50, out_dir=tmp_path)
+    with pytest.raises(UserError, match='shares a model with hf or'): run_evaluation('hf', 'hf:qwen2.5-coder-0.5b-instruct')
+    res = run_evaluation('hf', 'hf:qwen2.5-coder-0.5b-instruct', judges=list(DEFAULT_JUDGES), n_prompts=2, max_new_tokens=8,
+                         n_arith=1, n_boot=50, out_dir=tmp_path)
     teq(res['config']['judges'], list(DEFAULT_JUDGES))
     teq(res['win_rate']['judge_families'], ['llama', 'qwen2'])
     teq(res['win_rate']['self_preference']['same_family_judges'], [0])

@@ -319,7 +319,7 @@ def test_dry_run_of_every_shipped_config(config):
     ev_tok = (ev_gen - n_bench) * get('eval', 'max_new_tokens') + n_bench * get('eval', 'bench_max_new_tokens')
     teq(plan['per_round'], {'prompts': n, 'candidates': c, 'generations': gen, 'score_readouts': 2*c*K if get('review', 'score_mode') == 'logprobs' else 0,
                             'max_generated_tokens': gen * T, 'train_steps_at_most': steps, 'eval_generations': ev_gen,
-                            'eval_judgements': 2 * get('eval', 'win_rate_prompts') * len(get('pool', 'judges') or y['pool']['critics']),
+                            'eval_judgements': 2 * get('eval', 'win_rate_prompts') * len(get('pool', 'judges') or [c for c in y['pool']['critics'] if c != y['pool']['actor']]),
                             'eval_generated_tokens_at_most': ev_tok})
     teq(plan['total_generated_tokens_at_most'], rounds * (gen * T + ev_tok))
     # memory: a review, a train and an evaluate stage for round 1 (and round 2+ when there is one); no stage over one device
