@@ -371,7 +371,8 @@ def compare_bench(candidate: dict, # an `evaluate_bench` result of the model und
                   baseline: dict,  # one of the model it is compared with (same items)
                   n_boot: int=2000, alpha: float=0.05, seed: int=0,
                  ) -> dict:
-    "Per set and per-item metric: candidate − baseline on the items both graded, with a paired bootstrap CI."
+    "Per set and per-item metric: candidate − baseline on the items both graded, with a paired CI (`paired_diff_ci` for right/wrong items, else a bootstrap)."
+    from pulse_nb.evaluate import paired_diff_ci
     out = {}
     for name in candidate['sets'].keys() & baseline['sets'].keys():
         c, b = candidate['sets'][name]['per_item'], baseline['sets'][name]['per_item']
@@ -383,6 +384,9 @@ def compare_bench(candidate: dict, # an `evaluate_bench` result of the model und
             y = np.array([np.nan if b[m][bi[k]] is None else b[m][bi[k]] for k in common], float)
             keep = ~(np.isnan(x) | np.isnan(y))
             d = metric(np.where(keep, x - y, np.nan), n_boot, alpha, seed)
+            if keep.any() and np.isin(np.concatenate([x[keep], y[keep]]), (0, 1)).all():  # right or wrong: exact counts
+                gained, lost = int(((x == 1) & (y == 0))[keep].sum()), int(((x == 0) & (y == 1))[keep].sum())
+                d['ci'] = list(paired_diff_ci(gained, lost, d['n'], alpha))
             out[name][m] = {'difference': d['value'], 'ci': d['ci'], 'n': d['n'],
                             'candidate': float(x[keep].mean()) if keep.any() else None,
                             'baseline': float(y[keep].mean()) if keep.any() else None}

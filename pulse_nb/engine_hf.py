@@ -11,17 +11,35 @@ from .engines import (Engine, Generation, Completion, Scored, context_length, fi
                               trim_stop, common_prefix_len, prefix_groups, pack_groups, cpu_model, log)
 
 # %% auto #0
-__all__ = ['CPU_GQA', 'WEIGHT_MAJOR_COLS', 'WEIGHT_MAJOR_ROWS', 'cpu_gqa_attention', 'use_cpu_gqa', 'weight_major_linear',
-           'weight_major_gain', 'use_weight_major', 'prefill_prefixes', 'suffix_layout', 'score_from_cache',
-           'BucketedGeneration', 'HFEngine']
+__all__ = ['CPU_GQA', 'WEIGHT_MAJOR_COLS', 'WEIGHT_MAJOR_ROWS', 'decode_attention', 'cpu_gqa_attention', 'use_cpu_gqa',
+           'weight_major_linear', 'weight_major_gain', 'use_weight_major', 'prefill_prefixes', 'suffix_layout',
+           'score_from_cache', 'BucketedGeneration', 'HFEngine']
 
 # %% ../nbs/06a_engine_hf.ipynb #c9a1e0d4
 CPU_GQA = 'pulse_cpu_gqa'  # the attention implementation name `use_cpu_gqa` registers with transformers
 
+def decode_attention(query, key, value, # (batch, heads, 1, dim) and (batch, kv heads, length, dim) twice
+                     attention_mask=None, # None, or a boolean or additive mask (batch, 1, 1 or more, length)
+                     scaling: float|None=None): # None = dim ** -0.5
+    """Attention of one new token per row as two batched products per group of query heads that share a key/value head,
+    the softmax in float32; returns `(batch, 1, heads, dim)` as transformers' attention functions do."""
+    import torch
+    b, h, _, d = query.shape
+    kvh = key.shape[1]
+    s = torch.matmul(query.reshape(b, kvh, h // kvh, d), key.transpose(-1, -2)).float() * (d ** -0.5 if scaling is None else scaling)
+    if attention_mask is not None:
+        m = attention_mask[:, :, -1:, :]
+        s = s.masked_fill(~m, float('-inf')) if m.dtype == torch.bool else s + m.float()
+    out = torch.matmul(s.softmax(-1).to(value.dtype), value)
+    return out.reshape(b, h, 1, d).transpose(1, 2).contiguous()
+
 def cpu_gqa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kw):
-    "transformers' SDPA attention, except that a masked batch's shared key/value heads go to PyTorch uncopied."
+    """transformers' SDPA attention, except that a masked batch's shared key/value heads go to PyTorch uncopied, and a
+    decode step (one new token per row) takes `decode_attention`."""
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    plain = not (dropout or kw.get('output_attentions') or any(kw.get(k) is not None for k in ('position_bias', 'cache')))
+    if plain and query.shape[2] == 1: return decode_attention(query, key, value, attention_mask, scaling), None
     if attention_mask is None or any(kw.get(k) is not None for k in ('position_bias', 'cache')) or kw.get('output_attentions'):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kw)
@@ -282,10 +300,11 @@ class HFEngine(BucketedGeneration, Engine):
         return {**super().capabilities, 'shared_prefixes': self.share_prefixes, 'weight_major': self.weight_major}
 
     def numerics(self) -> dict:
-        "Precision, device, CPU model and threads (CPU sums depend on both), the weight-major decision, batch size and prefix sharing."
+        "Precision, device, CPU model and threads (CPU sums depend on both), attention, the weight-major decision, batch size and prefix sharing."
         import torch
-        cpu = self.lm.device.type == 'cpu'
+        cpu, attn = self.lm.device.type == 'cpu', self.lm.config._attn_implementation
         return {'dtype': str(self.lm.dtype).removeprefix('torch.'), 'device': str(self.lm.device), 'cpu': cpu_model() if cpu else None,
+                'attention': attn + ('+decode_attention' if attn == CPU_GQA else ''),
                 'threads': torch.get_num_threads() if cpu else None, 'weight_major': bool(self.weight_major),
                 'batch_size': self.batch_size, 'share_prefixes': self.share_prefixes}
 

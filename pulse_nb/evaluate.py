@@ -17,10 +17,10 @@ from .core import UserError, moved_names
 __all__ = ['JUDGE_TEMPLATE', 'CHOICES', 'CHOICES_TIE', 'JUDGE_PREFIX', 'OUTCOME_SCORE', 'EVAL_SAMPLING', 'ANSWER_SUFFIX',
            'CODE_TASKS', 'CODE_SUFFIX', 'DEFAULT_JUDGES', 'judge_conv', 'probs_verdict', 'parse_verdict',
            'order_verdict', 'combine_orders', 'judge_orders', 'judge_pairs', 'pair_scores', 'soft_scores',
-           'bootstrap_ci', 'exact_ci', 'fit_length_logit', 'length_features', 'lc_win_rate', 'summarise_judgements',
-           'engine_family', 'judge_matrix', 'self_preference', 'prompt_texts', 'answers', 'heldout_prompts', 'win_rate',
-           'answer_accuracy', 'merge_adapter', 'adapter_base', 'eval_engine', 'code_eval', 'evaluate', 'summary_table',
-           'model_of', 'independent_judges', 'run_evaluation']
+           'bootstrap_ci', 'exact_ci', 'paired_diff_ci', 'fit_length_logit', 'length_features', 'lc_win_rate',
+           'summarise_judgements', 'engine_family', 'judge_matrix', 'self_preference', 'prompt_texts', 'answers',
+           'heldout_prompts', 'win_rate', 'answer_accuracy', 'merge_adapter', 'adapter_base', 'eval_engine',
+           'code_eval', 'evaluate', 'summary_table', 'model_of', 'independent_judges', 'run_evaluation']
 
 # %% ../nbs/12_evaluate.ipynb #1747b474
 JUDGE_TEMPLATE = """Compare two answers to the user's question and decide which one is better: more correct, helpful \
@@ -194,6 +194,20 @@ def exact_ci(k: int, # successes
     low = 0.0 if k == 0 else root(lambda p: tail(p, k, n) - alpha/2)         # P(X >= k) = alpha/2
     high = 1.0 if k == n else root(lambda p: alpha/2 - tail(p, 0, k))       # P(X <= k) = alpha/2
     return (low, high)
+
+# %% ../nbs/12_evaluate.ipynb #d27174ac
+def paired_diff_ci(gained: int, # items the candidate got right and the baseline wrong
+                   lost: int,   # items the baseline got right and the candidate wrong
+                   n: int,      # items both were graded on
+                   alpha: float=0.05, # 1 - the coverage
+                  ) -> tuple[float, float]|None:
+    "An interval for (gained − lost)/n, the difference of two paired proportions: the Bonett–Price adjusted Wald interval (None for n = 0)."
+    if n == 0: return None
+    from statistics import NormalDist
+    z = NormalDist().inv_cdf(1 - alpha/2)
+    p, q = (gained + 1)/(n + 2), (lost + 1)/(n + 2)
+    half = z * math.sqrt((p + q - (p - q)**2)/(n + 2))
+    return (max(-1.0, p - q - half), min(1.0, p - q + half))
 
 # %% ../nbs/12_evaluate.ipynb #8a662578
 def _sig(z): return 1/(1 + np.exp(-z))

@@ -313,4 +313,6 @@ def bench_section(bench: dict|None) -> str:
             f"| {v['n']} | {cut(v, 'policy')} / {cut(v, 'base')} |" for k, v in bench.items()]
     return '\n'.join(['\n\n### Benchmarks (held-out split)\n',
                       '| set | metric | policy | base | policy − base [95% CI] | n | cut at the budget (policy / base) |',
-                      '|---|---|---|---|---|---|---|', *rows])
+                      '|---|---|---|---|---|---|---|', *rows,
+                      '\nThe intervals are paired (right/wrong items: Bonett–Price, `evaluate.paired_diff_ci`) and not corrected '
+                      'for the number of sets compared.' if len(bench) > 1 else '\nThe interval is paired (right/wrong items: Bonett–Price, `evaluate.paired_diff_ci`).'])
