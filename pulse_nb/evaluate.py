@@ -259,6 +259,10 @@ def summarise_judgements(records: list[dict], # from `judge_pairs`
            'win_rate': float(y[keep].mean()) if keep.any() else None,
            'win_rate_ci': list(bootstrap_ci(y, n_boot=n_boot, alpha=alpha, seed=seed)) if keep.any() else None,
            'consistency': consistent/len(read) if read else None, 'alpha': alpha, 'n_boot': n_boot, 'seed': seed}
+    if out['win_rate_ci'] and out['win_rate_ci'][0] == out['win_rate_ci'][1]:  # every pair alike (all ties, say): no width
+        yk = y[keep]                                                            # the pairs won and lost, paired
+        lo, hi = paired_diff_ci(int((yk > .5).sum()), int((yk < .5).sum()), len(yk), alpha)
+        out['win_rate_ci'], out['win_rate_ci_method'] = [.5 + lo/2, .5 + hi/2], 'Bonett-Price (every pair alike)'
     soft = soft_scores(records, n_pairs)
     if (~np.isnan(soft)).any():
         out['soft_win_rate'] = float(np.nanmean(soft))
