@@ -201,15 +201,14 @@ def evaluate_benchmarks(model: str,          # engine spec, model reference or a
                        ) -> dict:
     "Grade `model` (and `baseline`) on benchmark sets; print the table (and the paired differences); write eval.json."
     from pulse_nb.benchmarks import evaluate_bench, compare_bench, bench_markdown, JUDGED, bench_names
-    from pulse_nb.evaluate import eval_engine, independent_judges, DEFAULT_JUDGES
+    from pulse_nb.evaluate import eval_engine, default_judges
     names = bench_names(bench)
     built = []
     def get(spec):
         built.append(eval_engine(spec)); return built[-1]
     try:
-        if any(k in JUDGED for k in names) and not judges and not (judges := independent_judges(DEFAULT_JUDGES, model, *[baseline] * bool(baseline))):
-            raise UserError(f'every default judge ({", ".join(DEFAULT_JUDGES)}) shares a model with {model} or {baseline}: name --judge')
-        js = [get(j) for j in judges] if any(k in JUDGED for k in names) else []
+        judged = any(k in JUDGED for k in names)
+        js = [get(j) for j in judges or default_judges(model, baseline)] if judged else []
         kw = dict(names=names, n=n, judges=js, split=split, max_new_tokens=max_new_tokens, progress=True)
         res = evaluate_bench(get(model), out_dir=out, **kw)
         base = evaluate_bench(get(baseline), out_dir=Path(out)/'baseline' if out else None, **kw) if baseline else None

@@ -38,9 +38,9 @@ def cpu_gqa_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     decode step (one new token per row) takes `decode_attention`."""
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    plain = not (dropout or kw.get('output_attentions') or any(kw.get(k) is not None for k in ('position_bias', 'cache')))
-    if plain and query.shape[2] == 1: return decode_attention(query, key, value, attention_mask, scaling), None
-    if attention_mask is None or any(kw.get(k) is not None for k in ('position_bias', 'cache')) or kw.get('output_attentions'):
+    special = kw.get('output_attentions') or any(kw.get(k) is not None for k in ('position_bias', 'cache'))
+    if not special and not dropout and query.shape[2] == 1: return decode_attention(query, key, value, attention_mask, scaling), None
+    if attention_mask is None or special:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kw)
     out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,

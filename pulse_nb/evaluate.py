@@ -20,7 +20,8 @@ __all__ = ['JUDGE_TEMPLATE', 'CHOICES', 'CHOICES_TIE', 'JUDGE_PREFIX', 'OUTCOME_
            'bootstrap_ci', 'exact_ci', 'paired_diff_ci', 'fit_length_logit', 'length_features', 'lc_win_rate',
            'summarise_judgements', 'engine_family', 'judge_matrix', 'self_preference', 'prompt_texts', 'answers',
            'heldout_prompts', 'win_rate', 'answer_accuracy', 'merge_adapter', 'adapter_base', 'eval_engine',
-           'code_eval', 'evaluate', 'summary_table', 'model_of', 'independent_judges', 'run_evaluation']
+           'code_eval', 'evaluate', 'summary_table', 'model_of', 'independent_judges', 'default_judges',
+           'run_evaluation']
 
 # %% ../nbs/12_evaluate.ipynb #1747b474
 JUDGE_TEMPLATE = """Compare two answers to the user's question and decide which one is better: more correct, helpful \
@@ -573,6 +574,12 @@ def independent_judges(judges: list, # judge specs or engines
     taken = {m for s in sides if (m := model_of(s))}
     return [j for j in judges if model_of(j) not in taken]
 
+def default_judges(*sides) -> list:
+    "The `DEFAULT_JUDGES` that share no model with any side; a one-line error where none is left."
+    if js := independent_judges(DEFAULT_JUDGES, *sides): return js
+    raise UserError(f'every default judge ({", ".join(DEFAULT_JUDGES)}) shares a model with '
+                    f'{" or ".join(str(s) for s in sides if s)}, and no model judges its own answers: name judges')
+
 def _spec_key(spec) -> str:
     "One key per distinct engine: 'hf' and 'hf:smollm2-135m-instruct' name the same one."
     from pulse_nb.engines import parse_spec
@@ -601,9 +608,7 @@ def run_evaluation(candidate,                # engine spec, model reference, ada
         if key not in built: built[key] = eval_engine(spec)
         return built[key]
     if baseline is None: baseline = adapter_base(candidate) or 'auto'
-    if judges is None and not (judges := independent_judges(DEFAULT_JUDGES, candidate, baseline)):
-        raise UserError(f'every default judge ({", ".join(DEFAULT_JUDGES)}) shares a model with {candidate} or {baseline}, '
-                        'and no model judges its own answers: name judges')
+    if judges is None: judges = default_judges(candidate, baseline)
     try:
         cand, base = get(candidate), get(baseline)
         js = [get(j) for j in judges]
