@@ -4,11 +4,11 @@
 
 # %% ../nbs/12_evaluate.ipynb #58018e73
 from __future__ import annotations
-import json, math, os, re, shutil, tempfile, time, warnings
+import json, math, os, re, shutil, statistics, tempfile, time, warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np
-from .engines import Engine, SamplingConfig, NoLogprobsError, make_engine
+from .engines import Engine, SamplingConfig, NoLogprobsError, make_engine, parse_spec
 from .data import make_arithmetic, make_general, check_answer, GENERAL_HELDOUT
 from .sandbox import extract_code, run_code, sandbox_info
 from .core import UserError, moved_names
@@ -197,15 +197,11 @@ def exact_ci(k: int, # successes
     return (low, high)
 
 # %% ../nbs/12_evaluate.ipynb #d27174ac
-def paired_diff_ci(gained: int, # items the candidate got right and the baseline wrong
-                   lost: int,   # items the baseline got right and the candidate wrong
-                   n: int,      # items both were graded on
-                   alpha: float=0.05, # 1 - the coverage
-                  ) -> tuple[float, float]|None:
+def paired_diff_ci(gained: int, lost: int, n: int, # items only the candidate / only the baseline got right, items graded
+                   alpha: float=0.05) -> tuple[float, float]|None: # 1 - the coverage
     "An interval for (gained − lost)/n, the difference of two paired proportions: the Bonett–Price adjusted Wald interval (None for n = 0)."
     if n == 0: return None
-    from statistics import NormalDist
-    z = NormalDist().inv_cdf(1 - alpha/2)
+    z = statistics.NormalDist().inv_cdf(1 - alpha/2)
     p, q = (gained + 1)/(n + 2), (lost + 1)/(n + 2)
     half = z * math.sqrt((p + q - (p - q)**2)/(n + 2))
     return (max(-1.0, p - q - half), min(1.0, p - q + half))
@@ -261,8 +257,7 @@ def summarise_judgements(records: list[dict], # from `judge_pairs`
            'win_rate_ci': list(bootstrap_ci(y, n_boot=n_boot, alpha=alpha, seed=seed)) if keep.any() else None,
            'consistency': consistent/len(read) if read else None, 'alpha': alpha, 'n_boot': n_boot, 'seed': seed}
     if out['win_rate_ci'] and out['win_rate_ci'][0] == out['win_rate_ci'][1]:  # every pair alike (all ties, say): no width
-        yk = y[keep]                                                            # the pairs won and lost, paired
-        lo, hi = paired_diff_ci(int((yk > .5).sum()), int((yk < .5).sum()), len(yk), alpha)
+        lo, hi = paired_diff_ci(int((y[keep] > .5).sum()), int((y[keep] < .5).sum()), int(keep.sum()), alpha)  # pairs won, lost
         out['win_rate_ci'], out['win_rate_ci_method'] = [.5 + lo/2, .5 + hi/2], 'Bonett-Price (every pair alike)'
     soft = soft_scores(records, n_pairs)
     if (~np.isnan(soft)).any():
@@ -414,7 +409,7 @@ def answer_accuracy(engine: Engine,   # the model under test
     return res
 
 # %% ../nbs/12_evaluate.ipynb #228445a4
-from .models import is_adapter, merge_adapter_into, adapter_base as models_adapter_base
+from .models import is_adapter, merge_adapter_into, adapter_base as models_adapter_base, DEFAULT_MODEL
 
 def merge_adapter(adapter_dir,              # folder saved by PEFT (adapter_config.json + weights)
                   out_dir=None,             # where to write the merged model; None = `adapter_dir`/merged
@@ -557,8 +552,6 @@ DEFAULT_JUDGES = ('hf:smollm2-135m-instruct', 'hf:qwen2.5-coder-0.5b-instruct')
 
 def model_of(x) -> str|None:
     "The model behind an engine, an engine spec, a model reference or an adapter folder (its base); None for a server or a verifier."
-    from pulse_nb.engines import parse_spec
-    from pulse_nb.models import DEFAULT_MODEL
     if isinstance(x, Engine): x = getattr(x, 'model', None)
     if x is None: return None
     if base := adapter_base(x): return model_of(base)
@@ -567,9 +560,7 @@ def model_of(x) -> str|None:
     if kind in ('openai', 'verify'): return None
     return str(kw.get('model') or DEFAULT_MODEL)
 
-def independent_judges(judges: list, # judge specs or engines
-                       *sides,       # the two sides of the comparison (specs, engines, model references or adapter folders)
-                      ) -> list:
+def independent_judges(judges: list, *sides) -> list: # judge specs or engines; the sides (specs, engines, models, adapters)
     "The `judges` that share no model with any side (a judge whose model is unknown, such as a server, is kept)."
     taken = {m for s in sides if (m := model_of(s))}
     return [j for j in judges if model_of(j) not in taken]
@@ -577,13 +568,10 @@ def independent_judges(judges: list, # judge specs or engines
 def default_judges(*sides) -> list:
     "The `DEFAULT_JUDGES` that share no model with any side; a one-line error where none is left."
     if js := independent_judges(DEFAULT_JUDGES, *sides): return js
-    raise UserError(f'every default judge ({", ".join(DEFAULT_JUDGES)}) shares a model with '
-                    f'{" or ".join(str(s) for s in sides if s)}, and no model judges its own answers: name judges')
+    raise UserError(f'every default judge ({", ".join(DEFAULT_JUDGES)}) shares a model with {" or ".join(str(s) for s in sides if s)}, and no model judges its own answers: name judges')
 
 def _spec_key(spec) -> str:
     "One key per distinct engine: 'hf' and 'hf:smollm2-135m-instruct' name the same one."
-    from pulse_nb.engines import parse_spec
-    from pulse_nb.models import DEFAULT_MODEL
     try: kind, kw = parse_spec(spec)
     except (TypeError, ValueError): return str(spec)
     if kind != 'openai': kw = {**kw, 'model': kw.get('model') or DEFAULT_MODEL}
