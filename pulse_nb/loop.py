@@ -175,10 +175,12 @@ def policy_record(train_dir) -> dict:
             'torch': torch.__version__}
 
 def portable_args(args: dict, out_dir) -> dict:
-    "`args` with every path inside the run directory above `out_dir` written relative to `out_dir`, so a run directory can be moved or shared whole."
+    """`args` with every path inside the run directory above `out_dir` written relative to `out_dir`, so a run directory
+    can be moved or shared whole. A path counts when it exists or its folder does (an earlier round's weights not kept)."""
     home = Path(out_dir).resolve().parent.parent
     def rel(v):
-        if not isinstance(v, str) or not v or home == Path(home.anchor) or not Path(v).exists(): return v
+        if not isinstance(v, str) or not v or home == Path(home.anchor): return v
+        if not Path(v).exists() and not ('/' in v and Path(v).parent.is_dir()): return v
         p = Path(v).resolve()
         return os.path.relpath(p, Path(out_dir).resolve()) if p.is_relative_to(home) else v
     return {k: rel(v) if k in ('data', 'model', 'init_adapter') else v for k, v in args.items()}
