@@ -371,7 +371,8 @@ def compare_bench(candidate: dict, # an `evaluate_bench` result of the model und
                   baseline: dict,  # one of the model it is compared with (same items)
                   n_boot: int=2000, alpha: float=0.05, seed: int=0,
                  ) -> dict:
-    "Per set and per-item metric: candidate − baseline on the items both graded, with a paired CI (`paired_diff_ci` for right/wrong items, else a bootstrap)."
+    '''Per set and per-item metric: candidate − baseline on the items both graded, with a paired CI (`paired_diff_ci` for
+    right/wrong items, which also report how many items only the candidate (`gained`) or only the baseline (`lost`) got right; else a bootstrap).'''
     from pulse_nb.evaluate import paired_diff_ci
     out = {}
     for name in candidate['sets'].keys() & baseline['sets'].keys():
@@ -386,10 +387,11 @@ def compare_bench(candidate: dict, # an `evaluate_bench` result of the model und
             d = metric(np.where(keep, x - y, np.nan), n_boot, alpha, seed)
             if keep.any() and np.isin(np.concatenate([x[keep], y[keep]]), (0, 1)).all():  # right or wrong: exact counts
                 gained, lost = int(((x == 1) & (y == 0))[keep].sum()), int(((x == 0) & (y == 1))[keep].sum())
-                d['ci'] = list(paired_diff_ci(gained, lost, d['n'], alpha))
+                d.update(ci=list(paired_diff_ci(gained, lost, d['n'], alpha)), gained=gained, lost=lost)
             out[name][m] = {'difference': d['value'], 'ci': d['ci'], 'n': d['n'],
                             'candidate': float(x[keep].mean()) if keep.any() else None,
-                            'baseline': float(y[keep].mean()) if keep.any() else None}
+                            'baseline': float(y[keep].mean()) if keep.any() else None,
+                            **{k: d[k] for k in ('gained', 'lost') if k in d}}
     return out
 
 # %% ../nbs/12a_benchmarks.ipynb #44c83333
