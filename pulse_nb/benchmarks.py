@@ -4,7 +4,7 @@
 
 # %% ../nbs/12a_benchmarks.ipynb #4438c099
 from __future__ import annotations
-import json, os, re, time, warnings
+import json, math, os, re, statistics, time, warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -18,7 +18,8 @@ from .core import UserError, moved_names, write_atomic
 __all__ = ['MAX_JUDGE_CHARS', 'DEFAULT_MAX_NEW_TOKENS', 'JUDGED', 'PRIMARY', 'fits_judge', 'n_words', 'judge_vs_baseline',
            'mt_bench_judge_prompts', 'mt_bench_judge_conv', 'parse_rating', 'mt_bench_answers', 'grade_mt_bench',
            'metric', 'ratio_metric', 'bench_names', 'select_items', 'run_set', 'evaluate_bench', 'bench_table',
-           'bench_markdown', 'plot_bench', 'write_bench', 'compare_bench', 'judge_scores', 'cross_self_preference']
+           'bench_markdown', 'plot_bench', 'write_bench', 'mcnemar_p', 'holm', 'paired_mde', 'compare_bench',
+           'judge_scores', 'cross_self_preference']
 
 # %% ../nbs/12a_benchmarks.ipynb #3f402e23
 MAX_JUDGE_CHARS = 12_000
@@ -139,13 +140,16 @@ PRIMARY = {'gsm8k': 'accuracy', 'math500': 'accuracy', 'humaneval': 'pass@1', 'm
 
 def metric(values, # per-item values, NaN where not graded
            n_boot: int=2000, alpha: float=0.05, seed: int=0, # bootstrap resamples, 1 - confidence, seed
+           exact: bool=True, # right/wrong items (every value 0 or 1): the Clopper–Pearson interval, not a bootstrap
           ) -> dict:
-    "Mean of per-item `values` (NaN = not graded) with its item count and percentile-bootstrap CI."
-    from pulse_nb.evaluate import bootstrap_ci
+    "Mean of per-item `values` (NaN = not graded) with its item count and CI: exact for right/wrong items, else a percentile bootstrap."
+    from pulse_nb.evaluate import bootstrap_ci, exact_ci
     v = np.asarray(values, float)
     keep = ~np.isnan(v)
     if not keep.any(): return {'value': None, 'ci': None, 'n': 0}
-    return {'value': float(v[keep].mean()), 'ci': list(bootstrap_ci(v, n_boot=n_boot, alpha=alpha, seed=seed)), 'n': int(keep.sum())}
+    if exact and np.isin(v[keep], (0, 1)).all(): ci = exact_ci(int(v[keep].sum()), int(keep.sum()), alpha)  # no zero width at 0 or 1
+    else: ci = bootstrap_ci(v, n_boot=n_boot, alpha=alpha, seed=seed)
+    return {'value': float(v[keep].mean()), 'ci': list(ci), 'n': int(keep.sum())}
 
 def ratio_metric(num, # per-item counts of successes
                  den, # per-item counts of trials
@@ -284,7 +288,7 @@ def evaluate_bench(engine,                      # the model under test (an `Engi
                    max_judge_chars: int=MAX_JUDGE_CHARS, # pairwise sets: skip items longer than this (see `fits_judge`)
                    progress: bool=False,
                   ) -> dict:
-    "Score `engine` on benchmark sets: every metric with n and a bootstrap CI, per-item replies, seconds per set."
+    "Score `engine` on benchmark sets: every metric with n and a CI (exact for right/wrong items), per-item replies, seconds per set."
     from pulse_nb.engines import SamplingConfig
     from pulse_nb.evaluate import engine_family
     names, judges = bench_names(names), list(judges or [])
@@ -366,13 +370,35 @@ def write_bench(res: dict, # an `evaluate_bench` result
     os.replace(out/'.eval.tmp.png', out/'eval.png')
     return out
 
+# %% ../nbs/12a_benchmarks.ipynb #f00f7b4d
+def mcnemar_p(gained: int, # items only the candidate got right (or: a labeller's right calls)
+              lost: int,   # items only the baseline got right (or: its wrong calls)
+             ) -> float:
+    "The exact two-sided McNemar p-value: how surprising a `gained`/`lost` split of the discordant items is if neither side is better."
+    m = gained + lost
+    return 1.0 if m == 0 else min(1.0, 2 * sum(math.comb(m, i) for i in range(min(gained, lost) + 1)) / 2 ** m)
+
+def holm(ps: list) -> list:
+    "Holm's step-down adjustment of p-values for the number of comparisons (family-wise error); the order is kept."
+    order, out, run = sorted(range(len(ps)), key=lambda i: ps[i]), [0.0] * len(ps), 0.0
+    for k, i in enumerate(order): run = max(run, min(1.0, (len(ps) - k) * ps[i])); out[i] = run
+    return out
+
+def paired_mde(n: int,          # items compared
+               discordant: float, # share of items that one side gets right and the other wrong
+               alpha: float=0.05, power: float=0.8) -> float:
+    "The smallest paired accuracy difference `n` items detect with `power` at level `alpha` when a `discordant` share of items differ."
+    z = statistics.NormalDist().inv_cdf
+    return (z(1 - alpha/2) + z(power)) * (discordant / n) ** 0.5
+
 # %% ../nbs/12a_benchmarks.ipynb #02f0563d
 def compare_bench(candidate: dict, # an `evaluate_bench` result of the model under test
                   baseline: dict,  # one of the model it is compared with (same items)
                   n_boot: int=2000, alpha: float=0.05, seed: int=0,
                  ) -> dict:
     '''Per set and per-item metric: candidate − baseline on the items both graded, with a paired CI (`paired_diff_ci` for
-    right/wrong items, which also report how many items only the candidate (`gained`) or only the baseline (`lost`) got right; else a bootstrap).'''
+    right/wrong items, which also report how many items only the candidate (`gained`) or only the baseline (`lost`) got right,
+    and the exact McNemar `p`; else a bootstrap).'''
     from pulse_nb.evaluate import paired_diff_ci
     out = {}
     for name in candidate['sets'].keys() & baseline['sets'].keys():
@@ -384,14 +410,14 @@ def compare_bench(candidate: dict, # an `evaluate_bench` result of the model und
             x = np.array([np.nan if c[m][ci[k]] is None else c[m][ci[k]] for k in common], float)
             y = np.array([np.nan if b[m][bi[k]] is None else b[m][bi[k]] for k in common], float)
             keep = ~(np.isnan(x) | np.isnan(y))
-            d = metric(np.where(keep, x - y, np.nan), n_boot, alpha, seed)
+            d = metric(np.where(keep, x - y, np.nan), n_boot, alpha, seed, exact=False)
             if keep.any() and np.isin(np.concatenate([x[keep], y[keep]]), (0, 1)).all():  # right or wrong: exact counts
                 gained, lost = int(((x == 1) & (y == 0))[keep].sum()), int(((x == 0) & (y == 1))[keep].sum())
-                d.update(ci=list(paired_diff_ci(gained, lost, d['n'], alpha)), gained=gained, lost=lost)
+                d.update(ci=list(paired_diff_ci(gained, lost, d['n'], alpha)), gained=gained, lost=lost, p=mcnemar_p(gained, lost))
             out[name][m] = {'difference': d['value'], 'ci': d['ci'], 'n': d['n'],
                             'candidate': float(x[keep].mean()) if keep.any() else None,
                             'baseline': float(y[keep].mean()) if keep.any() else None,
-                            **{k: d[k] for k in ('gained', 'lost') if k in d}}
+                            **{k: d[k] for k in ('gained', 'lost', 'p') if k in d}}
     return out
 
 # %% ../nbs/12a_benchmarks.ipynb #44c83333

@@ -390,10 +390,10 @@ def answer_accuracy(engine: Engine,   # the model under test
                     n: int=16, seed: int=1000, # size and seed of the default arithmetic set
                     sampling: SamplingConfig|None=None, # default greedy, 256 tokens
                     suffix: str=ANSWER_SUFFIX, # appended to each prompt
-                    n_boot: int=2000, alpha: float=0.05,
+                    alpha: float=0.05,       # 1 - the coverage of the exact (Clopper–Pearson) interval
                     keep_items: bool=True,   # include each item's response in the result
                    ) -> dict:
-    "Exact-answer accuracy of `engine` on verifiable prompts, with a bootstrap CI."
+    "Exact-answer accuracy of `engine` on verifiable prompts, with an exact CI."
     items = make_arithmetic(n, seed) if items is None else list(items)
     for i, it in enumerate(items):
         if not isinstance(it, dict) or it.get('answer') in (None, ''):
@@ -402,7 +402,7 @@ def answer_accuracy(engine: Engine,   # the model under test
     ok = [check_answer(o.text, str(it['answer'])) for o, it in zip(outs, items)]
     res = {'model': str(engine.model), 'n': len(items), 'correct': int(sum(ok)), 'cut_by_budget': _n_cut(outs),
            'accuracy': float(np.mean(ok)) if ok else None,
-           'accuracy_ci': list(bootstrap_ci(np.array(ok, float), n_boot=n_boot, alpha=alpha, seed=seed)) if ok else None}
+           'accuracy_ci': list(exact_ci(int(sum(ok)), len(ok), alpha)) if ok else None}   # exact: no zero width at 0 or 1
     if keep_items:
         res['items'] = [{'id': it.get('id'), 'prompt': it['prompt'], 'answer': str(it['answer']), 'response': o.text,
                          'correct': c} for it, o, c in zip(items, outs, ok)]
@@ -512,7 +512,7 @@ def evaluate(candidate: Engine,          # the model under test
     t0 = time.time()
     out = {'win_rate': win_rate(candidate, baseline, judges, prompts, sampling, tie, mode, n_boot, alpha, seed)}
     if n_arith:
-        out['accuracy'] = {k: answer_accuracy(e, n=n_arith, seed=arith_seed, sampling=sampling, n_boot=n_boot, alpha=alpha)
+        out['accuracy'] = {k: answer_accuracy(e, n=n_arith, seed=arith_seed, sampling=sampling, alpha=alpha)
                            for k, e in (('candidate', candidate), ('baseline', baseline))}
     if code: out['code'] = {k: code_eval(e, sampling=sampling) for k, e in (('candidate', candidate), ('baseline', baseline))}
     out['seconds'] = round(time.time() - t0, 1)

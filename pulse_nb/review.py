@@ -460,7 +460,7 @@ def unparsed_rate(run_dir) -> dict:
 
 # %% ../nbs/08_review.ipynb #34cf239d
 def score_answers(engine, # a critic engine that gives log-probs (`Engine.score`)
-                  items: list[dict], # dicts with `prompt`, `answer` and `persona` (a name in `prompts.PERSONAS` or a text)
+                  items: list[dict], # dicts with `prompt`, `answer`, `persona` (a name in `prompts.PERSONAS` or a text), and `reference` where `template` has one
                   scale=P.SCALE, # the score scale (lo, hi)
                   min_mass: float=0.5, # below this probability on the scale's tokens a score is unparsed
                   template: str=P.CRITIC_TEMPLATE, # the critic's user turn
@@ -470,5 +470,5 @@ def score_answers(engine, # a critic engine that gives log-probs (`Engine.score`
     for i, it in enumerate(items):
         missing = {'prompt', 'answer', 'persona'} - set(it)
         if missing: raise UserError(f'score_answers: item {i} has no {", ".join(sorted(missing))}')
-    convs = [P.score_conv(P.critic_conv(it['prompt'], it['answer'], it['persona'], scale, template, system), '') for it in items]
+    convs = [P.score_conv(P.critic_conv(it['prompt'], it['answer'], it['persona'], scale, template, system, it.get('reference')), '') for it in items]
     return [P.score_from_probs(ro.probs, ro.mass, min_mass) for ro in engine.score(convs, P.scale_tokens(scale))] if convs else []

@@ -193,7 +193,7 @@ def test_two_family_win_rate_reports_self_preference(hf_engine, qwen_engine):
 
 @pytest.mark.slow
 def test_answer_accuracy_on_arithmetic(hf_engine):
-    acc = answer_accuracy(hf_engine, n=4, sampling=SamplingConfig(temperature=0, max_new_tokens=32), n_boot=200)
+    acc = answer_accuracy(hf_engine, n=4, sampling=SamplingConfig(temperature=0, max_new_tokens=32))
     teq(acc['n'], 4)
     assert 0 <= acc['accuracy'] <= 1 and acc['correct'] == sum(i['correct'] for i in acc['items'])
     assert acc['accuracy_ci'][0] <= acc['accuracy'] <= acc['accuracy_ci'][1]

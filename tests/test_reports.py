@@ -179,6 +179,64 @@ def test_label_quality_known_pairs_judged_in_every_mode(tmp_path):
     assert len((tmp_path/'logprobs.jsonl').read_text().splitlines()) == 2 * 2 * 2   # read back, nothing judged again
 
 
+
+def test_label_quality_214_known_pairs_are_balanced_and_match_the_verifier():
+    "positive_control's committed records give 150+ pairs, each a verified right and wrong answer, the right one first in exactly half."
+    import json
+    ns = report_core('label_quality.ipynb')
+    root = ROOT/'nbs'/'experiments'/'runs'
+    kp = ns['pairs_214']({**ns['PK2'], 'control_runs': root/'positive_control'}, {**ns['PK'], 'bench_runs': root/'pulse_rounds'})
+    assert len(kp) >= 150 and len({x['id'] for x in kp}) == len(kp) and all(x['ok0'] != x['ok1'] for x in kp)
+    assert abs(sum(x['ok1'] for x in kp) - len(kp) / 2) <= 0.5                 # balanced, not merely random
+    assert {x['set'] for x in kp} == {'gsm8k', 'ifeval'} and {x['source'] for x in kp} == {'held-out', 'train'}
+    held = json.loads((root/'positive_control'/'base-bench'/'gsm8k'/'eval.json').read_text())['sets']['gsm8k']['items']
+    truth = {(it['id'], it['response']): it['correct'] for it in held}
+    checked = [(truth[(x['id'], x[a])], x[ok]) for x in kp if x['source'] == 'held-out' and x['set'] == 'gsm8k'
+               for a, ok in (('a0', 'ok0'), ('a1', 'ok1')) if (x['id'], x[a]) in truth]
+    assert len(checked) >= 50 and all(t == o for t, o in checked)             # the base model's answers keep their grades
+    again = ns['balanced']([{'id': i, 'pair': ((True, 'r', 'p'), (False, 'w', 'q'))} for i in range(7)], seed=0)
+    assert sum(x['ok0'] for x in again) == 3 and all({x['a0'], x['a1']} == {'r', 'w'} for x in again)
+    sub = ns['balanced_subset'](kp, 150, seed=0)
+    assert len(sub) == 150 and sum(x['ok0'] for x in sub) == 75 and [x['id'] for x in sub] == [x['id'] for x in kp if x in sub]
+
+
+def test_label_quality_strength_table_scores_known_labellers(label_quality):
+    "A critic that always scores the correct answer higher is right on every pair; one that prefers the longer answer scores 0.5 length-controlled."
+    ns = label_quality
+    pairs = [{'id': f'p{i}', 'set': 'gsm8k', 'prompt': 'q', 'a0': 'x' * (5 + i), 'a1': 'y' * (10 - i), 'ok0': i % 2 == 0, 'ok1': i % 2 == 1,
+              'policies': ['a', 'b']} for i in range(10)]
+    run = ns['as_run'](pairs)
+    def crit(model, score):
+        return [dict(round=1, prompt_id=x['id'], critic=f'{model}/strict', target=t, parsed=True, score_std=0, score=score(x, t))
+                for x in pairs for t in ('a0', 'a1')]
+    right = lambda x, t: 9.0 if x['ok0' if t == 'a0' else 'ok1'] else 1.0
+    longer = lambda x, t: float(len(x[t]))
+    recs = crit('qwen2.5-coder-0.5b-instruct', right) + crit('smollm2-135m-instruct', longer)
+    run['critiques'], run['rescores'] = [r for r in recs if r['target'] == 'a0'], [r for r in recs if r['target'] == 'a1']
+    t = ns['strength_table']({'no feedback · strict': run}, ns['LABELLERS'], n_boot=100)
+    q, s = t.loc['Qwen-0.5B, strict'], t.loc['SmolLM2-135M, strict']
+    assert (q.accuracy, q.n, q['length-controlled']) == (1.0, 10, 1.0) and q['p vs 0.5'] == 2 / 2**10 and q.ci_low > 0.6
+    assert s['picks longer'] == 1.0 and s['length-controlled'] == 0.5
+    assert t.loc['always the second (no critic)', 'accuracy'] == 0.5 and (t['p (Holm)'] >= t['p vs 0.5']).all()
+    assert 'Qwen-1.5B, strict' not in t.index                                   # its pass has not run
+
+
+@pytest.mark.slow
+def test_label_quality_reference_pass_scores_against_each_critics_solution(tmp_path):
+    "Two known pairs, one small critic: the reference pass writes one solution per pair and model, scores both answers against it, and resumes."
+    ns = report_core('label_quality.ipynb')
+    root = ROOT/'nbs'/'experiments'/'runs'
+    kp = ns['pairs_214']({**ns['PK2'], 'control_runs': root/'positive_control'}, {**ns['PK'], 'bench_runs': root/'pulse_rounds'})[:2]
+    p = dict(ns["PK2"], solution_tokens=24, passes=[("no feedback", "one"), ("reference", "one")], one=[('hf:smollm2-135m-instruct', 'strict')])
+    with ns['Pool'](p['dtype']) as pool: runs, secs = ns['judge_214'](kp, p, tmp_path, pool)
+    sols = [json.loads(l) for l in (tmp_path/'solutions.jsonl').read_text().splitlines()]
+    assert len(sols) == 2 and all(s['reference'] for s in sols) and secs['one solutions'] > 0
+    ref, nf = runs['reference · one'], runs['no feedback · one']
+    assert len(ref['critiques']) == len(ref['rescores']) == 2 and all(r['score_mode'] == 'reference' and r['parsed'] for r in ref['critiques'])
+    assert [r['score'] for r in ref['critiques']] != [r['score'] for r in nf['critiques']]   # the solution is in the prompt
+    with ns['Pool'](p['dtype']) as pool: again, _ = ns['judge_214'](kp, p, tmp_path, pool)
+    assert again['reference · one']['critiques'] == ref['critiques'] and len((tmp_path/'reference.jsonl').read_text().splitlines()) == 4
+
 # ---- noise_robustness.ipynb (issue 23, item 2) ---------------------------------------------------------------------
 
 @pytest.fixture(scope='module')
