@@ -179,10 +179,8 @@ def test_label_quality_known_pairs_judged_in_every_mode(tmp_path):
     assert len((tmp_path/'logprobs.jsonl').read_text().splitlines()) == 2 * 2 * 2   # read back, nothing judged again
 
 
-
 def test_label_quality_214_known_pairs_are_balanced_and_match_the_verifier():
     "positive_control's committed records give 150+ pairs, each a verified right and wrong answer, the right one first in exactly half."
-    import json
     ns = report_core('label_quality.ipynb')
     root = ROOT/'nbs'/'experiments'/'runs'
     kp = ns['pairs_214']({**ns['PK2'], 'control_runs': root/'positive_control'}, {**ns['PK'], 'bench_runs': root/'pulse_rounds'})
@@ -227,7 +225,7 @@ def test_label_quality_reference_pass_scores_against_each_critics_solution(tmp_p
     ns = report_core('label_quality.ipynb')
     root = ROOT/'nbs'/'experiments'/'runs'
     kp = ns['pairs_214']({**ns['PK2'], 'control_runs': root/'positive_control'}, {**ns['PK'], 'bench_runs': root/'pulse_rounds'})[:2]
-    p = dict(ns["PK2"], solution_tokens=24, passes=[("no feedback", "one"), ("reference", "one")], one=[('hf:smollm2-135m-instruct', 'strict')])
+    p = dict(ns['PK2'], solution_tokens=24, passes=[('no feedback', 'one'), ('reference', 'one')], one=[('hf:smollm2-135m-instruct', 'strict')])
     with ns['Pool'](p['dtype']) as pool: runs, secs = ns['judge_214'](kp, p, tmp_path, pool)
     sols = [json.loads(l) for l in (tmp_path/'solutions.jsonl').read_text().splitlines()]
     assert len(sols) == 2 and all(s['reference'] for s in sols) and secs['one solutions'] > 0
@@ -236,6 +234,7 @@ def test_label_quality_reference_pass_scores_against_each_critics_solution(tmp_p
     assert [r['score'] for r in ref['critiques']] != [r['score'] for r in nf['critiques']]   # the solution is in the prompt
     with ns['Pool'](p['dtype']) as pool: again, _ = ns['judge_214'](kp, p, tmp_path, pool)
     assert again['reference · one']['critiques'] == ref['critiques'] and len((tmp_path/'reference.jsonl').read_text().splitlines()) == 4
+
 
 # ---- noise_robustness.ipynb (issue 23, item 2) ---------------------------------------------------------------------
 
