@@ -75,8 +75,8 @@ def _generate_parser(sub):
     g.add_argument('--batch-size', dest='batch_size', type=int, default=32,
                    help='records per engine call and per checkpoint (smaller: finer resume, less batching)')
     g.add_argument('--pairwise', action='store_true', help='critics also compare a0 and a1 in both orders (position swap)')
-    g.add_argument('--label-source', dest='label_source', choices=['scores', 'pairwise'], default='scores',
-                   help="label pairs by the critics' scores or by their pairwise verdicts (implies --pairwise)")
+    g.add_argument('--label-source', dest='label_source', choices=['scores', 'pairwise', 'verifier'], default='scores',
+                   help="label pairs by the critics' scores, their pairwise verdicts (implies --pairwise), or the prompts' references")
     g.add_argument('--out', required=True, help='run directory (resumed if it exists)')
 
 def _train_parser(sub):
@@ -84,14 +84,14 @@ def _train_parser(sub):
     t.add_argument('--data', required=True, help='run directory (with pairs.parquet), or a .parquet/.jsonl dataset')
     t.add_argument('--model', default=None, help='the model to train: embedded name, folder, hub id or adapter (default: the actor '
                    "that made the pairs, from the review's manifest)")
-    t.add_argument('--loss', default='savage', help="the loss (default savage, as pulse run's)")
+    t.add_argument('--loss', default='dpo', help="the loss (default dpo, as pulse run's)")
     t.add_argument('--beta', type=float, default=0.1, help="β (default 0.1, as pulse run's)")
     t.add_argument('--epsilon', type=float, default=0.1)
-    t.add_argument('--weighting', default='margin*agreement', help="per-pair weights: 'margin', 'agreement', 'margin*agreement' "
-                   "(the default, as pulse run's: it needs the critics' margin and agreement columns), 'weight' (the dataset's column) or 'none'")
+    t.add_argument('--weighting', default=None, help="per-pair weights: 'margin', 'agreement', 'margin*agreement' (these need "
+                   "the critics' margin and agreement columns), 'weight' (the dataset's column) or 'none' (the default, as pulse run's)")
     t.add_argument('--beta-schedule', dest='beta_schedule', default='constant')
     t.add_argument('--full', action='store_true', help='full fine-tuning instead of LoRA')
-    t.add_argument('--epochs', type=float, default=1); t.add_argument('--max-steps', dest='max_steps', type=int, default=-1)
+    t.add_argument('--epochs', type=float, default=2); t.add_argument('--max-steps', dest='max_steps', type=int, default=-1)
     t.add_argument('--batch-size', dest='batch_size', type=int, default=4); t.add_argument('--seed', type=int, default=0)
     t.add_argument('--report-to', dest='report_to', default=None, help='none, tensorboard or wandb')
     t.add_argument('--out', required=True)

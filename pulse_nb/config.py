@@ -7,7 +7,7 @@ from __future__ import annotations
 import json, math, os
 from dataclasses import dataclass, field, asdict, fields, replace
 from pathlib import Path
-from .data import load_prompts, check_disjoint, make_arithmetic, GENERAL_HELDOUT
+from .data import load_prompts, check_disjoint, make_arithmetic, has_reference, GENERAL_HELDOUT
 from .models import DEFAULT_MODEL, QWEN_05B, model_family
 from .core import write_atomic, CUT_WARN
 from .engines import EngineError, parse_spec, check_options, choose_backend, fast_dtype
@@ -19,7 +19,7 @@ from .evaluate import independent_judges
 __all__ = ['PRESETS', 'PoolConfig', 'ReviewConfig', 'LabelConfig', 'EvalConfig', 'check_train', 'RunConfig', 'check_fields_agree',
            'config_dict', 'yaml_load', 'with_overrides', 'load_config', 'save_config', 'round_dir', 'spec_model',
            'actor_model', 'round_prompts', 'memory_plan', 'plan', 'eval_prompts', 'bench_heldout', 'all_heldout',
-           'check_not_heldout', 'check_heldout']
+           'check_not_heldout', 'check_references', 'check_heldout']
 
 # %% ../nbs/13_config.ipynb #a3295207
 def _one_of(where: str, value, choices):
@@ -38,7 +38,7 @@ def _check_spec(where: str, spec):
 class PoolConfig:
     "The peer pool: who acts, who critiques, who judges. Engine specs as in `make_engine` ('hf:MODEL', 'vllm:MODEL', 'auto:MODEL', 'openai:URL')."
     actor: str = f'hf:{QWEN_05B}'  # the policy being trained; round r+1's actor is round r's trained policy
-    critics: list = field(default_factory=lambda: [f'hf:{DEFAULT_MODEL}', f'hf:{QWEN_05B}']) # critic models (other families first)
+    critics: list = field(default_factory=lambda: [f'hf:{DEFAULT_MODEL}', f'hf:{QWEN_05B}', 'verify:auto']) # critic models (other families first); `verify:auto` checks references
     n_critics: int = 2             # critics per answer (K); personas fill K beyond the critic models
     personas: list|None = None     # persona names or texts of the critic slots (default `prompts.PERSONAS`)
     judges: list|None = None       # evaluation judges; None = the critic models that are not the actor's model (no model judges itself)
@@ -76,7 +76,8 @@ class ReviewConfig:
     temperature: float = 0.7     # sampling temperature (0 = greedy)
     score_mode: str = 'logprobs' # 'logprobs' (score from the critic's token distribution) or 'text'
     pairwise: bool = False       # critics also compare a0 and a1 in both orders (a fifth stage)
-    n_answers: int = 1           # answers sampled per prompt (best-of-n); the pair is the best against the worst candidate
+    n_answers: int = 4           # answers sampled per prompt (best-of-n): the candidates the pair is drawn from
+    revise: bool = False         # True: the actor also revises each answer after the critics' feedback (revisions are candidates too)
     critic_mode: str = 'direct'  # 'direct'; 'reference': each critic model solves the problem first and judges against it; 'self_consistent': the majority of its sampled solutions
     critic_samples: int = 5      # self_consistent: solutions sampled per critic model and prompt
     batch_size: int = 32         # records per engine call and per checkpoint
@@ -91,6 +92,8 @@ class ReviewConfig:
         if self.critic_mode == 'self_consistent' and (self.critic_samples < 2 or self.temperature == 0):
             raise ConfigError('review.critic_mode self_consistent needs review.critic_samples >= 2 and review.temperature > 0')
         if self.n_answers > 1 and self.temperature == 0: raise ConfigError('review.n_answers > 1 needs review.temperature > 0: greedy answers are all the same')
+        if not self.revise and self.n_answers < 2: raise ConfigError('review.revise: false needs review.n_answers >= 2 (without revisions the pair is two sampled answers)')
+        if not self.revise and self.pairwise: raise ConfigError('review.pairwise compares each answer with its revision: it needs review.revise: true')
         _one_of('review.score_mode', self.score_mode, ('logprobs', 'text'))
 
 # %% ../nbs/13_config.ipynb #f2447125
@@ -101,12 +104,12 @@ class LabelConfig:
     min_margin: float = 0.0           # drop pairs whose aggregated score gap is smaller
     min_critics: int = 1              # drop pairs with fewer critics that scored both answers
     max_disagreement: float|None = None # drop pairs where more than this share of critics disagree with the label
-    source: str = 'scores'            # label from the critics' 'scores' or their 'pairwise' verdicts
+    source: str = 'verifier'          # label by the prompts' references ('verifier'), the critics' 'scores' or their 'pairwise' verdicts
     tau: float = 1.0                  # temperature of the soft label σ(margin/τ)
 
     def __post_init__(self):
         _one_of('label.aggregator', self.aggregator, ('mean', 'median', 'trimmed', 'zmean'))
-        _one_of('label.source', self.source, ('scores', 'pairwise'))
+        _one_of('label.source', self.source, ('verifier', 'scores', 'pairwise'))
         if self.min_margin < 0: raise ConfigError(f'label.min_margin must be >= 0, got {self.min_margin}')
         if self.min_critics < 1: raise ConfigError(f'label.min_critics must be >= 1, got {self.min_critics}')
 
@@ -161,8 +164,7 @@ class RunConfig:
     pool: PoolConfig = field(default_factory=PoolConfig)
     review: ReviewConfig = field(default_factory=ReviewConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
-    train: dict = field(default_factory=lambda: {'loss': 'savage', 'beta': 0.1, 'epochs': 1, 'batch_size': 4,
-                                                 'weighting': 'margin*agreement'})
+    train: dict = field(default_factory=lambda: {'loss': 'dpo', 'beta': 0.1, 'epochs': 2, 'batch_size': 4})
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
@@ -184,6 +186,9 @@ def check_fields_agree(cfg: RunConfig):
         raise ConfigError('label.source: pairwise compares each answer with its revision; best-of-n (review.n_answers > 1) is labelled from scores')
     if cfg.label.source == 'pairwise' and not cfg.review.pairwise:
         raise ConfigError('label.source: pairwise labels pairs by the critics\' pairwise verdicts, which only review.pairwise: true makes')
+    if cfg.label.source == 'verifier' and cfg.train.get('weighting'):
+        raise ConfigError("train.weighting does nothing with label.source: verifier (every verified pair has margin and agreement 1): "
+                          "set train.weighting: null, or label.source: scores")
     if cfg.train.get('weighting') == 'weight':
         raise ConfigError("train.weighting: 'weight' reads a dataset's own weight column, which a run's pairs do not have; "
                           f"weight them by the critics with one of {list(WEIGHTINGS)}")
@@ -243,7 +248,9 @@ def with_overrides(cfg: RunConfig, overrides: dict) -> RunConfig:
 # %% ../nbs/13_config.ipynb #4d493a86
 PRESETS = {
     'default': {},
-    'quick': {'rounds': 1, 'review': {'per_round': 4, 'max_new_tokens': 40},
+    'quick': {'rounds': 1, 'pool': {'critics': [f'hf:{DEFAULT_MODEL}', f'hf:{QWEN_05B}']},
+              'review': {'per_round': 4, 'max_new_tokens': 40, 'n_answers': 1, 'revise': True},
+              'label': {'source': 'scores'},  # every stage of the peer protocol, labelled by the critics
               'train': {'loss': 'savage', 'beta': 0.1, 'max_steps': 2, 'batch_size': 2, 'weighting': 'margin*agreement'},
               'eval': {'win_rate_prompts': 0, 'bench_n': 3, 'bench_max_new_tokens': 64}},
 }
@@ -327,7 +334,8 @@ def memory_plan(cfg: RunConfig, # the run config
                                         f"({', '.join(f'{s} {v}' for s, v in shares.items() if v)}); set pool.keep_loaded: false, "
                                         f"or lower gpu_memory_utilization in their specs (e.g. vllm:MODEL;gpu_memory_utilization=0.3)")
         if release_after: resident.clear()
-    subs = [('answers', 'a'), ('critiques', 'c'), ('revisions', 'a'), ('rescores', 'c')] + ([('comparisons', 'c')] if cfg.review.pairwise else [])
+    subs = ([('answers', 'a'), ('critiques', 'c')] + ([('revisions', 'a'), ('rescores', 'c')] if cfg.review.revise else [])
+            + ([('comparisons', 'c')] if cfg.review.pairwise else []))
     for r, actor in (('round 1', cfg.pool.actor), ('round 2+', policy))[:min(cfg.rounds, 2)]:
         if cfg.pool.keep_loaded: use(f'{r}: review', [actor, *critics], False)
         else:
@@ -344,8 +352,10 @@ def plan(cfg: RunConfig) -> dict:
     if not hub: check_heldout(cfg)
     n, K, T, m = cfg.review.per_round, cfg.pool.n_critics, cfg.review.max_new_tokens, cfg.review.n_answers
     models = {'actor': cfg.pool.actor, 'critics': list(cfg.pool.critics), 'judges': cfg.pool.judge_specs()}
-    fam = {s: model_family(spec_model(s)) if spec_model(s) else None for s in {cfg.pool.actor, *cfg.pool.critics, *models['judges']}}
-    stages = {'answers': n*m, 'critiques': n*m*K, 'revisions': n*m, 'rescores': n*m*K, **({'comparisons': 2*n*m*K} if cfg.review.pairwise else {})}
+    fam = {s: model_family(spec_model(s)) if spec_model(s) else None for s in {cfg.pool.actor, *cfg.pool.critics, *models['judges']}
+           if parse_spec(s)[0] != 'verify'}  # a verifier is no model
+    stages = {'answers': n*m, 'critiques': n*m*K, **({'revisions': n*m, 'rescores': n*m*K} if cfg.review.revise else {}),
+              **({'comparisons': 2*n*m*K} if cfg.review.pairwise else {})}
     gen = sum(stages.values())
     tr = dict(cfg.train)
     bs = tr.get('batch_size', 4) * tr.get('gradient_accumulation_steps', 1)
@@ -354,11 +364,12 @@ def plan(cfg: RunConfig) -> dict:
     n_bench = len(ev.bench_sets()) * ev.bench_n
     ev_gen = 0 if ev.skip else 2 * (ev.win_rate_prompts + ev.arithmetic) + n_bench  # the base model's bench answers once per run
     ev_judge = 0 if ev.skip else 2 * ev.win_rate_prompts * len(models['judges'])
-    per_round = {'prompts': n, 'candidates': n*m, 'generations': gen, 'score_readouts': (2*n*m*K) if cfg.review.score_mode == 'logprobs' else 0,
+    per_round = {'prompts': n, 'candidates': n*m, 'generations': gen, 'score_readouts': (1 + cfg.review.revise)*n*m*K if cfg.review.score_mode == 'logprobs' else 0,
                  'max_generated_tokens': gen * T, 'train_steps_at_most': steps,
                  'eval_generations': ev_gen, 'eval_judgements': ev_judge,
                  'eval_generated_tokens_at_most': (ev_gen - n_bench) * ev.max_new_tokens + n_bench * ev.bench_max_new_tokens}
     rp = [] if hub else round_prompts(cfg)
+    for ps in rp: check_references(cfg, ps)
     dtype = fast_dtype() if cfg.pool.dtype == 'fast' else cfg.pool.dtype
     modes = {c: 'verifier (checks the reference; no score without one)' if parse_spec(c)[0] == 'verify'
              else f'LLM critic ({cfg.review.critic_mode}' + (f', majority of {cfg.review.critic_samples} solutions' if cfg.review.critic_mode == 'self_consistent' else '')
@@ -399,6 +410,12 @@ def check_not_heldout(prompts: list, # prompts about to be reviewed or trained o
     except ValueError as e:
         raise ConfigError(f'{str(e).split(". Use disjoint")[0]}. Review and train on trainable splits only '
                           '(builtin:general, bench:NAME), never builtin:general:heldout or bench:NAME:heldout.') from None
+
+def check_references(cfg: RunConfig, prompts: list[dict]):
+    "Refuse, in one line, `label.source: verifier` on prompts of which none has a reference answer or check (`data.has_reference`)."
+    if cfg.label.source == 'verifier' and prompts and not any(map(has_reference, prompts)):
+        raise ConfigError(f"label.source: verifier labels pairs by the prompts' references, and {cfg.review.prompts!r} has none: "
+                          "review prompts with answers (builtin:arithmetic, bench:gsm8k, bench:mbpp, ...) or set label.source: scores")
 
 def check_heldout(cfg: RunConfig):
     "Refuse a config whose review prompts overlap its evaluation prompts or any held-out set (by id and by text)."

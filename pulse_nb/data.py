@@ -12,9 +12,9 @@ from .graders import last_number, grade_number, grade_math, grade_code, grade_if
 
 # %% auto #0
 __all__ = ['GENERAL_INSTRUCTIONS', 'GENERAL_HELDOUT', 'PROMPT_SOURCES', 'BUILTIN', 'Prompt', 'Answer', 'Critique', 'Pair',
-           'text_id', 'check_answer', 'verify_answer', 'make_arithmetic', 'make_conversions', 'make_letter_counts',
-           'make_general', 'register_prompt_source', 'prompt_source', 'rows_to_prompts', 'load_prompts',
-           'shared_prompts', 'check_disjoint', 'load_pairs', 'pair_prompts']
+           'text_id', 'check_answer', 'verify_answer', 'has_reference', 'make_arithmetic', 'make_conversions',
+           'make_letter_counts', 'make_general', 'register_prompt_source', 'prompt_source', 'rows_to_prompts',
+           'load_prompts', 'shared_prompts', 'check_disjoint', 'load_pairs', 'pair_prompts']
 
 # %% ../nbs/03_data.ipynb #297ac1b9
 class Prompt(TypedDict):
@@ -58,13 +58,19 @@ def verify_answer(item: dict, # a prompt record: `answer`, or `task` 'humaneval'
                   response: str, # the reply to check
                  ) -> float|None:
     "The share of the item's reference checks `response` passes (1.0 right, 0.0 wrong; IFEval: instructions followed), or None without a reference."
+    if not has_reference(item): return None
     task, meta = item.get('task'), item.get('meta') or {}
     if task in ('humaneval', 'mbpp') and meta.get('tests'): return float(grade_code(item, response)['status'] == 'pass')
     if task == 'ifeval' and meta.get('instruction_ids'):
         ok = [s for s in grade_ifeval(item, response)['strict'] if s is not None]
         return sum(ok) / len(ok) if ok else None
-    if item.get('answer') is None: return None
     return float(check_answer(response, str(item['answer'])))
+
+def has_reference(item: dict) -> bool:
+    "Whether `verify_answer` can check a reply to the prompt record `item`: an answer, a code task's tests or IFEval's instructions."
+    task, meta = item.get('task'), item.get('meta') or {}
+    return bool(task in ('humaneval', 'mbpp') and meta.get('tests') or task == 'ifeval' and meta.get('instruction_ids')
+                or item.get('answer') is not None)
 
 # %% ../nbs/03_data.ipynb #1f7ebadc
 _NAMES = ['Ana', 'Ben', 'Chloe', 'Dev', 'Ema', 'Farid', 'Gina', 'Hugo', 'Iris', 'Jon', 'Kemi', 'Luis', 'Mei', 'Nils']

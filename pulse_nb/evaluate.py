@@ -54,8 +54,7 @@ def judge_conv(prompt: str,    # the user's question
               ) -> list[dict]:
     "A judge chat comparing `answer_a` (shown as A) with `answer_b` (shown as B)."
     user = template.format(prompt=prompt, answer_a=answer_a, answer_b=answer_b, choices=CHOICES_TIE if tie else CHOICES)
-    conv = [{'role': 'user', 'content': user}]
-    return conv + [{'role': 'assistant', 'content': prefix}] if prefix else conv
+    return [{'role': 'user', 'content': user}] + ([{'role': 'assistant', 'content': prefix}] if prefix else [])
 
 # %% ../nbs/12_evaluate.ipynb #d78a70d9
 def probs_verdict(probs: dict,  # probability of each choice token, e.g. {'A': .6, 'B': .2}
@@ -63,9 +62,8 @@ def probs_verdict(probs: dict,  # probability of each choice token, e.g. {'A': .
                   min_mass: float=0.2, # below this the verdict is unreadable
                  ) -> tuple[str|None, float|None]:
     "The chosen letter and P(A better) (a tie counts half), from a judge's choice-token probabilities."
-    mass = sum(probs.values()) if mass is None else mass
     tot = sum(probs.values())
-    if tot <= 0 or mass < min_mass: return None, None
+    if tot <= 0 or (tot if mass is None else mass) < min_mass: return None, None
     p = {k: v/tot for k, v in probs.items()}
     return max(p, key=p.get), p.get('A', 0) + 0.5*p.get('C', 0)
 
@@ -262,7 +260,8 @@ def summarise_judgements(records: list[dict], # from `judge_pairs`
     soft = soft_scores(records, n_pairs)
     if (~np.isnan(soft)).any():
         out['soft_win_rate'] = float(np.nanmean(soft))
-        out['soft_win_rate_ci'] = list(bootstrap_ci(soft, n_boot=n_boot, alpha=alpha, seed=seed))
+        ci = list(bootstrap_ci(soft, n_boot=n_boot, alpha=alpha, seed=seed))
+        out['soft_win_rate_ci'] = ci if ci[1] > ci[0] or not out['win_rate_ci'] else out['win_rate_ci']  # no width: the exact one
     judges = sorted({r['judge'] for r in records})
     out['per_judge'] = [{'judge': j, 'model': next(r['judge_model'] for r in records if r['judge'] == j),
                          'win_rate': (lambda s: float(s[~np.isnan(s)].mean()) if (~np.isnan(s)).any() else None)(
@@ -273,7 +272,8 @@ def summarise_judgements(records: list[dict], # from `judge_pairs`
         out['lc_win_rate'] = float(_sig(fit_length_logit(yk, x)[0]))
         idx = np.random.default_rng(seed).integers(0, len(yk), (n_boot, len(yk)))
         bs = _sig(fit_length_logit(yk[idx], x[idx])[0])
-        out['lc_win_rate_ci'] = [float(np.quantile(bs, alpha/2)), float(np.quantile(bs, 1 - alpha/2))]
+        lo, hi = float(np.quantile(bs, alpha/2)), float(np.quantile(bs, 1 - alpha/2))
+        out['lc_win_rate_ci'] = [lo, hi] if hi > lo else out['win_rate_ci']  # no width (every pair alike): the raw rate's interval
         out['mean_len_cand'], out['mean_len_base'] = float(np.mean(len_cand)), float(np.mean(len_base))
     return out
 

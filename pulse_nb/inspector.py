@@ -7,7 +7,7 @@ from __future__ import annotations
 import difflib, html, json, math, re, statistics as st
 from pathlib import Path
 from .review import load_run
-from .preferences import collect, label, critic_stats, kendall_tau, sign as _sign
+from .preferences import collect, label, label_all, critic_stats, kendall_tau, sign as _sign
 from .data import load_pairs
 from .core import UserError, write_atomic
 
@@ -102,13 +102,17 @@ def _load_rows(source) -> list[dict]:
     return load_pairs(source).to_list()  # a Dataset, a pairs file, or a folder with pairs.parquet
 
 def critique_records(source, # a run directory, `load_run`'s dict, a `datasets.Dataset`, a pairs file, or a list of rows
-                     **label_kw, # `agg`, `min_margin`, `min_critics`, `max_disagreement`, `tau`, `trim` for `label`
+                     /, # (positional: `source` may also be a label keyword, as in `label_all`)
+                     **label_kw, # `agg`, `min_margin`, `min_critics`, `max_disagreement`, `tau`, `trim`, `source` for `label`
                     ) -> list[dict]:
     "One inspector record per (round, prompt) of a run, or per pair of a preference dataset."
     if _is_run(source):
         run = load_run(source) if not isinstance(source, dict) else source
+        items = collect(run)
+        if items and all(it['a1'] is None for it in items):  # sampled answers without revisions: one record per pair made
+            return [_pair_record(i, {**p, 'chosen_is_revision': None}) for i, p in enumerate(label_all(run, **label_kw)[0])]
         stats = critic_stats(run['critiques'] + run['rescores']) if label_kw.get('agg') == 'zmean' else None
-        return [_run_record(it, label(it, stats=stats, **label_kw)) for it in collect(run)]
+        return [_run_record(it, label(it, stats=stats, **label_kw)) for it in items]
     return [_pair_record(i, r) for i, r in enumerate(_load_rows(source))]
 
 # %% ../nbs/14_inspector.ipynb #b761654c
@@ -434,7 +438,7 @@ def _fig(ncols: int=1, w: float=5.0, h: float=3.5) -> tuple:
     fig = Figure(figsize=(w * ncols, h), layout='constrained')
     return fig, fig.subplots(1, ncols, squeeze=False)[0]
 
-def _records(source, **label_kw) -> list[dict]:
+def _records(source, /, **label_kw) -> list[dict]:
     return source if isinstance(source, list) and source and 'critics' in source[0] else critique_records(source, **label_kw)
 
 # %% ../nbs/14_inspector.ipynb #33e8b014
@@ -454,6 +458,7 @@ def plot_scores(run, # a run directory or `load_run`'s dict
 
 # %% ../nbs/14_inspector.ipynb #65298726
 def plot_margins(source, # a run directory, a preference dataset, or inspector records
+                 /,
                  bins: int=20, # histogram bins
                  **label_kw, # passed to `preferences.label` for run directories
                 ) -> Figure:
@@ -503,6 +508,7 @@ def plot_agreement(run, # a run directory or `load_run`'s dict
 
 # %% ../nbs/14_inspector.ipynb #5a104776
 def win_rates(source, # a run directory, a preference dataset, or inspector records
+              /,
               **label_kw, # passed to `preferences.label` for run directories
              ) -> pd.DataFrame:
     "Per round: how often the revision was preferred, the initial answer preferred, or the pair dropped."
@@ -516,6 +522,7 @@ def win_rates(source, # a run directory, a preference dataset, or inspector reco
     return out.reset_index().rename_axis(columns=None)
 
 def plot_win_rate(source, # a run directory, a preference dataset, or inspector records
+                  /,
                   **label_kw, # passed to `preferences.label` for run directories
                  ) -> Figure:
     "Revision win rate by round (fraction of labelled pairs whose chosen answer is the revision), with counts."

@@ -15,7 +15,7 @@ from .engines import Engine, make_engine, parse_spec, fast_dtype, log
 from .review import review, RunError, config_diff
 from .train import ConfigError
 from .report import write_report, bench_section, round_cut_share, round_line, cut_warning
-from .config import (RunConfig, PoolConfig, ReviewConfig, LabelConfig, EvalConfig, PRESETS, load_config, save_config,
+from .config import (RunConfig, PoolConfig, ReviewConfig, LabelConfig, EvalConfig, PRESETS, load_config, save_config, check_references,
                              config_dict, yaml_load, with_overrides, actor_model, round_prompts, spec_model, eval_prompts, round_dir,
                              check_heldout, check_not_heldout, all_heldout, plan, memory_plan)
 
@@ -143,13 +143,14 @@ def stage_review(cfg: RunConfig, run_dir, r: int, prompts: list[dict], pool: Poo
     from pulse_nb.preferences import build_pairs, build_lists, save_pairs, diagnostics
     rd = round_dir(run_dir, r)
     if (rd/'diagnostics.json').exists() and (rd/'pairs.parquet').exists(): return json.loads((rd/'diagnostics.json').read_text())
+    check_references(cfg, prompts)  # a hub dataset is first read here
     actor = pool.get(actor_spec(cfg, run_dir, r))
     critics = [pool.get(c) for c in cfg.pool.critics]
     critics = [c.alias() if c is actor else c for c in critics]  # a critic of the actor's own model: its own slot, same weights
     rv = cfg.review
     review(prompts, [actor, *critics], n_critics=cfg.pool.n_critics, out_dir=rd/'review', first_round=r, actor='fixed',
            score_mode=rv.score_mode, seed=cfg.seed, max_new_tokens=rv.max_new_tokens, temperature=rv.temperature,
-           batch_size=rv.batch_size, min_mass=rv.min_mass, personas=cfg.pool.personas, pairwise=rv.pairwise, n_answers=rv.n_answers,
+           batch_size=rv.batch_size, min_mass=rv.min_mass, personas=cfg.pool.personas, pairwise=rv.pairwise, n_answers=rv.n_answers, revise=rv.revise,
            critic_mode=rv.critic_mode, critic_samples=rv.critic_samples,
            release=not cfg.pool.keep_loaded, progress=progress)
     ds = build_pairs(rd/'review', **cfg.label.kwargs())
@@ -357,6 +358,7 @@ def _review_summary(diag: dict) -> dict:
     gt = diag.get('ground_truth') or {}
     return {'n_items': diag.get('n_items'), 'n_prompts': diag.get('n_prompts'), 'n_pairs': diag.get('n_pairs'), 'dropped': diag.get('dropped'),
             'unparsed_rate': diag.get('unparsed_rate'), 'revision_win_rate': diag.get('revision_win_rate'),
+            'label_source': diag.get('label_source', 'scores'), 'revised': diag.get('revised', True),
             'critic_agreement_tau': _mean_tau(diag), 'label_accuracy': gt.get('label_accuracy'),
             'n_checkable_pairs': gt.get('n_decisive_pairs'), 'acc_a0': gt.get('acc_a0'), 'acc_a1': gt.get('acc_a1'),
             'revision_fixes': gt.get('revision_fixes'), 'revision_breaks': gt.get('revision_breaks'),
@@ -446,7 +448,7 @@ def generate(prompts,                 # `builtin:NAME`, `bench:NAME`, a file, `h
              seed: int=0,             # sampling seed
              score_mode: str='logprobs', # 'logprobs' or 'text'
              pairs_dir=None,          # where pairs.parquet/.jsonl and diagnostics.json go (default: the run directory)
-             label_source: str='scores', # label by the critics' 'scores' or their 'pairwise' verdicts (implies pairwise)
+             label_source: str='scores', # label by the critics' 'scores', their 'pairwise' verdicts (implies pairwise) or the references ('verifier')
              rotate: bool=False,      # every model of the pool acts on a share of the prompts
              n_critics: int|None=None, # critics per answer (K) with critic specs (default: one per spec; personas fill more)
              **kw,                    # more `review` arguments (max_new_tokens, temperature, batch_size, ...)

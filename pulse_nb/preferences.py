@@ -14,9 +14,9 @@ from .core import UserError, cut_share
 
 # %% auto #0
 __all__ = ['PAIR_COLUMNS', 'aggregate', 'critic_stats', 'pairwise_prefs', 'collect', 'sign', 'label', 'verified',
-           'label_pairwise', 'candidate_scores', 'label_best_of', 'label_all', 'build_pairs', 'save_pairs',
-           'prompt_list', 'build_lists', 'kendall_tau', 'peers_only', 'verifier_check', 'pairwise_diagnostics',
-           'diagnostics', 'critic_report']
+           'label_pairwise', 'candidate_scores', 'label_best_of', 'label_verified', 'label_all', 'build_pairs',
+           'save_pairs', 'prompt_list', 'build_lists', 'kendall_tau', 'peers_only', 'verifier_check',
+           'pairwise_diagnostics', 'diagnostics', 'critic_report']
 
 # %% ../nbs/09_preferences.ipynb #2cd8de41
 def aggregate(scores: list[float], how: str='mean', trim: float=0.2, weights: list[float]|None=None) -> float:
@@ -63,9 +63,12 @@ def pairwise_prefs(comparisons: list[dict]) -> dict:
 
 # %% ../nbs/09_preferences.ipynb #d14462a4
 def collect(run) -> list[dict]:
-    "One item per (round, prompt, sample): texts of the answer a0 and its revision a1, and each critic's critique of both."
+    """One item per (round, prompt, sample): texts of the answer a0 and its revision a1, and each critic's critique of both
+    (a round made with `revise=False`: a1 is None and c1 empty)."""
     run = load_run(run) if isinstance(run, (str, Path)) else run
     prompts = {p['id']: p for p in run['prompts']}
+    rounds = (run.get('manifest') or {}).get('rounds') or {}
+    revised = lambda r: (rounds.get(str(r)) or {}).get('config', {}).get('revise', True)
     a1 = {r['key']: r for r in run['revisions']}
     crit = {}
     for c in run['critiques'] + run['rescores']:
@@ -75,11 +78,11 @@ def collect(run) -> list[dict]:
     for a in run['answers']:
         for j, x in enumerate(a.get('samples') or [a]):  # best-of-n: every sample is a candidate with its own revision
             key = a['key'] if j == 0 else f"{a['key']}~{j}"
-            if key not in a1: continue  # an unfinished run: no revision yet
+            if key not in a1 and revised(a['round']): continue  # an unfinished run: no revision yet
             p, cs = prompts[a['prompt_id']], crit.get((a['round'], a['prompt_id'], j), {})
             critics = sorted({k for t, k in cs})
             out.append({'round': a['round'], 'prompt_id': a['prompt_id'], 'prompt': p['prompt'], 'task': p.get('task'),
-                        'answer': p.get('answer'), 'meta': p.get('meta'), 'actor': a['actor'], 'a0': x['text'], 'a1': a1[key]['text'],
+                        'answer': p.get('answer'), 'meta': p.get('meta'), 'actor': a['actor'], 'a0': x['text'], 'a1': a1[key]['text'] if key in a1 else None,
                         'c0': {k: cs[('a0', k)] for k in critics if ('a0', k) in cs},
                         'c1': {k: cs[('a1', k)] for k in critics if ('a1', k) in cs},
                         'pw': pw.get((a['round'], a['prompt_id']) if j == 0 else (a['round'], a['prompt_id'], j), {}),
@@ -101,7 +104,9 @@ def label(item: dict, agg: str='mean', stats: dict|None=None, min_margin: float=
           max_disagreement: float|None=None, tau: float=1.0, trim: float=0.2, source: str='scores') -> dict:
     "Label one collected item: a pair dict, or `{'drop': reason}`."
     if source == 'pairwise': return label_pairwise(item, min_margin, min_critics, max_disagreement)
-    if source != 'scores': raise UserError(f"source must be 'scores' or 'pairwise', got {source!r}")
+    if source == 'verifier': return label_verified([item], agg, stats, min_critics, trim)
+    if source != 'scores': raise UserError(f"source must be 'scores', 'pairwise' or 'verifier', got {source!r}")
+    if item['a1'] is None: return {'drop': 'no_revision'}
     ks = [k for k in item['c0'] if k in item['c1'] and item['c0'][k]['parsed'] and item['c1'][k]['parsed']]
     if len(ks) < max(1, min_critics): return {'drop': 'too_few_critics'}
     if item['a0'].strip() == item['a1'].strip(): return {'drop': 'identical'}
@@ -129,6 +134,7 @@ def verified(item: dict, text: str) -> bool|None:
 
 def _correct(item, rev):
     "On a verifiable task where exactly one answer is right: whether the chosen one is (else None)."
+    if item['a1'] is None: return None
     ok0, ok1 = verified(item, item['a0']), verified(item, item['a1'])
     return (ok1 if rev else ok0) if ok0 is not None and ok0 != ok1 else None
 
@@ -191,6 +197,26 @@ def label_best_of(group: list[dict], # the collected items of one prompt, one pe
     if 'drop' in pair: return pair
     return {**pair, 'chosen_is_revision': (bt if pair['chosen_is_revision'] else wt) == 'a1'}
 
+def label_verified(group: list[dict], # the collected items of one prompt, one per sample (`collect`)
+                   agg: str='mean', stats: dict|None=None, min_critics: int=1, trim: float=0.2) -> dict:
+    """A prompt's pair labelled by its reference (`verified`), not by the critics: a right candidate against a wrong one
+    (samples and revisions alike); among several, the LLM critics' highest-scored right one against their lowest-scored
+    wrong one (unscored candidates last, then in sample order)."""
+    peers = [peers_only(it) for it in group]
+    pos = {id(x): i for i, x in enumerate(peers)}
+    peer = {(pos[id(x)], t): s for s, x, t in candidate_scores(peers, agg, stats, min_critics, trim)}
+    cands = [(i, t) for i, it in enumerate(group) for t in ('a0', 'a1') if it[t] is not None]
+    ok = [verified(group[i], group[i][t]) for i, t in cands]
+    if all(v is None for v in ok): return {'drop': 'no_reference'}
+    right, wrong = [c for c, v in zip(cands, ok) if v is True], [c for c, v in zip(cands, ok) if v is False]
+    if not right or not wrong: return {'drop': 'not_decisive'}
+    (ci, ct), (ri, rt) = max(right, key=lambda c: peer.get(c, -math.inf)), min(wrong, key=lambda c: peer.get(c, math.inf))
+    ch, rj = group[ci][ct], group[ri][rt]
+    if ch.strip() == rj.strip(): return {'drop': 'identical'}
+    return {**_pair({**group[0], 'a0': rj, 'a1': ch}, True, margin=1.0, agreement=1.0, delta_std=0.0, score_chosen=1.0,
+                    score_rejected=0.0, soft_label=1.0, score_uncertainty=0.0, critics=['reference'], sc=[1.0], sr=[0.0]),
+            'chosen_is_revision': ct == 'a1'}
+
 def label_all(run, agg='mean', min_margin=0.0, min_critics=1, max_disagreement=None, tau=1.0, trim=0.2,
               source='scores') -> tuple[list, Counter]:
     "Label every prompt of `run` (best-of-n: its best against its worst candidate): (pairs, Counter of drop reasons)."
@@ -204,7 +230,8 @@ def label_all(run, agg='mean', min_margin=0.0, min_critics=1, max_disagreement=N
     for g in groups.values():
         if len(g) > 1 and source == 'pairwise':
             raise UserError("source='pairwise' compares each answer with its revision; a best-of-n run (n_answers > 1) is labelled from scores")
-        r = (label(g[0], agg, stats, min_margin, min_critics, max_disagreement, tau, trim, source) if len(g) == 1 else
+        r = (label_verified(g, agg, stats, min_critics, trim) if source == 'verifier' else
+             label(g[0], agg, stats, min_margin, min_critics, max_disagreement, tau, trim, source) if len(g) == 1 else
              label_best_of(g, agg, stats, min_critics, trim, min_margin=min_margin, max_disagreement=max_disagreement, tau=tau))
         if 'drop' in r: drops[r['drop']] += 1
         else: pairs.append(r)
@@ -217,7 +244,7 @@ def build_pairs(run, # a run directory or the dict from `load_run`
                 max_disagreement: float|None=None, # drop pairs where more than this fraction of critics disagree
                 tau: float=1.0, # temperature of the soft label σ(margin/τ)
                 trim: float=0.2, # fraction trimmed at each end for agg='trimmed'
-                source: str='scores', # label from the critics' scores, or from their pairwise verdicts ('pairwise')
+                source: str='scores', # label from the critics' scores, their pairwise verdicts ('pairwise'), or the references ('verifier')
                ):
     "Preference pairs from a run, as a `datasets.Dataset` in TRL's conversational format with confidence columns."
     from datasets import Dataset
@@ -284,9 +311,24 @@ def verifier_check(items: list[dict], # collected items (`collect`)
     "How often the LLM critics' own label agrees with the verifier's verdict, where the verifier tells the answers apart (None: no verifier)."
     names = sorted({k for it in items for k, c in it['c0'].items() if c.get('verifier')})
     if not names: return None
+    if label_kw.get('source') == 'verifier': label_kw = {**label_kw, 'source': 'scores'}  # the peers' own label
     n = agree = 0
+    vsum = lambda c: [c[k]['score'] for k in names if k in c and c[k]['parsed']]
+    groups = {}
     for it in items:
-        v0, v1 = [[it[t][k]['score'] for k in names if k in it[t] and it[t][k]['parsed']] for t in ('c0', 'c1')]
+        if it['a1'] is None: groups.setdefault((it['round'], it['prompt_id']), []).append(it)
+    kw = {k: label_kw[k] for k in ('agg', 'min_critics', 'trim') if k in label_kw}
+    for g in groups.values():  # no revisions: every two candidates the verifier tells apart, ordered by the peers' scores
+        peers = [peers_only(it) for it in g]
+        pos = {id(x): i for i, x in enumerate(peers)}
+        peer = {pos[id(x)]: s for s, x, _ in candidate_scores(peers, **kw)}
+        ver = [vsum(it['c0']) for it in g]
+        for i, j in combinations(range(len(g)), 2):
+            if not ver[i] or len(ver[i]) != len(ver[j]) or sum(ver[i]) == sum(ver[j]) or peer.get(i, 0) == peer.get(j, 0) \
+               or i not in peer or j not in peer: continue
+            n += 1; agree += (peer[j] > peer[i]) == (sum(ver[j]) > sum(ver[i]))
+    for it in (it for it in items if it['a1'] is not None):
+        v0, v1 = vsum(it['c0']), vsum(it['c1'])
         if not v0 or len(v0) != len(v1) or sum(v0) == sum(v1): continue
         peer = label(peers_only(it), **label_kw)
         if 'drop' in peer: continue
@@ -336,17 +378,20 @@ def diagnostics(run, pairs=None, **label_kw) -> dict:
     labelled, drops = label_all(run, **label_kw)
     pairs = labelled if pairs is None else (pairs.to_list() if hasattr(pairs, 'to_list') else list(pairs))
     items = collect(run)
-    gt = [v for v in ((verified(it, it['a0']), verified(it, it['a1'])) for it in items) if v[0] is not None]
+    ok0 = [v for v in (verified(it, it['a0']) for it in items) if v is not None]
+    gt = [v for v in ((verified(it, it['a0']), verified(it, it['a1'])) for it in items if it['a1'] is not None) if v[0] is not None]
+    revised = any(it['a1'] is not None for it in items)
     lc = [p['label_correct'] for p in pairs if p.get('label_correct') is not None]
     n_unp = sum(not c['parsed'] for c in crit)
     return {**({'pairwise': pairwise_diagnostics(run)} if run.get('comparisons') else {}),
             'n_items': len(items), 'n_prompts': len({(it['round'], it['prompt_id']) for it in items}), 'n_pairs': len(pairs), 'dropped': dict(drops),
             'n_critiques': len(crit), 'n_unparsed': n_unp, 'unparsed_rate': n_unp / max(1, len(crit)),
             'unparsed_per_critic': per, 'kendall_tau': tau, 'critics': critic_report(run),
-            'revision_win_rate': st.fmean([p['chosen_is_revision'] for p in pairs]) if pairs else None,
+            'label_source': label_kw.get('source', 'scores'), 'revised': revised,
+            'revision_win_rate': st.fmean([p['chosen_is_revision'] for p in pairs]) if pairs and revised else None,
             'margin_hist': _hist([p['margin'] for p in pairs]),
             'cut_share': {s: cut_share(run[s]) for s in ('answers', 'critiques', 'revisions', 'rescores')},
-            'ground_truth': {'n_verifiable': len(gt), 'acc_a0': st.fmean([a for a, _ in gt]) if gt else None,
+            'ground_truth': {'n_verifiable': len(ok0), 'acc_a0': st.fmean(ok0) if ok0 else None,
                              'acc_a1': st.fmean([b for _, b in gt]) if gt else None,
                              'revision_fixes': sum(b and not a for a, b in gt), 'revision_breaks': sum(a and not b for a, b in gt),
                              'n_decisive_pairs': len(lc), 'label_accuracy': st.fmean(lc) if lc else None},
@@ -364,12 +409,12 @@ def _family_of(engine_id: str, family) -> str:
 
 def critic_report(run, family=None, # a function engine id -> family; default: the model's config (`model_type`)
                  ) -> dict:
-    "Per critic model: score scale; per model pair: agreement (τ) and families; per model: self-preference."
+    "Per critic model (a verifier is not one): score scale; per model pair: agreement (τ) and families; per model: self-preference."
     run = load_run(run) if isinstance(run, (str, Path)) else run
     actor_of = {(a['round'], a['prompt_id'], t): a['actor'] for t, st_ in (('a0', 'answers'), ('a1', 'revisions')) for a in run[st_]}
     by = {}  # critic model -> {item: [scores of its personas]}
     for c in run['critiques'] + run['rescores']:
-        if c['parsed']: by.setdefault(c['critic_model'], {}).setdefault((c['round'], c['prompt_id'], c['target']), []).append(c['score'])
+        if c['parsed'] and not c.get('verifier'): by.setdefault(c['critic_model'], {}).setdefault((c['round'], c['prompt_id'], c['target']), []).append(c['score'])
     mean = {m: {k: st.fmean(v) for k, v in d.items()} for m, d in by.items()}
     fam = {m: _family_of(m, family) for m in mean}
     scale = {m: {'family': fam[m], 'n': len(d), 'mean': st.fmean(d.values()), 'std': st.pstdev(d.values()) if len(d) > 1 else 0.0}

@@ -80,7 +80,7 @@ def round_line(rec: dict, # a round record (`round.json`)
     rv, ev, cut = rec.get('review') or {}, rec.get('eval') or {}, rec.get('cut_share') or {}
     la, n_dec = rv.get('label_accuracy'), rv.get('n_checkable_pairs') or 0
     parts = [f"{rec['n_pairs']} pairs, {n_dec} decisive",
-             f'label accuracy {pct(la)}' if la is not None else '',
+             'labelled by the references' if rv.get('label_source') == 'verifier' else f'label accuracy {pct(la)}' if la is not None else '',
              peer_line(rv.get('verifier')),
              'cut at the budget: ' + ', '.join(f'{k} {pct(cut[k])}' for k in ('answers', 'revisions', 'evaluation') if cut.get(k) is not None)
              if any(cut.get(k) is not None for k in ('answers', 'revisions', 'evaluation')) else '',
@@ -98,6 +98,9 @@ def round_table(run_dir) -> list[dict]:
         ev = rec.get('eval') or {}
         rows.append({'round': rec['round'], 'pairs': rec['n_pairs'], 'trained': rec.get('trained', True), **{k: rec['review'].get(k) for k in
                      ('revision_win_rate', 'critic_agreement_tau', 'label_accuracy', 'n_checkable_pairs', 'acc_a0', 'acc_a1')},
+                     'label_source': rec['review'].get('label_source', 'scores'),
+                     'peers_checked': (rec['review'].get('verifier') or {}).get('n_checked'),
+                     'peers_agree': (rec['review'].get('verifier') or {}).get('n_agree'),
                      'train_loss': rec['train'].get('train_loss'), 'win_rate': ev.get('win_rate'), 'win_rate_ci': ev.get('win_rate_ci'),
                      'accuracy_policy': ev.get('accuracy_candidate'), 'accuracy_base': ev.get('accuracy_baseline'),
                      **{k: v for k, v in ev.items() if any(k.startswith(f'{b}_') for b in bench_names(ev))},
@@ -126,7 +129,7 @@ def headline_rows(run_dir) -> list[dict]:
         rec = json.loads(p.read_text()); rv, ev, cut = rec['review'], rec.get('eval') or {}, rec.get('cut_share') or {}
         la, n = rv.get('label_accuracy'), rv.get('n_checkable_pairs') or 0
         rows.append({'round': rec['round'], 'pairs': rec['n_pairs'], 'decisive pairs': n,
-                     'label accuracy': f'{pct(la)} of {n}' if la is not None else '–',
+                     'label accuracy': 'by reference' if rv.get('label_source') == 'verifier' else f'{pct(la)} of {n}' if la is not None else '–',
                      'answers cut': pct(cut.get('answers')), 'revisions cut': pct(cut.get('revisions')),
                      **{f'{b} policy − base [95% CI]': signed(ev.get(f'{b}_difference'), ev.get(f'{b}_difference_ci'))
                         for b in bench_names(ev)},
@@ -173,14 +176,18 @@ def round_section(rec: dict, # a round record (`round.json`)
     n_dec, la = rv.get('n_checkable_pairs') or 0, rv.get('label_accuracy')
     dropped = ', '.join(f'{n} {why}' for why, n in (rv.get('dropped') or {}).items()) or 'none dropped'
     tau = rv.get('critic_agreement_tau')
-    if la is None: check = 'no pair had exactly one right answer, so its labels could not be checked'
+    verified = rv.get('label_source') == 'verifier'
+    if verified: check = 'the references labelled every pair: a right answer against a wrong one'
+    elif la is None: check = 'no pair had exactly one right answer, so its labels could not be checked'
     else:
         lo, hi = exact_ci(round(la * n_dec), n_dec)
         check = (f'on the {n_dec} pairs with exactly one right answer the label chose the right one {pct(la)} of the time '
                  f'(95 % CI {pct(lo)} to {pct(hi)}; chance is 50 %)')
-    acc = (f"the actor's first answers were right {pct(rv['acc_a0'])} of the time and its revisions {pct(rv.get('acc_a1'))}"
-           + (f" (revisions fixed {rv['revision_fixes']} wrong answers and broke {rv['revision_breaks']} right ones)"
-              if rv.get('revision_fixes') is not None else '') + '; ' if rv.get('acc_a0') is not None else '')
+    acc = '' if rv.get('acc_a0') is None else (
+          f"the actor's answers were right {pct(rv['acc_a0'])} of the time; " if not rv.get('revised', True) else
+          f"the actor's first answers were right {pct(rv['acc_a0'])} of the time and its revisions {pct(rv.get('acc_a1'))}"
+          + (f" (revisions fixed {rv['revision_fixes']} wrong answers and broke {rv['revision_breaks']} right ones)"
+             if rv.get('revision_fixes') is not None else '') + '; ')
     if (vc := rv.get('verifier')) and vc['n_checked']:
         lo, hi = exact_ci(vc['n_agree'], vc['n_checked'])
         check += (f". Without the verifier ({', '.join(f'`{v}`' for v in vc['verifiers'])}), the LLM critics' own labels agree with its "
@@ -192,8 +199,10 @@ def round_section(rec: dict, # a round record (`round.json`)
              f"peak memory {max(rec['peak_rss_gib'].values()):.2f} GiB.", '',
              f"**Review.** {rv.get('n_prompts') or rv.get('n_items')} prompts"
              + (f" ({rv['n_items']} candidates: best-of-n)" if (rv.get('n_prompts') or rv.get('n_items')) != rv.get('n_items') else '')
-             + f" gave {rec['n_pairs']} pairs ({dropped}). The revision was chosen in "
-             f"{pct(rv.get('revision_win_rate'))} of pairs; the critics' scores agree with Kendall τ = "
+             + f" gave {rec['n_pairs']} pairs ({dropped}). "
+             + (f"The revision was chosen in {pct(rv.get('revision_win_rate'))} of pairs; " if rv.get('revised', True) else
+                'No revisions: each pair is two sampled answers; ')
+             + f"the critics' scores agree with Kendall τ = "
              f"{'–' if tau is None else f'{tau:+.2f}'}; {pct(rv.get('unparsed_rate'))} of critiques gave no readable score. "
              f'{acc.capitalize() if acc else ""}{check}.', '',
              '**Cut at the token budget.** ' + ', '.join(f'{STAGE_NAMES.get(k, k)} {pct(v)}' for k, v in cut.items() if v is not None) + '.'
@@ -207,9 +216,22 @@ def round_section(rec: dict, # a round record (`round.json`)
     return '\n'.join(lines + ([eval_md.strip(), ''] if eval_md.strip() else []))
 
 # %% ../nbs/14a_report.ipynb #7c8add68
+def _verified_worth(rows: list[dict]) -> str:
+    "What labels made by the prompts' references are worth, and how the LLM critics' own judgement compares with them."
+    text = ("**Labels from the references.** Every pair is an answer the prompt's reference passes against one it fails "
+            "(`label.source: verifier`), so every label is right; trained on such pairs, the 0.5B actor gained 6.7 points of "
+            "held-out GSM8K accuracy in two rounds (`positive_control.ipynb`).")
+    k, n = sum(r.get('peers_agree') or 0 for r in rows), sum(r.get('peers_checked') or 0 for r in rows)
+    if not n: return text
+    lo, hi = exact_ci(k, n)
+    verdict = 'better than chance' if lo > 0.5 else 'worse than chance' if hi < 0.5 else 'not distinguishable from chance'
+    return text + (f" The LLM critics' own scores order {k} of {n} candidate pairs the references tell apart the same way "
+                   f"({pct(k / n)}, 95 % CI {pct(lo)} to {pct(hi)}): {verdict}.")
+
 def label_worth(rows: list[dict], # `round_table` rows
                ) -> str:
     "What the labels of these rounds are worth, in one paragraph: pooled label accuracy with its exact CI, against chance."
+    if rows and all(r.get('label_source') == 'verifier' for r in rows): return _verified_worth(rows)
     k = sum(round((r.get('label_accuracy') or 0) * (r.get('n_checkable_pairs') or 0)) for r in rows)
     n = sum(r.get('n_checkable_pairs') or 0 for r in rows if r.get('label_accuracy') is not None)
     if not n: return ('**These labels are unchecked.** No pair had exactly one answer right by a known reference, so nothing '
@@ -234,9 +256,13 @@ def dataset_card(run_dir, cfg: RunConfig) -> str:
     lines = ['---', yaml.safe_dump(front, sort_keys=False).strip(), '---', '',
              f"# {front['pretty_name']}", '',
              'Preference pairs made without human labels by PULSE peer review (pulse-nb): an actor model answered each',
-             'prompt, critic models of other families wrote feedback and scores, the actor revised its answer, and the',
-             'critics scored the revision. The critics, not the protocol, decide which answer is chosen: the answer with',
-             'the higher aggregated score. Each round\'s actor is the policy trained on the previous round\'s pairs.', '',
+             'prompt' + (f' {cfg.review.n_answers} times (best-of-n)' if cfg.review.n_answers > 1 else '')
+             + ', critic models of other families wrote feedback and scores'
+             + (', the actor revised its answer, and the critics scored the revision.' if cfg.review.revise else '.'),
+             ("The prompt's reference (its answer, tests or checks) labels each pair: an answer it passes is chosen against "
+              'one it fails; the critics only pick among answers it rates alike.' if cfg.label.source == 'verifier' else
+              'The critics, not the protocol, decide which answer is chosen: the answer with the higher aggregated score.'),
+             'Each round\'s actor is the policy trained on the previous round\'s pairs.', '',
              '## Models', '', models, '',
              f'Scores are read from each critic\'s token distribution after `Score: ` (mode `{cfg.review.score_mode}`), '
              f'aggregated with `{cfg.label.aggregator}`; pairs with a score gap under {cfg.label.min_margin} are dropped.', '',
@@ -281,7 +307,7 @@ def write_report(run_dir, cfg: RunConfig) -> Path:
     fig = plot_rounds(run_dir); fig.savefig(plots/'rounds.png', dpi=110)
     import matplotlib.pyplot as plt; plt.close(fig)
     rows, parts = round_table(run_dir), []
-    lab = {k: v for k, v in cfg.label.kwargs().items() if k != 'source'}  # the plots and the browser label by scores
+    lab = {k: v for k, v in cfg.label.kwargs().items() if k != 'source' or v == 'verifier'}  # by scores, or as the pairs were made
     page = write_inspect(run_dir, **lab)
     for r in rows:
         rd = round_dir(run_dir, r['round'])

@@ -280,6 +280,7 @@ def review(prompts, # prompt records, strings, or a spec for `load_prompts` (`bu
            templates: dict|None=None, # overrides of 'actor', 'critic', 'rescore', 'revision', 'critic_system', 'pairwise'
            pairwise: bool=False, # also ask each critic to compare a0 and a1 in both orders (a fifth stage)
            n_answers: int=1, # answers sampled per prompt (best-of-n): each is a candidate, critiqued, revised and re-scored
+           revise: bool=True, # False: no revision and no re-score; the candidates are the n sampled answers (needs n_answers >= 2)
            critic_mode: str='direct', # 'direct', 'reference' (each critic model solves first) or 'self_consistent' (majority of samples)
            critic_samples: int=5, # self_consistent: solutions sampled per critic model and prompt
            stop_after: str|None=None, # end each round after this stage ('answers', 'critiques', 'revisions'); a later call resumes
@@ -291,6 +292,8 @@ def review(prompts, # prompt records, strings, or a spec for `load_prompts` (`bu
     if stop_after not in (None, *STAGES): raise UserError(f'stop_after must be one of {STAGES} or None, got {stop_after!r}')
     if not (isinstance(n_answers, int) and n_answers >= 1): raise UserError(f'n_answers must be an integer >= 1, got {n_answers!r}')
     if n_answers > 1 and temperature == 0: raise UserError('n_answers > 1 needs sampling: set temperature > 0 (greedy answers are all the same)')
+    if not revise and n_answers < 2: raise UserError('revise=False needs n_answers >= 2: without revisions the pair is two sampled answers')
+    if not revise and pairwise: raise UserError('pairwise=True compares each answer with its revision: it needs revise=True')
     if critic_mode not in CRITIC_MODES: raise UserError(f'critic_mode must be one of {CRITIC_MODES}, got {critic_mode!r}')
     if critic_mode == 'self_consistent' and (critic_samples < 2 or temperature == 0):
         raise UserError('critic_mode self_consistent needs critic_samples >= 2 and temperature > 0 (a majority of one greedy solution is the reference mode)')
@@ -320,12 +323,14 @@ def review(prompts, # prompt records, strings, or a spec for `load_prompts` (`bu
                       personas=sorted({c['persona'] for c in ran.values() if c['persona']}, key=personas.index),  # the personas that ran
                       critics=dict(sorted(ran.items())),  # each critic id: the engine and persona its slots used
                       **({'pairwise': True} if pairwise else {}), **({'n_answers': n_answers} if n_answers > 1 else {}),
+                      **({'revise': False} if not revise else {}),
                       **({'critic_mode': critic_mode} if critic_mode != 'direct' else {}),
                       **({'critic_samples': critic_samples} if critic_mode == 'self_consistent' else {}))
         for r in range(first_round, first_round + rounds): check_manifest(out, r, config)  # refuse before writing
         _write_prompts(out, recs)
         for r in range(first_round, first_round + rounds):
-            _round(out, r, recs, plan, T, score_mode, scale, sampling, seed, batch_size, min_mass, progress, pairwise, stop_after,
+            _round(out, r, recs, plan, T, score_mode, scale, sampling, seed, batch_size, min_mass, progress, pairwise,
+                   stop_after or (None if revise else 'critiques'),
                    after=(lambda: [e.release() for e in engines if hasattr(e, 'release')]) if release else None, n_answers=n_answers,
                    critic_mode=critic_mode, critic_samples=critic_samples)
             record_engines(out, r, engines)

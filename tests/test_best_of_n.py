@@ -68,3 +68,54 @@ def test_a_rerun_resumes_without_new_records_and_bad_n_is_refused(run_dir, hf_en
     with pytest.raises(ConfigError, match='labelled from scores'):
         RunConfig(review={'n_answers': 2, 'pairwise': True}, label={'source': 'pairwise'})
     with pytest.raises(ConfigError, match='temperature > 0'): RunConfig(review={'n_answers': 2, 'temperature': 0})
+
+
+# ---- no revisions (review.revise: false, the default run's review), labelled by the references ----------------------
+
+@pytest.fixture(scope='module')
+def plain_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp('bon')/'plain'
+    review('builtin:arithmetic', pool(), n_critics=1, limit=N, out_dir=out, actor='fixed', n_answers=K, revise=False,
+           max_new_tokens=24, temperature=1.0, seed=5, batch_size=4, progress=False)
+    return out
+
+
+def test_without_revisions_the_round_ends_after_the_critiques(plain_dir):
+    run = load_run(plain_dir)
+    assert len(run['answers']) == N and all(len(a['samples']) == K for a in run['answers'])
+    assert run['revisions'] == [] and run['rescores'] == [] and len(run['critiques']) == N * K * 2
+    assert run['manifest']['rounds']['0']['config']['revise'] is False
+    from pulse_nb.preferences import collect
+    items = collect(plain_dir)
+    assert len(items) == N * K and all(it['a1'] is None and it['c1'] == {} for it in items)
+
+
+def test_the_references_label_a_right_sample_against_a_wrong_one(plain_dir):
+    from pulse_nb.data import verify_answer
+    run = load_run(plain_dir)
+    prompts = {p['id']: p for p in run['prompts']}
+    right = {a['prompt_id']: [verify_answer(prompts[a['prompt_id']], s['text']) for s in a['samples']] for a in run['answers']}
+    decisive = {pid for pid, v in right.items() if 1.0 in v and 0.0 in v}
+    pairs = build_pairs(plain_dir, source='verifier').to_list()
+    assert {p['prompt_id'] for p in pairs} == decisive, (right, [p['prompt_id'] for p in pairs])
+    for p in pairs:
+        item = prompts[p['prompt_id']]
+        assert verify_answer(item, p['chosen'][0]['content']) == 1.0 and verify_answer(item, p['rejected'][0]['content']) == 0.0
+        assert p['label_correct'] is True and p['chosen_is_revision'] is False and p['critics'] == ['reference']
+    d = diagnostics(plain_dir, source='verifier')
+    assert d['n_pairs'] == len(pairs) and d['revision_win_rate'] is None and d['revised'] is False
+    assert d['dropped'].get('not_decisive', 0) == N - len(decisive) and d['ground_truth']['acc_a1'] is None
+    assert d['verifier']['n_checked'] >= 0 and d['label_source'] == 'verifier'
+
+
+def test_a_plain_rerun_resumes_and_revise_false_needs_several_answers(plain_dir, hf_engine):
+    before = {s: (plain_dir/f'{s}.jsonl').read_bytes() for s in ('answers', 'critiques')}
+    review('builtin:arithmetic', pool(), n_critics=1, limit=N, out_dir=plain_dir, actor='fixed', n_answers=K, revise=False,
+           max_new_tokens=24, temperature=1.0, seed=5, batch_size=4, progress=False)
+    assert {s: (plain_dir/f'{s}.jsonl').read_bytes() for s in before} == before and not (plain_dir/'revisions.jsonl').exists()
+    with pytest.raises(UserError, match='needs n_answers >= 2'):
+        review('builtin:arithmetic', [hf_engine], n_answers=1, revise=False, out_dir=plain_dir.parent/'z', limit=1, progress=False)
+    from pulse_nb.core import RunError
+    with pytest.raises(RunError, match='different config'):  # the same directory with revisions is another run
+        review('builtin:arithmetic', pool(), n_critics=1, limit=N, out_dir=plain_dir, actor='fixed', n_answers=K,
+               max_new_tokens=24, temperature=1.0, seed=5, batch_size=4, progress=False)

@@ -309,17 +309,19 @@ def test_dry_run_of_every_shipped_config(config):
     teq(plan['models']['actor'], y['pool']['actor']); teq(plan['models']['critics'], y['pool']['critics'])
     n, K, T, rounds = get('review', 'per_round'), get('pool', 'n_critics'), get('review', 'max_new_tokens'), y.get('rounds', dflt['rounds'])
     pairwise, m = bool(get('review', 'pairwise')), get('review', 'n_answers')  # m candidates per prompt (best-of-n)
+    rv = bool(get('review', 'revise'))                      # a revision and its re-score per candidate, or neither
     c = n * m
-    teq(plan['stages'], {'answers': c, 'critiques': c*K, 'revisions': c, 'rescores': c*K, **({'comparisons': 2*c*K} if pairwise else {})})
-    gen = c * (2 + 2*K) + (2*c*K if pairwise else 0)        # a0 and a1 per candidate, K critiques of each (+ both orders of K verdicts)
+    teq(plan['stages'], {'answers': c, 'critiques': c*K, **({'revisions': c, 'rescores': c*K} if rv else {}),
+                         **({'comparisons': 2*c*K} if pairwise else {})})
+    gen = c * (1 + K) * (1 + rv) + (2*c*K if pairwise else 0)  # a0 (and a1) per candidate, K critiques of each (+ both orders of K verdicts)
     tr = {'batch_size': 4, 'gradient_accumulation_steps': 1, 'max_steps': -1, 'epochs': 1, **y.get('train', {})}  # TrainConfig's defaults
     steps = tr['max_steps'] if tr['max_steps'] > 0 else math.ceil(n / (tr['batch_size'] * tr['gradient_accumulation_steps'])) * math.ceil(tr['epochs'])
     n_bench = len([b for b in str(get('eval', 'bench')).split(',') if b.strip()]) * get('eval', 'bench_n')
     ev_gen = 2 * (get('eval', 'win_rate_prompts') + get('eval', 'arithmetic')) + n_bench   # policy and base answer each prompt
     ev_tok = (ev_gen - n_bench) * get('eval', 'max_new_tokens') + n_bench * get('eval', 'bench_max_new_tokens')
-    teq(plan['per_round'], {'prompts': n, 'candidates': c, 'generations': gen, 'score_readouts': 2*c*K if get('review', 'score_mode') == 'logprobs' else 0,
+    teq(plan['per_round'], {'prompts': n, 'candidates': c, 'generations': gen, 'score_readouts': (1 + rv)*c*K if get('review', 'score_mode') == 'logprobs' else 0,
                             'max_generated_tokens': gen * T, 'train_steps_at_most': steps, 'eval_generations': ev_gen,
-                            'eval_judgements': 2 * get('eval', 'win_rate_prompts') * len(get('pool', 'judges') or [c for c in y['pool']['critics'] if c != y['pool']['actor']]),
+                            'eval_judgements': 2 * get('eval', 'win_rate_prompts') * len(get('pool', 'judges') or [c for c in y['pool']['critics'] if c != y['pool']['actor'] and not c.startswith('verify:')]),
                             'eval_generated_tokens_at_most': ev_tok})
     teq(plan['total_generated_tokens_at_most'], rounds * (gen * T + ev_tok))
     # memory: a review, a train and an evaluate stage for round 1 (and round 2+ when there is one); no stage over one device
