@@ -20,7 +20,7 @@ from .config import (RunConfig, PoolConfig, ReviewConfig, LabelConfig, EvalConfi
                              check_heldout, check_not_heldout, all_heldout, plan, memory_plan)
 
 # %% auto #0
-__all__ = ['STAGE_OF', 'LazyEngine', 'Pool', 'policy_of', 'policy_spec', 'actor_spec', 'listwise', 'training_data',
+__all__ = ['STAGE_OF', 'BEFORE', 'LazyEngine', 'Pool', 'policy_of', 'policy_spec', 'actor_spec', 'listwise', 'training_data',
            'stage_review', 'weights_digest', 'policy_record', 'portable_args', 'resolve_arg', 'train_atomic',
            'train_autocast', 'stage_train', 'restore_policies', 'stage_evaluate', 'stage_bench', 'peak_rss_gib',
            'run_round', 'stage_of', 'stages_started', 'check_run_config', 'run', 'generate', 'pairs_actor']
@@ -398,12 +398,14 @@ def _flat(d: dict, p: str='') -> dict:
     return {f'{p}{k}': v for kk, vv in d.items()
             for k, v in (_flat(vv, f'{kk}.').items() if isinstance(vv, dict) and kk != 'train' else [(kk, vv)])}
 
+BEFORE = {'review.n_answers': 1, 'review.revise': True}  # fields added to the config, and what runs made before them did: no longer the defaults
+
 def check_run_config(run_dir, cfg: RunConfig):
     "Save `cfg` in `run_dir/config.yaml`; refuse a config that changes a field whose stage has already run (`rounds` may grow)."
     path = Path(run_dir)/'config.yaml'
     if path.exists():
         old, new = _flat({**yaml_load(path.read_text()), 'rounds': None}), _flat({**config_dict(cfg), 'rounds': None})
-        added = _flat(config_dict(RunConfig()))  # a field added since the run began held its default there
+        added = {**_flat(config_dict(RunConfig())), **BEFORE}  # a field added since the run began held its default there
         changed = sorted(k for k in old.keys() | new.keys() if old.get(k, added.get(k)) != new.get(k))
         done = stages_started(run_dir)
         if late := [k for k in changed if stage_of(k) in done]:
