@@ -66,7 +66,7 @@ def test_a_rerun_resumes_without_new_records_and_bad_n_is_refused(run_dir, hf_en
     with pytest.raises(UserError, match='n_answers must be'): review('builtin:arithmetic', [hf_engine], n_answers=0,
                                                                      out_dir=run_dir.parent/'y', limit=1, progress=False)
     with pytest.raises(ConfigError, match='labelled from scores'):
-        RunConfig(review={'n_answers': 2, 'pairwise': True}, label={'source': 'pairwise'})
+        RunConfig(review={'n_answers': 2, 'pairwise': True, 'revise': True}, label={'source': 'pairwise'})
     with pytest.raises(ConfigError, match='temperature > 0'): RunConfig(review={'n_answers': 2, 'temperature': 0})
 
 

@@ -84,7 +84,7 @@ def test_train_trains_the_actor_that_made_the_pairs(tmp_path):
     shutil.copytree(REVIEWED/'review', data/'review'); shutil.copy(REVIEWED/'pairs.parquet', data)
     pulse('train', '--data', str(data), '--out', str(tmp_path/'t'), '--max-steps', '1', '--batch-size', '1')
     args = json.loads((tmp_path/'t'/'train_args.json').read_text())
-    teq((args['model'], args['weighting'], args['loss']), ('qwen2.5-coder-0.5b-instruct', 'margin*agreement', 'savage'))
+    teq((args['model'], args['weighting'], args['loss']), ('qwen2.5-coder-0.5b-instruct', None, 'dpo'))  # pulse run's defaults
     cfg = json.loads((tmp_path/'t'/'adapter'/'adapter_config.json').read_text())
     assert 'qwen' in cfg['base_model_name_or_path'].lower(), cfg['base_model_name_or_path']
 

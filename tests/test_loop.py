@@ -15,7 +15,9 @@ QWEN, SMOL = 'qwen2.5-coder-0.5b-instruct', 'smollm2-135m-instruct'
 # high so that two LoRA steps move the policy enough to change what it samples in round 2.
 TINY = {'rounds': 2, 'seed': 3,
         'pool': {'actor': f'hf:{QWEN}', 'critics': [f'hf:{SMOL}', f'hf:{QWEN}'], 'n_critics': 2},
-        'review': {'prompts': 'builtin:arithmetic', 'per_round': 2, 'max_new_tokens': 24, 'temperature': 1.0},
+        'review': {'prompts': 'builtin:arithmetic', 'per_round': 2, 'max_new_tokens': 24, 'temperature': 1.0,
+                   'n_answers': 1, 'revise': True},   # the peer protocol: every stage, so every stage is killed and resumed
+        'label': {'source': 'scores'},
         'train': {'loss': 'savage', 'beta': 0.1, 'max_steps': 2, 'batch_size': 2, 'lr': 0.005},
         'eval': {'bench': 'gsm8k', 'bench_n': 2, 'bench_max_new_tokens': 16, 'win_rate_prompts': 2, 'arithmetic': 2,
                  'max_new_tokens': 16}}
@@ -411,7 +413,7 @@ def test_a_round_without_pairs_trains_nothing_and_the_policy_stays(tmp_path):
             return [ScoreReadout({c: float(c == '5') for c in candidates}, 1.0) for _ in convs]
 
     cfg = RunConfig(rounds=2, pool={'actor': 'hf:same-actor', 'critics': ['hf:same-critic']},
-                    review={'per_round': 2}, eval={'skip': True})
+                    review={'per_round': 2, 'n_answers': 1, 'revise': True}, label={'source': 'scores'}, eval={'skip': True})
     with Pool() as pool:
         for spec in ('hf:same-actor', 'hf:same-critic'):
             lz = pool.get(spec); lz._box['engine'] = Same()

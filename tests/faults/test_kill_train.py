@@ -133,10 +133,10 @@ def test_half_written_out_is_not_trusted(tmp_path, model_path):
     run_to_end(data, out)
     assert adapter(out) and json.loads((out/'config.json').read_text())['max_steps'] == 4
     # a fresh run of all 4 steps, nothing taken from the torn folder: at the first step the policy is its reference
-    # (LoRA's B = 0), so the loss is Savage's at a zero margin (the default loss, 0.5); train_loss is the steps' mean
+    # (LoRA's B = 0), so the loss is DPO's at a zero margin (the default loss, log 2); train_loss is the steps' mean
     import torch
-    from pulse_nb.losses import phi_savage
+    from pulse_nb.losses import phi_dpo
     m = json.loads((out/'metrics.json').read_text())
     losses = [h['loss'] for h in m['log_history'] if 'loss' in h]
-    assert len(losses) == 4 and losses[0] == pytest.approx(phi_savage(torch.tensor(0.)).item(), abs=1e-4), losses
+    assert len(losses) == 4 and losses[0] == pytest.approx(phi_dpo(torch.tensor(0.)).item(), abs=1e-4), losses
     assert m['metrics']['train_loss'] == pytest.approx(sum(losses) / 4, abs=1e-4), (m['metrics'], losses)
