@@ -6,7 +6,7 @@ from test_reports import report_core
 
 # ---- positive_control.ipynb (issue 41, part 1) ---------------------------------------------------------------------
 # The full run: 64 + 16 GSM8K training problems per round, 4 samples at 512 tokens, 300 held-out items. Here: the same
-# code on 8 + 2 arithmetic problems at 96 tokens and 4 held-out items, the verifier and shuffled arms, one round.
+# code on 8 + 2 arithmetic problems at 96 tokens and 4 held-out items, the verifier and shuffled arms, one round, no LLM critic.
 
 @pytest.mark.slow
 def test_positive_control_arms_share_candidates_and_differ_only_in_labels(tmp_path):
@@ -14,6 +14,7 @@ def test_positive_control_arms_share_candidates_and_differ_only_in_labels(tmp_pa
     import shutil
     ns = report_core('positive_control.ipynb')
     p = dict(ns['P'], arms=['verifier', 'shuffled'], rounds=1, prompts='builtin:arithmetic', per_round=8, probe=2, n_answers=4,
+             critics=[],  # the verifier alone: the peers arm is not run here, and LLM critiques were most of the time
              max_new_tokens=96, bench={'gsm8k': 4}, bench_max_new_tokens=32, train=dict(loss='dpo', beta=0.1, epochs=1, batch_size=2))
     base, arms = ns['run_all'](p, tmp_path)
     v, s = arms['verifier'][0], arms['shuffled'][0]
