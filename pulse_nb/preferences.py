@@ -14,8 +14,8 @@ from .core import UserError, cut_share
 
 # %% auto #0
 __all__ = ['PAIR_COLUMNS', 'aggregate', 'critic_stats', 'pairwise_prefs', 'collect', 'sign', 'label', 'verified',
-           'label_pairwise', 'candidate_scores', 'label_best_of', 'label_verified', 'label_all', 'build_pairs',
-           'save_pairs', 'prompt_list', 'build_lists', 'kendall_tau', 'peers_only', 'verifier_check',
+           'label_pairwise', 'candidate_scores', 'label_best_of', 'peer_scores', 'label_verified', 'label_all',
+           'build_pairs', 'save_pairs', 'prompt_list', 'build_lists', 'kendall_tau', 'peers_only', 'verifier_check',
            'pairwise_diagnostics', 'diagnostics', 'critic_report']
 
 # %% ../nbs/09_preferences.ipynb #2cd8de41
@@ -197,14 +197,19 @@ def label_best_of(group: list[dict], # the collected items of one prompt, one pe
     if 'drop' in pair: return pair
     return {**pair, 'chosen_is_revision': (bt if pair['chosen_is_revision'] else wt) == 'a1'}
 
+def peer_scores(group: list[dict], # the collected items of one prompt (`collect`)
+                agg: str='mean', stats: dict|None=None, min_critics: int=1, trim: float=0.2) -> dict:
+    "The LLM critics' aggregated score of each candidate, verifiers left out: {(item index, 'a0' or 'a1'): score}."
+    peers = [peers_only(it) for it in group]
+    pos = {id(x): i for i, x in enumerate(peers)}
+    return {(pos[id(x)], t): s for s, x, t in candidate_scores(peers, agg, stats, min_critics, trim)}
+
 def label_verified(group: list[dict], # the collected items of one prompt, one per sample (`collect`)
                    agg: str='mean', stats: dict|None=None, min_critics: int=1, trim: float=0.2) -> dict:
     """A prompt's pair labelled by its reference (`verified`), not by the critics: a right candidate against a wrong one
     (samples and revisions alike); among several, the LLM critics' highest-scored right one against their lowest-scored
     wrong one (unscored candidates last, then in sample order)."""
-    peers = [peers_only(it) for it in group]
-    pos = {id(x): i for i, x in enumerate(peers)}
-    peer = {(pos[id(x)], t): s for s, x, t in candidate_scores(peers, agg, stats, min_critics, trim)}
+    peer = peer_scores(group, agg, stats, min_critics, trim)
     cands = [(i, t) for i, it in enumerate(group) for t in ('a0', 'a1') if it[t] is not None]
     ok = [verified(group[i], group[i][t]) for i, t in cands]
     if all(v is None for v in ok): return {'drop': 'no_reference'}
@@ -319,13 +324,11 @@ def verifier_check(items: list[dict], # collected items (`collect`)
         if it['a1'] is None: groups.setdefault((it['round'], it['prompt_id']), []).append(it)
     kw = {k: label_kw[k] for k in ('agg', 'min_critics', 'trim') if k in label_kw}
     for g in groups.values():  # no revisions: every two candidates the verifier tells apart, ordered by the peers' scores
-        peers = [peers_only(it) for it in g]
-        pos = {id(x): i for i, x in enumerate(peers)}
-        peer = {pos[id(x)]: s for s, x, _ in candidate_scores(peers, **kw)}
+        peer = {i: s for (i, _), s in peer_scores(g, **kw).items()}
         ver = [vsum(it['c0']) for it in g]
         for i, j in combinations(range(len(g)), 2):
-            if not ver[i] or len(ver[i]) != len(ver[j]) or sum(ver[i]) == sum(ver[j]) or peer.get(i, 0) == peer.get(j, 0) \
-               or i not in peer or j not in peer: continue
+            if not ver[i] or len(ver[i]) != len(ver[j]) or sum(ver[i]) == sum(ver[j]) or i not in peer or j not in peer \
+               or peer[i] == peer[j]: continue
             n += 1; agree += (peer[j] > peer[i]) == (sum(ver[j]) > sum(ver[i]))
     for it in (it for it in items if it['a1'] is not None):
         v0, v1 = vsum(it['c0']), vsum(it['c1'])
