@@ -78,6 +78,7 @@ class ReviewConfig:
     pairwise: bool = False       # critics also compare a0 and a1 in both orders (a fifth stage)
     n_answers: int = 4           # answers sampled per prompt (best-of-n): the candidates the pair is drawn from
     revise: bool = False         # True: the actor also revises each answer after the critics' feedback (revisions are candidates too)
+    feedback: bool|None = None   # critics write feedback before their score; None: only where the actor revises from it or the score is parsed from text (else it is read from log-probs at once)
     critic_mode: str = 'direct'  # 'direct'; 'reference': each critic model solves the problem first and judges against it; 'self_consistent': the majority of its sampled solutions
     critic_samples: int = 5      # self_consistent: solutions sampled per critic model and prompt
     batch_size: int = 32         # records per engine call and per checkpoint
@@ -95,6 +96,13 @@ class ReviewConfig:
         if not self.revise and self.n_answers < 2: raise ConfigError('review.revise: false needs review.n_answers >= 2 (without revisions the pair is two sampled answers)')
         if not self.revise and self.pairwise: raise ConfigError('review.pairwise compares each answer with its revision: it needs review.revise: true')
         _one_of('review.score_mode', self.score_mode, ('logprobs', 'text'))
+        if self.feedback is False and self.revise: raise ConfigError('review.revise: true revises from the critics\' feedback: it needs review.feedback: true (or unset)')
+        if self.feedback is False and self.score_mode != 'logprobs': raise ConfigError('review.feedback: false reads each score from log-probs: it needs review.score_mode: logprobs')
+
+    @property
+    def writes_feedback(self) -> bool:
+        "Whether critics write feedback before their score: `feedback`, or where unset, whether the actor revises from it (or the score is parsed from text)."
+        return (self.revise or self.score_mode != 'logprobs') if self.feedback is None else bool(self.feedback)
 
 # %% ../nbs/13_config.ipynb #f2447125
 @dataclass
@@ -356,7 +364,7 @@ def plan(cfg: RunConfig) -> dict:
            if parse_spec(s)[0] != 'verify'}  # a verifier is no model
     stages = {'answers': n*m, 'critiques': n*m*K, **({'revisions': n*m, 'rescores': n*m*K} if cfg.review.revise else {}),
               **({'comparisons': 2*n*m*K} if cfg.review.pairwise else {})}
-    gen = sum(stages.values())
+    gen = sum(stages.values()) - (0 if cfg.review.writes_feedback else stages['critiques'])  # critiques without feedback generate nothing
     tr = dict(cfg.train)
     bs = tr.get('batch_size', 4) * tr.get('gradient_accumulation_steps', 1)
     steps = tr['max_steps'] if tr.get('max_steps', -1) > 0 else math.ceil(n / bs) * math.ceil(tr.get('epochs', 1))

@@ -151,7 +151,7 @@ def stage_review(cfg: RunConfig, run_dir, r: int, prompts: list[dict], pool: Poo
     review(prompts, [actor, *critics], n_critics=cfg.pool.n_critics, out_dir=rd/'review', first_round=r, actor='fixed',
            score_mode=rv.score_mode, seed=cfg.seed, max_new_tokens=rv.max_new_tokens, temperature=rv.temperature,
            batch_size=rv.batch_size, min_mass=rv.min_mass, personas=cfg.pool.personas, pairwise=rv.pairwise, n_answers=rv.n_answers, revise=rv.revise,
-           critic_mode=rv.critic_mode, critic_samples=rv.critic_samples,
+           feedback=rv.writes_feedback, critic_mode=rv.critic_mode, critic_samples=rv.critic_samples,
            release=not cfg.pool.keep_loaded, progress=progress)
     ds = build_pairs(rd/'review', **cfg.label.kwargs())
     diag = diagnostics(rd/'review', ds, **cfg.label.kwargs())
@@ -398,7 +398,12 @@ def _flat(d: dict, p: str='') -> dict:
     return {f'{p}{k}': v for kk, vv in d.items()
             for k, v in (_flat(vv, f'{kk}.').items() if isinstance(vv, dict) and kk != 'train' else [(kk, vv)])}
 
-BEFORE = {'review.n_answers': 1, 'review.revise': True}  # fields added to the config, and what runs made before them did: no longer the defaults
+BEFORE = {'review.n_answers': 1, 'review.revise': True, 'review.feedback': True}  # fields added to the config, and what runs made before them did: no longer the defaults
+
+def _resolved(flat: dict) -> dict:
+    "A flat config with `review.feedback` unset (None) replaced by what it means (`ReviewConfig.writes_feedback`)."
+    if flat.get('review.feedback') is not None: return flat
+    return {**flat, 'review.feedback': bool(flat.get('review.revise')) or flat.get('review.score_mode') != 'logprobs'}
 
 def check_run_config(run_dir, cfg: RunConfig):
     "Save `cfg` in `run_dir/config.yaml`; refuse a config that changes a field whose stage has already run (`rounds` may grow)."
@@ -406,7 +411,8 @@ def check_run_config(run_dir, cfg: RunConfig):
     if path.exists():
         old, new = _flat({**yaml_load(path.read_text()), 'rounds': None}), _flat({**config_dict(cfg), 'rounds': None})
         added = {**_flat(config_dict(RunConfig())), **BEFORE}  # a field added since the run began held its default there
-        changed = sorted(k for k in old.keys() | new.keys() if old.get(k, added.get(k)) != new.get(k))
+        old, new = _resolved({k: old.get(k, added.get(k)) for k in old.keys() | new.keys()}), _resolved(new)
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
         done = stages_started(run_dir)
         if late := [k for k in changed if stage_of(k) in done]:
             raise RunError(f'{run_dir} holds a run whose finished stages were made with another config:\n'

@@ -257,7 +257,7 @@ def dataset_card(run_dir, cfg: RunConfig) -> str:
              f"# {front['pretty_name']}", '',
              'Preference pairs made without human labels by PULSE peer review (pulse-nb): an actor model answered each',
              'prompt' + (f' {cfg.review.n_answers} times (best-of-n)' if cfg.review.n_answers > 1 else '')
-             + ', critic models of other families wrote feedback and scores'
+             + (', critic models of other families wrote feedback and scores' if cfg.review.writes_feedback else ', critic models of other families scored each answer')
              + (', the actor revised its answer, and the critics scored the revision.' if cfg.review.revise else '.'),
              ("The prompt's reference (its answer, tests or checks) labels each pair: an answer it passes is chosen against "
               'one it fails; the critics only pick among answers it rates alike.' if cfg.label.source == 'verifier' else

@@ -155,11 +155,17 @@ def _ending(c) -> dict:
     "How a completion ended: its length in tokens and `finish_reason` ('length' where the budget cut it)."
     return {'n_tokens': c.n_tokens, 'finish_reason': c.finish_reason}
 
-def critique_work(chunk, seed, score_mode, scale, sampling: SamplingConfig, min_mass: float) -> list[dict]:
-    "Feedback and a score from each item's critic: one engine call per engine (in log-prob mode the fused `generate_and_score`)."
+def critique_work(chunk, seed, score_mode, scale, sampling: SamplingConfig, min_mass: float, feedback: bool=True) -> list[dict]:
+    """Feedback and a score from each item's critic: one engine call per engine (in log-prob mode the fused `generate_and_score`).
+    With `feedback=False` the score is read right after `Score: ` with no feedback written (one prefill per item, `Engine.score`)."""
     def run(e, its):
         if is_verifier(e): return [e.critique(it['item'], it['answer'], scale, it['cut']) for it in its]
         convs, mode = [it['conv'] for it in its], engine_score_mode(e, score_mode)
+        if not feedback:
+            if mode != 'logprobs': raise UserError(f'{engine_id(e)} gives no log-probs: scores without feedback are read from them (use feedback=True)')
+            return [dict(feedback='', raw='', score=r.score, score_std=r.std, mass=r.mass, probs=r.probs, parsed=r.parsed, score_mode=mode,
+                         n_tokens=0, finish_reason=None)
+                    for r in (P.score_from_probs(ro.probs, ro.mass, min_mass) for ro in e.score([P.score_conv(c, '') for c in convs], P.scale_tokens(scale)))]
         if mode == 'logprobs':
             sc = SamplingConfig(**{**asdict(sampling), 'seed': seed, 'stop': P.FEEDBACK_STOP})
             out = []
@@ -281,6 +287,7 @@ def review(prompts, # prompt records, strings, or a spec for `load_prompts` (`bu
            pairwise: bool=False, # also ask each critic to compare a0 and a1 in both orders (a fifth stage)
            n_answers: int=1, # answers sampled per prompt (best-of-n): each is a candidate, critiqued, revised and re-scored
            revise: bool=True, # False: no revision and no re-score; the candidates are the n sampled answers (needs n_answers >= 2)
+           feedback: bool=True, # False: critics write no feedback, their score is read from log-probs right after `Score: ` (needs revise=False)
            critic_mode: str='direct', # 'direct', 'reference' (each critic model solves first) or 'self_consistent' (majority of samples)
            critic_samples: int=5, # self_consistent: solutions sampled per critic model and prompt
            stop_after: str|None=None, # end each round after this stage ('answers', 'critiques', 'revisions'); a later call resumes
@@ -294,6 +301,8 @@ def review(prompts, # prompt records, strings, or a spec for `load_prompts` (`bu
     if n_answers > 1 and temperature == 0: raise UserError('n_answers > 1 needs sampling: set temperature > 0 (greedy answers are all the same)')
     if not revise and n_answers < 2: raise UserError('revise=False needs n_answers >= 2: without revisions the pair is two sampled answers')
     if not revise and pairwise: raise UserError('pairwise=True compares each answer with its revision: it needs revise=True')
+    if not feedback and revise: raise UserError('feedback=False leaves the actor nothing to revise from: it needs revise=False')
+    if not feedback and score_mode != 'logprobs': raise UserError("feedback=False reads each score from log-probs: it needs score_mode='logprobs'")
     if critic_mode not in CRITIC_MODES: raise UserError(f'critic_mode must be one of {CRITIC_MODES}, got {critic_mode!r}')
     if critic_mode == 'self_consistent' and (critic_samples < 2 or temperature == 0):
         raise UserError('critic_mode self_consistent needs critic_samples >= 2 and temperature > 0 (a majority of one greedy solution is the reference mode)')
@@ -323,7 +332,7 @@ def review(prompts, # prompt records, strings, or a spec for `load_prompts` (`bu
                       personas=sorted({c['persona'] for c in ran.values() if c['persona']}, key=personas.index),  # the personas that ran
                       critics=dict(sorted(ran.items())),  # each critic id: the engine and persona its slots used
                       **({'pairwise': True} if pairwise else {}), **({'n_answers': n_answers} if n_answers > 1 else {}),
-                      **({'revise': False} if not revise else {}),
+                      **({'revise': False} if not revise else {}), **({'feedback': False} if not feedback else {}),
                       **({'critic_mode': critic_mode} if critic_mode != 'direct' else {}),
                       **({'critic_samples': critic_samples} if critic_mode == 'self_consistent' else {}))
         for r in range(first_round, first_round + rounds): check_manifest(out, r, config)  # refuse before writing
@@ -332,7 +341,7 @@ def review(prompts, # prompt records, strings, or a spec for `load_prompts` (`bu
             _round(out, r, recs, plan, T, score_mode, scale, sampling, seed, batch_size, min_mass, progress, pairwise,
                    stop_after or (None if revise else 'critiques'),
                    after=(lambda: [e.release() for e in engines if hasattr(e, 'release')]) if release else None, n_answers=n_answers,
-                   critic_mode=critic_mode, critic_samples=critic_samples)
+                   critic_mode=critic_mode, critic_samples=critic_samples, feedback=feedback)
             record_engines(out, r, engines)
         return out
     finally:
@@ -388,7 +397,7 @@ def _solutions(out, r, recs, plan, T, sampling, critic_mode, k, seed, stage, kw)
     return {(s['prompt_id'], s['critic_model']): s['reference'] for s in sols}
 
 def _round(out, r, recs, plan, T, score_mode, scale, sampling, seed, batch_size, min_mass, progress, pairwise=False,
-           stop_after=None, after=None, n_answers=1, critic_mode='direct', critic_samples=5):
+           stop_after=None, after=None, n_answers=1, critic_mode='direct', critic_samples=5, feedback=True):
     "The four stages of round `r` (five with `pairwise`), or those up to `stop_after`; `after()` runs after each stage."
     kw = dict(batch_size=batch_size, progress=progress)
     def stage(path, items, work, **k):
@@ -421,7 +430,7 @@ def _round(out, r, recs, plan, T, score_mode, scale, sampling, seed, batch_size,
                                     'score_mode': 'verifier' if v else score_mode, **({'verifier': True} if v else {}),
                                     **({'critic_mode': critic_mode} if refs and not v else {})}})
         return its
-    cw = lambda ch, s: critique_work(ch, s, score_mode, scale, sampling, min_mass)
+    cw = lambda ch, s: critique_work(ch, s, score_mode, scale, sampling, min_mass, feedback)
     crit = stage(out/'critiques.jsonl', crit_items([x for *_, x in cands], 'a0', T['critic']), cw, seed=seed,
                  desc=f'round {r} critiques', **kw)
     if stop_after == 'critiques': return

@@ -26,16 +26,32 @@ def names_a_vllm_fixture(path: Path) -> bool:
     return bool(re.search(r'\bvllm_(engine|server)\b', path.read_text()))
 
 
+# Seconds the longest units took on 2 one-thread workers (tools/test.sh with --durations, 2026-12-07; the vLLM unit is
+# every file that names a vLLM fixture). The scheduler hands out the longest unit first, so that no long file starts last
+# while the other worker idles: xdist's own order is by the number of tests, which put a one-test, 8-minute file last.
+# A unit not listed counts 2 s per test; a stale figure only costs balance, never a test.
+UNIT_SECONDS = {'vllm': 960, 'tests/test_reports.py': 760, 'tests/test_loop.py': 730, 'tests/test_review.py': 290,
+                'tests/test_report_positive_control.py': 300, 'tests/test_train.py': 210, 'tests/faults/test_kill_train.py': 200,
+                'tests/faults/test_kill_generate.py': 200, 'tests/test_cli.py': 190, 'tests/test_loop_signal.py': 160,
+                'tests/test_preferences.py': 150, 'tests/test_best_of_n.py': 150, 'tests/test_models.py': 140,
+                'tests/test_benchmarks.py': 120, 'tests/faults/test_disk_full.py': 100, 'tests/test_critic_modes.py': 75}
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """Under pytest-xdist (tools/test.sh runs `-n 2`) each test file is one unit of work, so its module fixtures are built
     once; and the files that name a vLLM fixture form one unit, so the engine and `vllm serve` start once per session, not
-    once per worker. (A scheduler, because pytest 9.2 ignores the ids xdist's `xdist_group` marks make.)"""
+    once per worker. Units go out longest first (`UNIT_SECONDS`). (A scheduler, because pytest 9.2 ignores the ids xdist's
+    `xdist_group` marks make.)"""
     from xdist.scheduler import LoadScopeScheduling
     class FileScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid):
             path = nodeid.split('::', 1)[0]
             return 'vllm' if names_a_vllm_fixture(config.rootpath/path) else path
+        def _assign_work_unit(self, node):
+            longest = sorted(self.workqueue.items(), key=lambda u: -UNIT_SECONDS.get(u[0], 2 * len(u[1])))
+            self.workqueue.clear(); self.workqueue.update(longest)
+            super()._assign_work_unit(node)
     return FileScheduling(config, log)
 
 

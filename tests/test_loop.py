@@ -315,7 +315,9 @@ def test_dry_run_of_every_shipped_config(config):
     c = n * m
     teq(plan['stages'], {'answers': c, 'critiques': c*K, **({'revisions': c, 'rescores': c*K} if rv else {}),
                          **({'comparisons': 2*c*K} if pairwise else {})})
-    gen = c * (1 + K) * (1 + rv) + (2*c*K if pairwise else 0)  # a0 (and a1) per candidate, K critiques of each (+ both orders of K verdicts)
+    fb = get('review', 'feedback')                          # critics write feedback: as set, or where unset, when revising or parsing text
+    fb = rv or get('review', 'score_mode') != 'logprobs' if fb is None else fb
+    gen = c * (1 + rv) + c*K*(fb + rv) + (2*c*K if pairwise else 0)  # a0 (and a1) per candidate, K critiques of each (+ both orders of K verdicts)
     tr = {'batch_size': 4, 'gradient_accumulation_steps': 1, 'max_steps': -1, 'epochs': 1, **y.get('train', {})}  # TrainConfig's defaults
     steps = tr['max_steps'] if tr['max_steps'] > 0 else math.ceil(n / (tr['batch_size'] * tr['gradient_accumulation_steps'])) * math.ceil(tr['epochs'])
     n_bench = len([b for b in str(get('eval', 'bench')).split(',') if b.strip()]) * get('eval', 'bench_n')

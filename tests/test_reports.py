@@ -193,7 +193,8 @@ def test_label_quality_known_pairs_judged_in_every_mode(tmp_path):
     "Two known pairs, two critic slots, every mode: each gives a labelled table; a rerun reads the records."
     ns = report_core('label_quality.ipynb')
     kp = ns['known_pairs'](ROOT/'nbs'/'experiments'/'runs'/'pulse_rounds', seed=0)
-    kp = [next(x for x in kp if x['set'] == 'gsm8k'), next(x for x in kp if x['set'] == 'ifeval')]
+    short = lambda name: min((x for x in kp if x['set'] == name), key=lambda x: len(x['prompt'] + x['a0'] + x['a1']))  # the least prefill
+    kp = [short('gsm8k'), short('ifeval')]
     p = dict(ns['PK'], slots=ns['PK']['slots'][::2], max_new_tokens=24)
     runs = {}
     with ns['Pool'](p['dtype']) as pool:
