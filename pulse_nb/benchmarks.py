@@ -304,7 +304,7 @@ def evaluate_bench(engine,                      # the model under test (an `Engi
         s = run_set(engine, name, items, SamplingConfig(temperature=0, max_new_tokens=mnt, seed=seed), judges, family, mode,
                     tie, workers, timeout, n_boot, alpha, seed, progress)
         res['sets'][name] = {'skipped_too_long': skipped, **s}
-    res['seconds'] = round(time.time() - t0, 1)
+    res['seconds'], res['numerics'] = round(time.time() - t0, 1), engine.numerics() if hasattr(engine, 'numerics') else None
     if out_dir: write_bench(res, out_dir)
     return res
 
@@ -398,8 +398,13 @@ def compare_bench(candidate: dict, # an `evaluate_bench` result of the model und
                  ) -> dict:
     '''Per set and per-item metric: candidate − baseline on the items both graded, with a paired CI (`paired_diff_ci` for
     right/wrong items, which also report how many items only the candidate (`gained`) or only the baseline (`lost`) got right,
-    and the exact McNemar `p`; else a bootstrap).'''
+    and the exact McNemar `p`; else a bootstrap). Where the two results were computed with other numerics (each records its
+    engine's `numerics()`: precision, kernels, CPU, threads, batch size), every entry names them in `numerics_differ` and a
+    warning says so: the difference then includes the precision's and kernels' own.'''
     from pulse_nb.evaluate import paired_diff_ci
+    cn, bn = candidate.get('numerics') or {}, baseline.get('numerics') or {}
+    differ = [f'{k}: {cn.get(k)!r} vs {bn.get(k)!r}' for k in sorted(cn.keys() & bn.keys()) if cn[k] != bn[k]]
+    if differ: warnings.warn(f"compare_bench: candidate and baseline computed with other numerics ({'; '.join(differ)})")
     out = {}
     for name in candidate['sets'].keys() & baseline['sets'].keys():
         c, b = candidate['sets'][name]['per_item'], baseline['sets'][name]['per_item']
@@ -417,7 +422,7 @@ def compare_bench(candidate: dict, # an `evaluate_bench` result of the model und
             out[name][m] = {'difference': d['value'], 'ci': d['ci'], 'n': d['n'],
                             'candidate': float(x[keep].mean()) if keep.any() else None,
                             'baseline': float(y[keep].mean()) if keep.any() else None,
-                            **{k: d[k] for k in ('gained', 'lost', 'p') if k in d}}
+                            **{k: d[k] for k in ('gained', 'lost', 'p') if k in d}, **({'numerics_differ': differ} if differ else {})}
     return out
 
 # %% ../nbs/12a_benchmarks.ipynb #44c83333

@@ -240,18 +240,46 @@ class BucketedGeneration:
         out = [None]*len(ids)
         sample = dict(do_sample=True, temperature=sc.temperature, top_p=sc.top_p) if sc.temperature > 0 else dict(do_sample=False)
         stop = dict(stop_strings=sc.stop, tokenizer=self.tok) if sc.stop else {}
+        gen = dict(pad_token_id=self.tok.pad_token_id, eos_token_id=sorted(self.eos_ids), top_k=None, return_dict_in_generate=True,
+                   **sample, **stop)
         for rows, groups in tqdm(self._batches(ids, max(1, self.batch_size // sc.n)), disable=not progress, desc='hf generate'):
             x, mask, cache = self._inputs(ids, rows, groups, sc.n)
             room = min(sc.max_new_tokens, self.max_len - max(len(ids[r]) for r in rows))
-            with torch.no_grad():
-                res = self.lm.generate(input_ids=x, attention_mask=mask, max_new_tokens=room, pad_token_id=self.tok.pad_token_id,
-                                       eos_token_id=sorted(self.eos_ids), top_k=None, return_dict_in_generate=True,
-                                       **({'past_key_values': cache} if cache is not None else {}), **sample, **stop)
-            y = res.sequences[:, x.shape[1]:].view(len(rows), sc.n, -1)
+            if scoring or not self.segment:  # one call: the scores are read from the whole bucket's cache
+                with torch.no_grad():
+                    res = self.lm.generate(input_ids=x, attention_mask=mask, max_new_tokens=room,
+                                           **({'past_key_values': cache} if cache is not None else {}), **gen)
+                y = res.sequences[:, x.shape[1]:]
+            else: y = self._segments(x, mask, cache, room, sc.stop, gen)
+            y = y.view(len(rows), sc.n, -1)
             for j, r in enumerate(rows):
                 out[r] = Scored(Generation([self._decode(y[j, k], sc.stop) for k in range(sc.n)], len(ids[r])), [])
             if scoring: self._score_bucket([convs[r] for r in rows], [out[r] for r in rows], res, mask, *scoring, truncate)
         return out
+
+    def _segments(self, x, mask, cache, room: int, stop, gen: dict):
+        '''Up to `room` new tokens per row of `x`, `self.segment` per `generate` call: a row that finished (an end token or a
+        stop string) leaves the batch before the next call, its cache rows with it. The new ids per row, padded.'''
+        import torch
+        pad, alive, new = self.tok.pad_token_id, list(range(x.shape[0])), [[] for _ in range(x.shape[0])]
+        while alive and (done := len(new[alive[0]])) < room:
+            with torch.no_grad():
+                res = self.lm.generate(input_ids=x, attention_mask=mask, max_new_tokens=min(self.segment, room - done),
+                                       **({'past_key_values': cache} if cache is not None else {}), **gen)
+            y = res.sequences[:, x.shape[1]:]
+            for j, i in enumerate(alive): new[i] += y[j].tolist()
+            keep = [j for j, i in enumerate(alive) if not self._finished(new[i], stop)]
+            x, mask, cache = res.sequences, torch.cat([mask, mask.new_ones(mask.shape[0], y.shape[1])], 1), res.past_key_values
+            if len(keep) < len(alive):
+                at = torch.tensor(keep, dtype=torch.long, device=x.device)
+                x, mask, alive = x[at], mask[at], [alive[j] for j in keep]
+                if keep: cache.batch_select_indices(at)
+        width = max(map(len, new))
+        return torch.tensor([r + [pad]*(width - len(r)) for r in new], device=x.device)
+
+    def _finished(self, ids: list[int], stop) -> bool:
+        "Whether a row's new ids hold an end token or, decoded, a stop string."
+        return any(t in self.eos_ids for t in ids) or bool(stop and trim_stop(self.tok.decode(ids, skip_special_tokens=True), stop)[1])
 
     def _score_bucket(self, convs, scored, res, mask, candidates, make_prefix, truncate):
         "Fill each `Scored`'s readouts from the bucket's generation cache (`score_from_cache`); odd rows are read afresh."
@@ -282,8 +310,9 @@ class HFEngine(BucketedGeneration, Engine):
                  cpu_gqa: bool=True,       # on CPU, `cpu_gqa_attention` (same outputs, faster padded batches)
                  weight_major: bool|None=None, # float32 on CPU: decode products as `(W @ x.T).T` (`use_weight_major`); None = where faster
                  share_prefixes: bool=True, # read a prefix that several prompts of a call share once (`prefix_groups`)
-                 min_shared: int=32):      # shortest shared prefix, in tokens, worth a group
-        self.model, self.batch_size = model or DEFAULT_MODEL, batch_size
+                 min_shared: int=32,       # shortest shared prefix, in tokens, worth a group
+                 segment: int|None=64):    # new tokens per `generate` call; finished rows leave the batch between calls (None: one call)
+        self.model, self.batch_size, self.segment = model or DEFAULT_MODEL, batch_size, segment
         self.share_prefixes, self.min_shared = share_prefixes, min_shared
         self.tok = load_tokenizer(self.model, shared=True)
         self.lm = load_model(self.model, dtype=fast_dtype() if dtype == 'fast' else dtype, device=device)
@@ -300,13 +329,13 @@ class HFEngine(BucketedGeneration, Engine):
         return {**super().capabilities, 'shared_prefixes': self.share_prefixes, 'weight_major': self.weight_major}
 
     def numerics(self) -> dict:
-        "Precision, device, CPU model and threads (CPU sums depend on both), attention, the weight-major decision, batch size and prefix sharing."
+        "Precision, device, CPU model and threads (CPU sums depend on both), attention, the weight-major decision, batch size, prefix sharing and segments."
         import torch
         cpu, attn = self.lm.device.type == 'cpu', self.lm.config._attn_implementation
         return {'dtype': str(self.lm.dtype).removeprefix('torch.'), 'device': str(self.lm.device), 'cpu': cpu_model() if cpu else None,
                 'attention': attn + ('+decode_attention' if attn == CPU_GQA else ''),
                 'threads': torch.get_num_threads() if cpu else None, 'weight_major': bool(self.weight_major),
-                'batch_size': self.batch_size, 'share_prefixes': self.share_prefixes}
+                'batch_size': self.batch_size, 'share_prefixes': self.share_prefixes, 'segment': self.segment}
 
     def close(self):
         "Drop the model and free its memory."

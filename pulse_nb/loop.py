@@ -66,6 +66,7 @@ class LazyEngine(Engine):
         return engine_family(f'{self.kind}:{self.model}')
     @property
     def capabilities(self) -> dict: return self.engine.capabilities
+    def numerics(self) -> dict: return self.engine.numerics()  # what a review records and checks on resume
     def generate(self, *args, **kw): return self.engine.generate(*args, **kw)
     def score(self, *args, **kw): return self.engine.score(*args, **kw)
     def generate_and_score(self, *args, **kw): return self.engine.generate_and_score(*args, **kw)

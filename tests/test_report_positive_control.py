@@ -16,8 +16,12 @@ def test_positive_control_arms_share_candidates_and_differ_only_in_labels(tmp_pa
     ns = report_core('positive_control.ipynb')
     p = dict(ns['P'], arms=['verifier', 'shuffled', 'peers'], rounds=1, prompts='builtin:arithmetic', per_round=5, probe=1, n_answers=4,
              critics=[f"hf:{ns['DEFAULT_MODEL']}"], peer_feedback=False,  # the peers arm's pool: one small critic, scores without feedback
-             max_new_tokens=96, bench={'gsm8k': 4}, bench_max_new_tokens=32, train=dict(loss='dpo', beta=0.1, epochs=1, batch_size=4))
-    base, arms = ns['run_all'](p, tmp_path)
+             max_new_tokens=96, bench={'gsm8k': 4}, bench_max_new_tokens=32, train=dict(loss='dpo', beta=0.1, epochs=1, batch_size=4),
+             dtype='fast', arm_dtype={'peers': 'float32'})  # the others in this CPU's fast precision (float32 without bfloat16 instructions)
+    bases, arms = ns['run_all'](p, tmp_path)
+    dtypes = {a: ns['arm_dtype'](p, a) for a in p['arms']}
+    assert set(bases) == set(dtypes.values()) and {a: r[0]['dtype'] for a, r in arms.items()} == dtypes  # the base model in each arm's precision
+    assert all((ns['base_dir'](tmp_path, dt)/'gsm8k'/'eval.json').exists() for dt in bases)
     v, s = arms['verifier'][0], arms['shuffled'][0]
     assert [c['text'] for c in s['cands']] == [c['text'] for c in v['cands']]     # round 1's samples are shared
     assert v['pairs'] and all(x['label_correct'] is True for x in v['pairs'])      # a right and a wrong solution, right chosen
@@ -25,7 +29,7 @@ def test_positive_control_arms_share_candidates_and_differ_only_in_labels(tmp_pa
     for a, b in zip(v['pairs'], s['pairs']):                                         # the same two texts, perhaps swapped
         assert {a['chosen'][0]['content'], a['rejected'][0]['content']} == {b['chosen'][0]['content'], b['rejected'][0]['content']}
         assert (a['chosen'] == b['chosen']) == b['label_correct']
-    assert base['gsm8k']['sets']['gsm8k']['n'] == 4 and v['bench']['gsm8k']['sets']['gsm8k']['n'] == 4
+    assert bases[dtypes['verifier']]['gsm8k']['sets']['gsm8k']['n'] == 4 and v['bench']['gsm8k']['sets']['gsm8k']['n'] == 4
     pe, split = arms['peers'][0], ns['split_problems'](v['cands'])
     llm = [c for c in ns['load_run'](tmp_path/'peers'/'round-1'/'review')['critiques'] if not c.get('verifier')]
     assert llm and all(c['feedback'] == '' and c['n_tokens'] == 0 and c['parsed'] for c in llm)  # scores read without feedback
@@ -40,6 +44,7 @@ def test_positive_control_arms_share_candidates_and_differ_only_in_labels(tmp_pa
     files = lambda: {f: f.read_bytes() for f in tmp_path.rglob('*') if f.is_file()}   # what a rerun may rewrite, it rewrites alike
     before = files()
     again, arms2 = ns['run_all'](p, tmp_path)                                        # finished: read back, nothing recomputed
-    assert files() == before and again == base and arms2['shuffled'][0]['pairs'] == s['pairs']
-    tab = ns['effect_table'](base, arms)
-    assert list(tab.arm) == ['no training', 'verifier', 'shuffled', 'peers'] and tab['label accuracy'].iloc[1] == 1.0
+    assert files() == before and again == bases and arms2['shuffled'][0]['pairs'] == s['pairs']
+    tab = ns['effect_table'](bases, arms)
+    assert list(tab.arm) == ['no training'] * len(bases) + ['verifier', 'shuffled', 'peers'] and tab['label accuracy'][tab.arm == 'verifier'].item() == 1.0
+    assert list(tab.dtype) == list(bases) + list(dtypes.values())
