@@ -268,7 +268,7 @@ class BucketedGeneration:
                                        **({'past_key_values': cache} if cache is not None else {}), **gen)
             y = res.sequences[:, x.shape[1]:]
             for j, i in enumerate(alive): new[i] += y[j].tolist()
-            keep = [j for j, i in enumerate(alive) if not self._finished(new[i], stop)]
+            keep = [j for j, i in enumerate(alive) if self._decode(torch.tensor(new[i]), stop).finish_reason != 'stop']  # not ended yet
             x, mask, cache = res.sequences, torch.cat([mask, mask.new_ones(mask.shape[0], y.shape[1])], 1), res.past_key_values
             if len(keep) < len(alive):
                 at = torch.tensor(keep, dtype=torch.long, device=x.device)
@@ -276,10 +276,6 @@ class BucketedGeneration:
                 if keep: cache.batch_select_indices(at)
         width = max(map(len, new))
         return torch.tensor([r + [pad]*(width - len(r)) for r in new], device=x.device)
-
-    def _finished(self, ids: list[int], stop) -> bool:
-        "Whether a row's new ids hold an end token or, decoded, a stop string."
-        return any(t in self.eos_ids for t in ids) or bool(stop and trim_stop(self.tok.decode(ids, skip_special_tokens=True), stop)[1])
 
     def _score_bucket(self, convs, scored, res, mask, candidates, make_prefix, truncate):
         "Fill each `Scored`'s readouts from the bucket's generation cache (`score_from_cache`); odd rows are read afresh."
