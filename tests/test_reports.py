@@ -268,6 +268,13 @@ def test_label_quality_reference_pass_scores_against_each_critics_solution(tmp_p
     assert [r['score'] for r in ref['critiques']] != [r['score'] for r in nf['critiques']]   # the solution is in the prompt
     with ns['Pool'](p['dtype']) as pool: again, _ = ns['judge_214'](kp, p, tmp_path, pool)
     assert again['reference · one']['critiques'] == ref['critiques'] and len((tmp_path/'reference.jsonl').read_text().splitlines()) == 4
+    # a second no-feedback pass with other critics shares the record file but keeps its own clock
+    p2 = dict(p, passes=[('no feedback', 'two')], two=[('hf:smollm2-135m-instruct', 'teacher')])
+    with ns['Pool'](p['dtype']) as pool: runs2, secs2 = ns['judge_214'](kp, p2, tmp_path, pool)
+    assert len((tmp_path/'no-feedback.jsonl').read_text().splitlines()) == 8 and secs2['no feedback · two'] > 0
+    with ns['Pool'](p['dtype']) as pool: _, secs3 = ns['judge_214'](kp, p, tmp_path, pool)
+    assert secs3['no feedback · one'] == secs['no feedback · one']   # the other pass's time is not added to this one's
+    assert {r['critic'] for r in runs2['no feedback · two']['critiques']} == {'smollm2-135m-instruct/teacher'}
 
 
 # ---- noise_robustness.ipynb (issue 23, item 2) ---------------------------------------------------------------------
