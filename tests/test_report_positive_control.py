@@ -48,3 +48,6 @@ def test_positive_control_arms_share_candidates_and_differ_only_in_labels(tmp_pa
     tab = ns['effect_table'](bases, arms)
     assert list(tab.arm) == ['no training'] * len(bases) + ['verifier', 'shuffled', 'peers'] and tab['label accuracy'][tab.arm == 'verifier'].item() == 1.0
     assert list(tab.dtype) == list(bases) + list(dtypes.values())
+    lt = ns['length_table'](bases, arms, p)   # every policy's answers paired with the base model's in its own precision
+    assert list(lt.arm) == ['verifier', 'shuffled', 'peers'] and (lt.n == 4).all() and list(lt.dtype) == list(dtypes.values())
+    assert (lt['tokens (base)'] > 0).all() and (lt['at budget (policy)'] <= 1).all()
