@@ -311,7 +311,8 @@ def write_report(run_dir, cfg: RunConfig) -> Path:
     page = write_inspect(run_dir, **lab)
     for r in rows:
         rd = round_dir(run_dir, r['round'])
-        pics = save_plots(rd/'review', plots/f"round-{r['round']}", train_dirs={f"round {r['round']}": rd/'train'}, **lab)
+        trained = (rd/'train'/'metrics.json').exists()   # a round without a decisive pair trains nothing
+        pics = save_plots(rd/'review', plots/f"round-{r['round']}", train_dirs={f"round {r['round']}": rd/'train'} if trained else None, **lab)
         rec = json.loads((rd/'round.json').read_text())
         parts += [round_section(rec, (rd/'eval.md').read_text() if (rd/'eval.md').exists() else ''), '']
         parts += [f'![{p.stem}]({p.relative_to(run_dir)})' for p in pics] + ['']

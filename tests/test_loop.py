@@ -424,3 +424,6 @@ def test_a_round_without_pairs_trains_nothing_and_the_policy_stays(tmp_path):
     assert not (tmp_path/'round-1'/'train').exists()
     teq(policy_of(tmp_path, 1), None)
     teq(actor_spec(cfg, tmp_path, 2), 'hf:same-actor')   # round 2 acts with the policy as it was: the base
+    from pulse_nb.report import write_report
+    summary = write_report(tmp_path, cfg)                  # the report of a run with a round that trained nothing
+    assert summary.exists() and not (tmp_path/'plots'/'round-1'/'training.png').exists()
