@@ -277,6 +277,51 @@ def test_label_quality_reference_pass_scores_against_each_critics_solution(tmp_p
     assert {r['critic'] for r in runs2['no feedback · two']['critiques']} == {'smollm2-135m-instruct/teacher'}
 
 
+def test_label_quality_fix_break_table_counts_fixes_breaks_and_cuts():
+    "Hand-made revisions: fixed wrong answers, broken right ones, exact CIs, McNemar p with Holm, cut share and seconds per revision."
+    ns = report_core('label_quality.ipynb')
+    rec = lambda before, after, cut=False: dict(right_before=before, right_after=after, finish_reason='length' if cut else 'stop')
+    revs = {'helps': [rec(False, True)] * 6 + [rec(False, False)] * 2 + [rec(True, True)] * 8,
+            'hurts': [rec(False, True)] + [rec(False, False)] * 3 + [rec(True, False, cut=True)] * 3 + [rec(True, True)]}
+    t = ns['fix_break_table'](revs, {'helps': 32.0, 'hurts': 4.0})
+    h, b = t.loc['helps'], t.loc['hurts']
+    assert (h.wrong, h.fixed, h.right, h.broken, h.net) == (8, 6, 8, 0, 6) and (b.wrong, b.fixed, b.right, b.broken, b.net) == (4, 1, 4, 3, -2)
+    assert h['fix rate'] == 0.75 and b['break rate'] == 0.75 and h['accuracy before'] == 0.5 and h['accuracy after'] == 14 / 16
+    assert b['accuracy after'] == 2 / 8 and b.cut == 3 / 8 and h.cut == 0 and h['s per revision'] == 2.0 and b['s per revision'] == 0.5
+    assert h['p (McNemar)'] == pytest.approx(2 / 2**6) and b['p (McNemar)'] == pytest.approx(2 * (1 + 4) / 2**4)
+    assert h['fix CI'][0] < 0.75 < h['fix CI'][1] and h['break CI'][0] == 0.0 and h['break CI'][1] < 0.4   # exact: not [0, 0]
+    assert t['p (Holm)'].tolist() == pytest.approx([2 * 2 / 2**6, 2 * 5 / 16])
+
+
+@pytest.mark.slow
+def test_label_quality_revisions_after_each_kind_of_feedback(tmp_path):
+    "Two known GSM8K pairs revised after no feedback, the verifier's line and one small critic's feedback: graded, keyed by kind, resumed."
+    ns = report_core('label_quality.ipynb')
+    root = ROOT/'nbs'/'experiments'/'runs'
+    kp = [x for x in ns['pairs_214']({**ns['PK2'], 'control_runs': root/'positive_control'}, {**ns['PK'], 'bench_runs': root/'pulse_rounds'})
+          if x['set'] == 'gsm8k']
+    kp = sorted(kp, key=lambda x: len(x['prompt'] + x['a0'] + x['a1']))[:2]   # the least prefill
+    answers = ns['answers_to_revise'](kp, ns['gold_answers'](root/'positive_control'))
+    assert len(answers) == 4 and sum(a['ok'] for a in answers) == 2 and [a['right'] for a in answers] == [a['ok'] for a in answers]
+    p = dict(ns['PR3'], kinds=['none', 'verifier', 'pool'], pool=[('hf:smollm2-135m-instruct', 'strict')], actor='hf:smollm2-135m-instruct',
+             feedback_tokens=16, revision_tokens=24)
+    revs, secs = {}, {}
+    with ns['Pool'](p['dtype']) as pool:
+        for kind in p['kinds']: revs[kind], secs[kind] = ns['revise_known'](answers, kind, tmp_path, p, pool)
+    assert all(len(r) == 4 and secs[k] > 0 for k, r in revs.items())
+    assert [r['feedback'] for r in revs['none']] == [[]] * 4
+    fb = ns['FEEDBACK']
+    assert [r['feedback'] for r in revs['verifier']] == [[fb['right' if a['right'] else 'wrong']] for a in answers]
+    assert all(len(r['feedback']) == 1 and r['feedback'][0].strip() for r in revs['pool'])      # the critic wrote feedback
+    assert len((tmp_path/'feedback.pool.jsonl').read_text().splitlines()) == 4 and not (tmp_path/'feedback.none.jsonl').exists()
+    assert [r['right_before'] for r in revs['pool']] == [a['right'] for a in answers] and all(r['text'] for r in revs['pool'])
+    assert revs['none'][0]['text'] != revs['pool'][0]['text'] or revs['none'][1]['text'] != revs['pool'][1]['text']   # other chats
+    with ns['Pool'](p['dtype']) as pool: again, secs2 = ns['revise_known'](answers, 'pool', tmp_path, p, pool)
+    assert again == revs['pool'] and secs2 == secs['pool']   # read back: nothing generated again, no time added
+    t = ns['fix_break_table'](revs, secs)
+    assert list(t.index) == p['kinds'] and (t.wrong == 2).all() and (t.right == 2).all()
+
+
 # ---- noise_robustness.ipynb (issue 23, item 2) ---------------------------------------------------------------------
 
 @pytest.fixture(scope='module')
