@@ -278,9 +278,9 @@ def test_label_quality_reference_pass_scores_against_each_critics_solution(tmp_p
 
 
 def test_label_quality_fix_break_table_counts_fixes_breaks_and_cuts():
-    "Hand-made revisions: fixed wrong answers, broken right ones, exact CIs, McNemar p with Holm, cut share and seconds per revision."
+    "Hand-made revisions: fixed wrong answers, broken right ones, exact CIs, McNemar p with Holm, cut share, length and seconds per revision."
     ns = report_core('label_quality.ipynb')
-    rec = lambda before, after, cut=False: dict(right_before=before, right_after=after, finish_reason='length' if cut else 'stop')
+    rec = lambda before, after, cut=False: dict(right_before=before, right_after=after, finish_reason='length' if cut else 'stop', n_tokens=512 if cut else 100)
     revs = {'helps': [rec(False, True)] * 6 + [rec(False, False)] * 2 + [rec(True, True)] * 8,
             'hurts': [rec(False, True)] + [rec(False, False)] * 3 + [rec(True, False, cut=True)] * 3 + [rec(True, True)]}
     t = ns['fix_break_table'](revs, {'helps': 32.0, 'hurts': 4.0})
@@ -288,6 +288,7 @@ def test_label_quality_fix_break_table_counts_fixes_breaks_and_cuts():
     assert (h.wrong, h.fixed, h.right, h.broken, h.net) == (8, 6, 8, 0, 6) and (b.wrong, b.fixed, b.right, b.broken, b.net) == (4, 1, 4, 3, -2)
     assert h['fix rate'] == 0.75 and b['break rate'] == 0.75 and h['accuracy before'] == 0.5 and h['accuracy after'] == 14 / 16
     assert b['accuracy after'] == 2 / 8 and b.cut == 3 / 8 and h.cut == 0 and h['s per revision'] == 2.0 and b['s per revision'] == 0.5
+    assert h.tokens == 100 and b.tokens == (3 * 512 + 5 * 100) / 8
     assert h['p (McNemar)'] == pytest.approx(2 / 2**6) and b['p (McNemar)'] == pytest.approx(2 * (1 + 4) / 2**4)
     assert h['fix CI'][0] < 0.75 < h['fix CI'][1] and h['break CI'][0] == 0.0 and h['break CI'][1] < 0.4   # exact: not [0, 0]
     assert t['p (Holm)'].tolist() == pytest.approx([2 * 2 / 2**6, 2 * 5 / 16])
