@@ -2,7 +2,7 @@
 KV cache once costs on this machine.
 
     python bench/floor.py [--models qwen2.5-coder-0.5b-instruct] [--batches 1,8,32,64,128] [--dtypes bfloat16,float32]
-                          [--engines hf,vllm] [--answer 512] [--steps 16]
+                          [--engines hf,vllm] [--answer 512] [--steps 16] [--vllm-memory 0.5]
 
 On a CPU a decode step reads every weight once (and each row's KV cache), so its floor is
 `(weight bytes + KV bytes) / read bandwidth`. Measured here, in one run:
@@ -107,6 +107,7 @@ def main():
     ap.add_argument('--answer', type=int, default=512, help='answer budget: steps are timed at the prompt + half of it')
     ap.add_argument('--steps', type=int, default=16, help='decode steps timed per configuration')
     ap.add_argument('--out', default=str(Path(__file__).with_name('floor.json')))
+    ap.add_argument('--vllm-memory', type=float, default=None, help="vLLM's gpu_memory_utilization (default: the engine's, 0.3 on CPU)")
     a = ap.parse_args()
     os.environ.setdefault('VLLM_ENABLE_V1_MULTIPROCESSING', '0')
     import torch
@@ -132,10 +133,11 @@ def main():
                     r['hf_ms'] = round(hf_step(hf, context, b, a.steps) * 1e3, 1)
                     r['hf_ratio'] = round(r['hf_ms'] / r['floor_ms'], 2)
                 print(json.dumps(r), flush=True)
+            Path(a.out).write_text(json.dumps(dict(res, rows=res['rows'] + list(rows.values())), indent=1))  # kept if vLLM fails
             hf.close(); del hf; gc.collect()
             if 'vllm' in a.engines:
                 from pulse_nb.engine_vllm import VLLMEngine
-                v = VLLMEngine(model, dtype=dtype, max_model_len=context + a.answer + 8)
+                v = VLLMEngine(model, dtype=dtype, max_model_len=context + a.answer + 8, gpu_memory_utilization=a.vllm_memory)
                 for b, r in rows.items():
                     r['vllm_ms'] = round(vllm_step(v.llm, context, b, a.steps) * 1e3, 1)
                     r['vllm_ratio'] = round(r['vllm_ms'] / r['floor_ms'], 2)
