@@ -1,8 +1,10 @@
 """What faster decode steps buy: held-out GSM8K answers at 512 tokens on one loaded engine, side by side, with
 finished rows leaving the batch every 64 tokens (`segments`, the engine's default), in one `generate` call per bucket
-(`decode`), and with PyTorch's flash kernel for the decode step in one call (`flash`, the engine before both).
+(`decode`), with PyTorch's flash kernel for the decode step in one call (`flash`, the engine before both), and on
+vLLM's engine (`vllm`, where installed, and last: the transformers engine is closed first; its start-up timed
+apart, `start_seconds`).
 
-    python bench/eval_speed.py [--n 64] [--arms segments,decode,flash] [--batch-size 32] [--out FILE]
+    python bench/eval_speed.py [--n 64] [--arms segments,decode,flash,vllm] [--batch-size 32] [--out FILE]
 
 Greedy, the embedded actor in `fast_dtype()`. Prints and writes (`bench/eval_speed.json`) each arm's wall time, the
 share of answers cut at the budget, the accuracy with its exact interval, and how many answers the two arms share."""
@@ -40,7 +42,14 @@ def main():
            'max_new_tokens': a.max_new_tokens, 'arms': {}}
     texts = {}
     for arm in a.arms.split(','):
-        H.decode_attention, engine.segment = impl[arm]
+        if arm == 'vllm':
+            import gc, os
+            os.environ.setdefault('VLLM_ENABLE_V1_MULTIPROCESSING', '0')
+            from pulse_nb.engine_vllm import VLLMEngine
+            engine.close(); gc.collect()
+            t = time.time(); engine = VLLMEngine(a.model, dtype=fast_dtype(), max_model_len=1024)
+            res['start_seconds'] = round(time.time() - t, 1)
+        else: H.decode_attention, engine.segment = impl[arm]
         t = time.time()
         gens = engine.generate(convs, SamplingConfig(temperature=0, max_new_tokens=a.max_new_tokens), progress=True)
         secs = time.time() - t
