@@ -374,7 +374,7 @@ def choose_backend(flags: set[str]|None=None, cuda: bool|None=None, has_vllm: bo
     flags = cpu_flags() if flags is None else flags
     fast = sorted(flags & {'avx512_bf16', 'amx_bf16'})
     if fast: return 'vllm', f'CPU has {"/".join(fast)}: the vLLM CPU build is fast here'
-    return 'hf', 'CPU lacks avx512_bf16/amx_bf16: the vLLM CPU build is slow here, batched transformers is faster'
+    return 'hf', 'CPU lacks avx512_bf16/amx_bf16: batched transformers is faster here on short answers (vLLM takes ~100 s to start); PULSE_ENGINE=vllm pays on long ones'
 
 # %% ../nbs/06_engines.ipynb #3b6fa6d5
 def fast_dtype(flags: set[str]|None=None, cuda: bool|None=None) -> str:
